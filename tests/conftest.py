@@ -1,0 +1,53 @@
+"""Shared fixtures: vfnet folders in a temporary place, synthetic datasets, the shared real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from vfnet import paths
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data_dir() -> Path:
+    """../shared/data beside the clone; skip only when it is absent and CI is unset."""
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    if os.environ.get("CI"):
+        pytest.fail(f"real data folder {SHARED_DATA} is missing on CI")
+    pytest.skip(f"real data folder {SHARED_DATA} is absent")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return shared_data_dir()
+
+
+@pytest.fixture
+def vfnet_env(tmp_path, monkeypatch) -> Path:
+    """Point vfnet_raw / vfnet_preprocessed / vfnet_results into tmp_path."""
+    for var in paths.ENV_VARS:
+        folder = tmp_path / var
+        folder.mkdir()
+        monkeypatch.setenv(var, str(folder))
+    return tmp_path
+
+
+@pytest.fixture
+def demo_raw(vfnet_env) -> Path:
+    """A tiny synthetic raw dataset (8 training cases, 2 test cases)."""
+    from vfnet.demo_data import make_demo_dataset
+
+    return make_demo_dataset(vfnet_env / "vfnet_raw", num_train=8, num_test=2, shape=(16, 24, 20))
+
+
+@pytest.fixture
+def demo_preprocessed(demo_raw) -> Path:
+    """The tiny synthetic dataset, planned (4-fold CCA) and preprocessed."""
+    from vfnet.planning import plan_and_preprocess
+
+    plan_and_preprocess(None, num_processes=1, quiet=True)
+    return paths.preprocessed_root() / demo_raw.name

@@ -1,0 +1,32 @@
+"""Errors a user can hit. The CLI prints their message without a traceback and exits 2."""
+
+from __future__ import annotations
+
+
+class VfnetError(Exception):
+    """Base class of every error that is the user's to fix (bad input, missing model...)."""
+
+
+class DatasetNotFoundError(VfnetError):
+    """A dataset name or id matches no dataset, or several."""
+
+
+class DatasetIntegrityError(VfnetError):
+    """The integrity check found problems; ``problems`` lists every one."""
+
+    def __init__(self, problems: list[str], dataset: str = ""):
+        self.problems = list(problems)
+        head = f"{len(self.problems)} problem(s) in dataset {dataset}".strip()
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class PlanError(VfnetError):
+    """plans.json is missing, stale or does not know what was asked for."""
+
+
+class ModelNotFoundError(VfnetError):
+    """A trained model that a stage needs does not exist yet."""
+
+
+class ImageReadError(VfnetError):
+    """An image file could not be read."""

@@ -1,0 +1,132 @@
+"""Image IO and orientation: the only module that imports SimpleITK for reading and writing.
+
+Every volume enters vfnet through :func:`read_canonical`, which reorients it to LPS so
+that the array is (inferior→superior, anterior→posterior, right→left) = (z, y, x),
+whatever order the file stored. :func:`write_like` undoes that on the way out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from vfnet.atomic import atomic_path
+from vfnet.errors import ImageReadError
+
+CANONICAL_ORIENTATION = "LPS"
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class Geometry:
+    """Where a volume sits in the world, as stored in its file (before reorientation)."""
+
+    size: list[int]
+    spacing: list[float]
+    origin: list[float]
+    direction: list[float]
+    orientation: str  # three-letter code of the stored axes, e.g. "RAS"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Geometry":
+        return cls(**data)
+
+
+def strip_suffix(name: str) -> str:
+    """``"case_0000.nii.gz"`` → ``"case_0000"``."""
+    for suffix in IMAGE_SUFFIXES + (".dcm",):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_dicom_folder(path: Path) -> bool:
+    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read a file SimpleITK knows, or a DICOM series folder (slices ordered by position)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise ImageReadError(f"{path}: folder holds no DICOM series")
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+            return reader.Execute()
+        return sitk.ReadImage(str(path))
+    except ImageReadError:
+        raise
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        reason = next((line for line in first if "ERROR" in line or "exception" in line.lower()), "")
+        raise ImageReadError(
+            f"{path}: cannot be read (corrupt, truncated or not an image){': ' + reason.strip() if reason else ''}"
+        ) from None
+
+
+def geometry_of(image: sitk.Image) -> Geometry:
+    return Geometry(
+        size=list(image.GetSize()),
+        spacing=list(image.GetSpacing()),
+        origin=list(image.GetOrigin()),
+        direction=list(image.GetDirection()),
+        orientation=sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection()),
+    )
+
+
+def to_canonical(image: sitk.Image) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Reorient to LPS; return the (z, y, x) array and its (z, y, x) spacing."""
+    oriented = sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
+    spacing = oriented.GetSpacing()
+    return sitk.GetArrayFromImage(oriented), (spacing[2], spacing[1], spacing[0])
+
+
+def read_canonical(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float], Geometry]:
+    """Read a 3D image, reorient it to LPS and return (array (z, y, x), spacing (z, y, x), geometry)."""
+    image = read_image(path)
+    if image.GetDimension() != 3:
+        raise ImageReadError(f"{path}: expected a 3D image, found {image.GetDimension()}D")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError(f"{path}: expected one value per voxel, found {image.GetNumberOfComponentsPerPixel()}")
+    array, spacing = to_canonical(image)
+    return array, spacing, geometry_of(image)
+
+
+def from_canonical(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """Turn a (z, y, x) LPS array of the reoriented shape back into the file's own geometry."""
+    reference = sitk.Image([int(s) for s in geometry.size], sitk.sitkUInt8)
+    reference.SetSpacing(geometry.spacing)
+    reference.SetOrigin(geometry.origin)
+    reference.SetDirection(geometry.direction)
+    oriented_ref = sitk.DICOMOrient(reference, CANONICAL_ORIENTATION)
+    image = sitk.GetImageFromArray(array)
+    if image.GetSize() != oriented_ref.GetSize():
+        raise ValueError(f"array shape {array.shape} does not match geometry {geometry.size} reoriented")
+    image.CopyInformation(oriented_ref)
+    back = sitk.DICOMOrient(image, geometry.orientation)
+    # permutations and flips are exact; copy the stored values to avoid any rounding
+    back.SetOrigin(geometry.origin)
+    back.SetDirection(geometry.direction)
+    back.SetSpacing(geometry.spacing)
+    return back
+
+
+def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> None:
+    """Write atomically (temporary name with the same extension, then rename)."""
+    path = Path(path)
+    suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
+    with atomic_path(path, suffix=suffix) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+
+
+def write_like(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
+    """Write a canonical (z, y, x) array in the file geometry it came from."""
+    write_image(from_canonical(array, geometry), path)

@@ -1,0 +1,121 @@
+"""The three data folders and dataset-name resolution (one place for both)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from vfnet.errors import DatasetNotFoundError
+
+ENV_VARS = ("vfnet_raw", "vfnet_preprocessed", "vfnet_results")
+_DEFAULT_SUBDIRS = {"vfnet_raw": "raw", "vfnet_preprocessed": "preprocessed", "vfnet_results": "results"}
+_TASK_RE = re.compile(r"^Task(\d{2,3})_(.+)$")
+_notice_given = False
+
+
+def _folder(var: str) -> Path:
+    global _notice_given
+    value = os.environ.get(var)
+    if value:
+        return Path(value)
+    if not _notice_given:
+        print(
+            "vfnet: vfnet_raw / vfnet_preprocessed / vfnet_results are not set; "
+            "using ./vfnet_data/{raw,preprocessed,results}",
+            file=sys.stderr,
+        )
+        _notice_given = True
+    return Path("vfnet_data") / _DEFAULT_SUBDIRS[var]
+
+
+def raw_root() -> Path:
+    """Folder of raw datasets (``$vfnet_raw`` or ``./vfnet_data/raw``)."""
+    return _folder("vfnet_raw")
+
+
+def preprocessed_root() -> Path:
+    """Folder of preprocessed datasets (``$vfnet_preprocessed`` or ``./vfnet_data/preprocessed``)."""
+    return _folder("vfnet_preprocessed")
+
+
+def results_root() -> Path:
+    """Folder of trained models (``$vfnet_results`` or ``./vfnet_data/results``)."""
+    return _folder("vfnet_results")
+
+
+def task_name(task_id: int, name: str) -> str:
+    """``task_name(4, "Hippocampus") == "Task04_Hippocampus"``."""
+    return f"Task{task_id:02d}_{name}"
+
+
+def parse_task_name(folder_name: str) -> tuple[int, str] | None:
+    """Return (id, name) of a ``TaskXX_Name`` folder name, or None."""
+    match = _TASK_RE.match(folder_name)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def list_datasets(root: Path) -> list[str]:
+    """Dataset folder names (``TaskXX_Name``) directly under ``root``, sorted."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and parse_task_name(p.name))
+
+
+def resolve_dataset(dataset: str | int | None, root: Path) -> str:
+    """Resolve ``4``, ``"Task04"`` or ``"Task04_Hippocampus"`` to the folder name under ``root``.
+
+    Args:
+        dataset: id, ``TaskXX`` or full name; None picks the only dataset there is.
+        root: the stage folder to look in (raw, preprocessed or results).
+
+    Raises:
+        DatasetNotFoundError: no match or several, with the datasets found.
+    """
+    found = list_datasets(root)
+    listing = ", ".join(found) if found else "none"
+    if dataset is None or str(dataset).strip() == "":
+        if len(found) == 1:
+            return found[0]
+        raise DatasetNotFoundError(
+            f"no dataset given (-d) and {len(found)} datasets in {root}: {listing}. "
+            "Name one with -d, e.g. -d 4 or -d Task04."
+        )
+    text = str(dataset).strip()
+    match = re.match(r"^(?:Task)?(\d{1,3})(?:_(.+))?$", text)
+    if match:
+        wanted_id = int(match.group(1))
+        wanted_name = match.group(2)
+        hits = [
+            f for f in found
+            if parse_task_name(f)[0] == wanted_id
+            and (wanted_name is None or parse_task_name(f)[1] == wanted_name)
+        ]
+    else:
+        hits = [f for f in found if parse_task_name(f)[1].lower() == text.lower()]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise DatasetNotFoundError(f"dataset '{text}' not found in {root}; datasets there: {listing}")
+    raise DatasetNotFoundError(f"dataset '{text}' is ambiguous in {root}: {', '.join(hits)}")
+
+
+def raw_dataset(dataset: str | int | None) -> Path:
+    return raw_root() / resolve_dataset(dataset, raw_root())
+
+
+def preprocessed_dataset(dataset: str | int | None) -> Path:
+    return preprocessed_root() / resolve_dataset(dataset, preprocessed_root())
+
+
+def results_dataset(dataset: str | int | None) -> Path:
+    return results_root() / resolve_dataset(dataset, results_root())
+
+
+def unit_dir(dataset_folder: Path, preset: str, network: str, unit: str) -> Path:
+    """Results folder of one training unit: ``<results>/<Task>/<preset>/<network>/<unit>``.
+
+    ``network`` is ``2d_axial``, ``2d_coronal``, ``2d_sagittal``, ``vfn``, ``vfn_noimage`` or ``3d``.
+    """
+    return dataset_folder / preset / network / unit

@@ -1,0 +1,133 @@
+"""Preprocessing: reorient to LPS, resample to the target spacing, normalize, store as .npy.
+
+Arrays are saved as plain ``.npy`` so every later stage can memory-map them and slice any
+view cheaply. Each case is written under a temporary name, then renamed; its properties
+JSON (written last) carries the plan hash, so a rerun skips finished cases and a changed
+plan redoes them.
+"""
+
+from __future__ import annotations
+
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from vfnet.atomic import atomic_path, read_json, write_json
+from vfnet.dataset import CaseFiles
+from vfnet.imageio import read_canonical
+
+ARRAYS_DIR = "arrays"
+
+
+def resample(volume: np.ndarray, spacing, target, order: int) -> np.ndarray:
+    """Resample a (z, y, x) volume from ``spacing`` to ``target``; nothing happens within 1%."""
+    factors = np.asarray(spacing, float) / np.asarray(target, float)
+    if np.allclose(factors, 1.0, rtol=0.01):
+        return volume
+    shape = np.maximum(np.round(np.array(volume.shape) * factors).astype(int), 1)
+    return resample_to_shape(volume, tuple(shape), order)
+
+
+def resample_to_shape(volume: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
+    """Resample the last three axes of ``volume`` to ``shape`` (order 0 for labels)."""
+    if tuple(volume.shape[-3:]) == tuple(shape):
+        return volume
+    zoom = [1.0] * (volume.ndim - 3) + [t / s for t, s in zip(shape, volume.shape[-3:])]
+    out = ndimage.zoom(volume, zoom, order=order, mode="nearest", grid_mode=True)
+    return out[..., : shape[0], : shape[1], : shape[2]]
+
+
+def normalize(image: np.ndarray, scheme: dict) -> np.ndarray:
+    """Normalize one channel as the plan says (``ct`` clip + global z-score, or per-image ``zscore``)."""
+    image = image.astype(np.float32, copy=False)
+    if scheme["scheme"] == "ct":
+        low, high = scheme["clip"]
+        return ((np.clip(image, low, high) - scheme["mean"]) / scheme["std"]).astype(np.float32)
+    std = float(image.std())
+    return ((image - float(image.mean())) / max(std, 1e-8)).astype(np.float32)
+
+
+def preprocess_image(channels: list[np.ndarray], spacing, plan: dict) -> np.ndarray:
+    """Canonical channel arrays → resampled, normalized (C, z, y, x) float32."""
+    out = []
+    for index, array in enumerate(channels):
+        array = resample(array.astype(np.float32), spacing, plan["target_spacing"], order=3)
+        out.append(normalize(array, plan["normalization"][str(index)]))
+    return np.stack(out)
+
+
+def label_to_classes(label: np.ndarray, labels: dict[str, int]) -> np.ndarray:
+    """Map declared label values to class indices 0..C-1 in ascending value order."""
+    values = sorted(labels.values())
+    lookup = np.zeros(int(max(values)) + 1, dtype=np.uint8)
+    for index, value in enumerate(values):
+        lookup[value] = index
+    return lookup[label.astype(np.int64)]
+
+
+def class_values(labels: dict[str, int]) -> np.ndarray:
+    """Inverse of :func:`label_to_classes`: class index → label value."""
+    return np.array(sorted(labels.values()), dtype=np.int32)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
+
+
+def case_is_current(folder: Path, case_id: str, plan_hash: str) -> bool:
+    props = folder / ARRAYS_DIR / f"{case_id}.json"
+    if not props.is_file():
+        return False
+    try:
+        done = read_json(props).get("plan_hash") == plan_hash
+    except ValueError:
+        return False
+    return done and all((folder / ARRAYS_DIR / f"{case_id}_{k}.npy").is_file() for k in ("image", "label"))
+
+
+def preprocess_case(case: CaseFiles, plan: dict, plan_hash: str, folder: Path) -> str:
+    channels, spacing, geometry = [], None, None
+    for path in case.images:
+        array, spacing, geometry = read_canonical(path)
+        channels.append(array)
+    label, _, _ = read_canonical(case.label)
+    image = preprocess_image(channels, spacing, plan)
+    classes = label_to_classes(resample(label, spacing, plan["target_spacing"], order=0), plan["labels"])
+    if classes.shape != image.shape[1:]:
+        classes = resample_to_shape(classes, image.shape[1:], order=0)
+    arrays = Path(folder) / ARRAYS_DIR
+    _save_npy(arrays / f"{case.case_id}_image.npy", image)
+    _save_npy(arrays / f"{case.case_id}_label.npy", classes.astype(np.uint8))
+    write_json(arrays / f"{case.case_id}.json", {
+        "case_id": case.case_id,
+        "plan_hash": plan_hash,
+        "geometry": geometry.to_dict(),
+        "canonical_shape": [int(s) for s in channels[0].shape],
+        "canonical_spacing": [float(s) for s in spacing],
+        "preprocessed_shape": [int(s) for s in image.shape[1:]],
+    })
+    return case.case_id
+
+
+def _preprocess_args(args):
+    return preprocess_case(*args)
+
+
+def preprocess_dataset(cases: list[CaseFiles], plan: dict, plan_hash: str, folder: Path,
+                       num_processes: int = 2, quiet: bool = False) -> tuple[int, int]:
+    """Preprocess every case not already current. Returns (done now, skipped)."""
+    todo = [c for c in cases if not case_is_current(folder, c.case_id, plan_hash)]
+    jobs = [(case, plan, plan_hash, folder) for case in todo]
+    bar = dict(total=len(jobs), desc="preprocessing", unit="case", disable=quiet or not jobs)
+    if num_processes <= 1 or len(jobs) < 4:
+        for job in tqdm(jobs, **bar):
+            preprocess_case(*job)
+    else:
+        with get_context("fork").Pool(num_processes) as pool:
+            for _ in tqdm(pool.imap_unordered(_preprocess_args, jobs, chunksize=4), **bar):
+                pass
+    return len(todo), len(cases) - len(todo)

@@ -1,0 +1,43 @@
+"""What every command shares: --version, -d, and printing user errors without a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from vfnet import __version__
+from vfnet.errors import VfnetError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def command(func):
+    """Turn ``func`` into a click command with ``--version``; a VfnetError exits 2 with its message."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except VfnetError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+    return click.version_option(__version__, "--version", prog_name="vfnet")(
+        click.command(context_settings=CONTEXT, help=func.__doc__)(wrapper)
+    )
+
+
+dataset_option = click.option(
+    "-d", "--dataset", default=None,
+    help="Dataset id or name: 4, Task04 or Task04_Hippocampus. May be left out when only one exists.")
+preset_option = click.option(
+    "--preset", type=click.Choice(["quick", "default", "paper"]), default="default", show_default=True,
+    help="Training schedule: quick (CPU checks), default, paper (the paper's GPU schedule).")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+processes_option = click.option("-np", "--num-processes", type=int, default=2, show_default=True,
+                                 help="Worker processes for reading and preprocessing.")
