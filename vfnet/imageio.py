@@ -50,9 +50,14 @@ def is_dicom_folder(path: Path) -> bool:
     return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
 
-def read_image(path: str | Path) -> sitk.Image:
-    """Read a file SimpleITK knows, or a DICOM series folder (slices ordered by position)."""
+def read_image(path: str | Path, verify: bool = True) -> sitk.Image:
+    """Read a file SimpleITK knows, or a DICOM series folder (slices ordered by position).
+
+    ``verify`` also checks NIfTI raw data, which ITK does not (see :func:`nifti_raw_check`).
+    """
     path = Path(path)
+    if verify and path.is_file():
+        nifti_raw_check(path)
     try:
         if path.is_dir():
             series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
@@ -130,3 +135,49 @@ def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> N
 def write_like(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
     """Write a canonical (z, y, x) array in the file geometry it came from."""
     write_image(from_canonical(array, geometry), path)
+
+
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def nifti_raw_check(path: str | Path) -> int:
+    """Check a NIfTI-1 file's raw data; return its count of NaN/Inf voxels.
+
+    ITK's NIfTI reader accepts truncated ``.nii.gz`` files without complaint and silently
+    turns NaN and Inf into 0, so neither problem shows in the array SimpleITK returns.
+    Other formats return 0.
+
+    Raises:
+        ImageReadError: the data is truncated or the compressed stream is corrupt.
+    """
+    import gzip
+    import zlib
+
+    path = Path(path)
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return 0
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ImageReadError(f"{path}: corrupt or truncated file ({exc}); re-export or re-download it") from None
+    if len(raw) < 348:
+        raise ImageReadError(f"{path}: file too short to be NIfTI ({len(raw)} bytes)")
+    order = "<" if np.frombuffer(raw[:4], "<i4")[0] == 348 else ">"
+    if np.frombuffer(raw[:4], order + "i4")[0] != 348:
+        return 0  # NIfTI-2 or unknown: leave it to ITK
+    dims = np.frombuffer(raw[40:56], order + "i2")
+    datatype = int(np.frombuffer(raw[70:72], order + "i2")[0])
+    bitpix = int(np.frombuffer(raw[72:74], order + "i2")[0])
+    offset = int(np.frombuffer(raw[108:112], order + "f4")[0])
+    voxels = int(np.prod([max(int(d), 1) for d in dims[1: 1 + int(np.clip(dims[0], 1, 7))]]))
+    expected = voxels * bitpix // 8
+    if len(raw) - offset < expected:
+        raise ImageReadError(f"{path}: truncated, holds {len(raw) - offset} of {expected} data bytes; "
+                             "re-export or re-download it")
+    if datatype not in _NIFTI_FLOAT_TYPES:
+        return 0
+    data = np.frombuffer(raw, order + _NIFTI_FLOAT_TYPES[datatype], count=voxels, offset=offset)
+    return int(data.size - np.count_nonzero(np.isfinite(data)))

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from vfnet.dataset import DatasetInfo, list_cases, load_dataset_json
 from vfnet.errors import DatasetIntegrityError, VfnetError
-from vfnet.imageio import read_image, to_canonical
+from vfnet.imageio import nifti_raw_check, read_image, to_canonical
 
 SPACING_RTOL = 1e-3
 POSITION_ATOL_MM = 1e-2
@@ -62,9 +62,11 @@ def check_case(case_id: str, image_paths: list[Path], label_path: Path, info: Da
     """Read one case, list its problems, and gather its statistics when it has none."""
     report = CaseReport(case_id)
     images: list[sitk.Image] = []
+    nonfinite: list[int] = []
     for path in image_paths:
         try:
-            image = read_image(path)
+            nonfinite.append(nifti_raw_check(path))
+            image = read_image(path, verify=False)
         except VfnetError as exc:
             report.problems.append(str(exc))
             continue
@@ -104,10 +106,12 @@ def check_case(case_id: str, image_paths: list[Path], label_path: Path, info: Da
     label_array = label_array.astype(np.int16)
 
     arrays = []
-    for image, path in zip(images, image_paths):
+    for image, path, raw_count in zip(images, image_paths, nonfinite):
         array, _ = to_canonical(image)
-        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-            count = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        count = raw_count
+        if np.issubdtype(array.dtype, np.floating):
+            count = max(int(np.size(array) - np.count_nonzero(np.isfinite(array))), raw_count)
+        if count:
             report.problems.append(f"{path}: {count} voxels are NaN or Inf; replace them before training")
         arrays.append(array)
     if report.problems:

@@ -65,16 +65,16 @@ def plan_summary(plan: dict) -> str:
         f"  normalization  : {', '.join(n['scheme'] for n in plan['normalization'].values())}",
     ]
     for view, spec in plan["views"].items():
-        lines.append(f"  2D {view:<9}: patch {spec['patch_size'][0]}x{spec['patch_size'][1]}, "
+        lines.append(f"  2D {view:<11}: patch {spec['patch_size'][0]}x{spec['patch_size'][1]}, "
                      f"{spec['context_slices']} context slices, {spec['num_poolings']} poolings, "
                      f"features {spec['features']}")
     vfn = plan["vfn"]
-    lines.append(f"  VFN          : patch {'x'.join(map(str, vfn['patch_size']))}, ROI margin {vfn['roi_margin']}, "
+    lines.append(f"  VFN            : patch {'x'.join(map(str, vfn['patch_size']))}, ROI margin {vfn['roi_margin']}, "
                  f"stride {vfn['stride']}")
     u3 = plan["unet3d"]
-    lines.append(f"  3D U-Net     : patch {'x'.join(map(str, u3['patch_size']))}, features {u3['features']}")
+    lines.append(f"  3D U-Net       : patch {'x'.join(map(str, u3['patch_size']))}, features {u3['features']}")
     units = plan["units"]
-    lines.append(f"  split        : {plan['split_mode']} over folds {', '.join(plan['fold_names'])}; "
+    lines.append(f"  split          : {plan['split_mode']} over folds {', '.join(plan['fold_names'])}; "
                  f"{len(units['2d'])} 2D units per view, {len(units['vfn'])} VFN units, {len(units['3d'])} 3D units")
-    lines.append(f"  presets      : {', '.join(plan['presets'])}")
+    lines.append(f"  presets        : {', '.join(plan['presets'])}")
     return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""Folder variables and dataset-name resolution."""
+
+from __future__ import annotations
+
+import pytest
+
+from vfnet import paths
+from vfnet.errors import DatasetNotFoundError
+
+
+def _make(root, *names):
+    for name in names:
+        (root / name).mkdir(parents=True)
+
+
+def test_id_short_and_full_names_resolve_to_the_same_dataset(tmp_path):
+    _make(tmp_path, "Task04_Hippocampus", "Task104_Other")
+    for query in (4, "4", "04", "Task04", "Task04_Hippocampus", "hippocampus"):
+        assert paths.resolve_dataset(query, tmp_path) == "Task04_Hippocampus"
+    assert paths.resolve_dataset("104", tmp_path) == "Task104_Other"
+
+
+def test_omitted_dataset_needs_exactly_one(tmp_path):
+    _make(tmp_path, "Task04_Hippocampus")
+    assert paths.resolve_dataset(None, tmp_path) == "Task04_Hippocampus"
+    _make(tmp_path, "Task05_Prostate")
+    with pytest.raises(DatasetNotFoundError, match="Task04_Hippocampus, Task05_Prostate"):
+        paths.resolve_dataset(None, tmp_path)
+
+
+def test_unknown_and_ambiguous_names_list_what_exists(tmp_path):
+    _make(tmp_path, "Task04_Hippocampus", "Task004_Copy")
+    with pytest.raises(DatasetNotFoundError, match="not found.*Task004_Copy, Task04_Hippocampus"):
+        paths.resolve_dataset("Task07", tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="ambiguous"):
+        paths.resolve_dataset(4, tmp_path)
+
+
+def test_default_folders_when_variables_unset(monkeypatch, capsys):
+    for var in paths.ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(paths, "_notice_given", False)
+    assert str(paths.raw_root()) == "vfnet_data/raw"
+    assert str(paths.results_root()) == "vfnet_data/results"
+    assert capsys.readouterr().err.count("not set") == 1
+
+
+def test_variables_win(monkeypatch, tmp_path):
+    monkeypatch.setenv("vfnet_preprocessed", str(tmp_path))
+    assert paths.preprocessed_root() == tmp_path
