@@ -1,0 +1,28 @@
+"""Every installed command answers --help and --version."""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vfnet import __version__
+
+SCRIPTS = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def _command(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_help_and_version(script):
+    command = _command(SCRIPTS[script])
+    result = CliRunner().invoke(command, ["--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output and len(result.output) > 200
+    result = CliRunner().invoke(command, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
