@@ -1,0 +1,55 @@
+"""VFN patch sampling: rotations move the view channels with their axes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vfnet.training.data_vfn import VfnPatchSampler, allowed_axis_orders
+
+
+def _gradient_sample(size=8):
+    grid = np.stack(np.meshgrid(*[np.arange(size, dtype=np.float32)] * 3, indexing="ij"))
+    image = grid.sum(0, keepdims=True)
+    # view channel v holds the coordinate along the axis that view v slices
+    inputs = np.concatenate([image, grid]).astype(np.float16)
+    label = (grid[0] > grid[2]).astype(np.uint8)
+    return inputs, label
+
+
+def test_allowed_orders_need_equal_extent_and_spacing():
+    assert len(allowed_axis_orders([64, 64, 64], [1, 1, 1])) == 6
+    assert allowed_axis_orders([40, 56, 40], [1, 1, 1]) == [(0, 1, 2), (2, 1, 0)]
+    assert allowed_axis_orders([64, 64, 64], [2.5, 1, 1]) == [(0, 1, 2), (0, 2, 1)]
+
+
+def test_view_channels_follow_their_axes_under_every_augmentation():
+    sampler = VfnPatchSampler([_gradient_sample()], [8, 8, 8], [1, 1, 1], num_image_channels=1,
+                              num_foreground=1, batch_size=16, seed=3)
+    batch = next(sampler)
+    assert batch["data"].shape == (16, 4, 8, 8, 8) and batch["target"].shape == (16, 1, 8, 8, 8)
+    for x in batch["data"]:
+        for axis in range(3):
+            profile = np.moveaxis(x[1 + axis], axis, 0)
+            # along its own axis the channel changes by exactly one per voxel (up or down after a flip)
+            steps = np.abs(np.diff(profile, axis=0))
+            np.testing.assert_array_equal(steps, 1)
+
+
+def test_labels_move_with_the_image():
+    inputs, label = _gradient_sample()
+    sampler = VfnPatchSampler([(inputs, label)], [8, 8, 8], [1, 1, 1], 1, 1, batch_size=8, seed=1)
+    batch = next(sampler)
+    for x, y in zip(batch["data"], batch["target"]):
+        # the label is (original z > original x); those coordinates now sit in two of the view
+        # channels, whichever way the patch was turned, and the relation must hold voxel by voxel
+        holds = [np.array_equal(y[0] == 1, x[1 + p] > x[1 + q]) for p in range(3) for q in range(3) if p != q]
+        assert any(holds)
+
+
+def test_no_image_variant_drops_image_channels_and_small_samples_are_padded():
+    inputs, label = _gradient_sample(6)
+    sampler = VfnPatchSampler([(inputs, label)], [8, 8, 8], [1, 1, 1], 1, 1, batch_size=2,
+                              use_image=False, augment=False)
+    batch = next(sampler)
+    assert batch["data"].shape == (2, 3, 8, 8, 8)
+    np.testing.assert_array_equal(batch["data"][0, :, 6:], 0)

@@ -1,0 +1,109 @@
+"""Patches for the VFN from a fusion set, with the paper's 90° rotations and flips.
+
+Rotations swap two spatial axes, so the view channels swap with them: a map made by
+slicing along axis i always sits in the channel of the view that slices axis i
+(axial ↔ z, coronal ↔ y, sagittal ↔ x). Axes are only swapped where the patch extent and
+the voxel spacing along both are equal; otherwise only flips and 180° turns are used.
+"""
+
+from __future__ import annotations
+
+from itertools import permutations
+from pathlib import Path
+
+import numpy as np
+
+from vfnet.views import VIEWS
+
+
+def load_fusion_samples(folder: Path, cases: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(inputs float16 (M + 3C, z, y, x), label uint8 (z, y, x)) of each case, in RAM."""
+    samples = []
+    for case in cases:
+        with np.load(Path(folder) / f"{case}.npz") as archive:
+            samples.append((archive["inputs"], archive["label"]))
+    return samples
+
+
+def allowed_axis_orders(patch_size: list[int], spacing: list[float]) -> list[tuple[int, int, int]]:
+    """Axis permutations that keep the patch shape and the voxel spacing."""
+    out = []
+    for order in permutations(range(3)):
+        if all(patch_size[a] == patch_size[b] and np.isclose(spacing[a], spacing[b])
+               for a, b in zip(order, range(3))):
+            out.append(order)
+    return out
+
+
+def permute_view_channels(num_image_channels: int, num_foreground: int, order: tuple[int, int, int]) -> list[int]:
+    """Channel index list that moves each view's maps along with its axis under ``order``."""
+    channels = list(range(num_image_channels))
+    for new_axis in range(3):
+        old_axis = order[new_axis]
+        start = num_image_channels + old_axis * num_foreground
+        channels += list(range(start, start + num_foreground))
+    return channels
+
+
+class VfnPatchSampler:
+    """Random training batches ``{"data": (B, C, *patch), "target": (B, 1, *patch)}`` as numpy.
+
+    Args:
+        samples: from :func:`load_fusion_samples` (each at least the patch size).
+        patch_size: planned VFN patch (z, y, x).
+        spacing: target spacing (z, y, x), to decide which axis swaps are allowed.
+        num_image_channels: M; ``use_image=False`` drops these channels (the paper's ablation).
+        augment: random axis permutations (where allowed), flips.
+    """
+
+    def __init__(self, samples, patch_size, spacing, num_image_channels: int, num_foreground: int,
+                 batch_size: int, use_image: bool = True, augment: bool = True, seed: int = 0):
+        self.samples = samples
+        self.patch = [int(p) for p in patch_size]
+        self.orders = allowed_axis_orders(self.patch, spacing) if augment else [(0, 1, 2)]
+        self.augment = augment
+        self.num_image = num_image_channels
+        self.num_foreground = num_foreground
+        self.batch_size = batch_size
+        self.use_image = use_image
+        self.rng = np.random.default_rng(seed)
+
+    def __iter__(self):
+        return self
+
+    def _crop(self, inputs: np.ndarray, label: np.ndarray):
+        starts = [int(self.rng.integers(0, max(s - p, 0) + 1)) for s, p in zip(label.shape, self.patch)]
+        window = tuple(slice(a, a + p) for a, p in zip(starts, self.patch))
+        x, y = inputs[(slice(None), *window)].astype(np.float32), label[window]
+        pad = [(0, p - s) for s, p in zip(y.shape, self.patch)]
+        if any(after for _, after in pad):
+            x = np.pad(x, [(0, 0)] + pad)
+            y = np.pad(y, pad)
+        return x, y
+
+    def _augment(self, x: np.ndarray, y: np.ndarray):
+        order = self.orders[int(self.rng.integers(len(self.orders)))]
+        if order != (0, 1, 2):
+            x = x[permute_view_channels(self.num_image, self.num_foreground, order)]
+            x = x.transpose(0, *(a + 1 for a in order))
+            y = y.transpose(order)
+        for axis in range(3):
+            if self.rng.random() < 0.5:
+                x, y = np.flip(x, axis + 1), np.flip(y, axis)
+        return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+    def __next__(self) -> dict:
+        data, target = [], []
+        for _ in range(self.batch_size):
+            inputs, label = self.samples[int(self.rng.integers(len(self.samples)))]
+            x, y = self._crop(inputs, label)
+            if self.augment:
+                x, y = self._augment(x, y)
+            data.append(x if self.use_image else x[self.num_image:])
+            target.append(y[None])
+        return {"data": np.stack(data), "target": np.stack(target).astype(np.int64)}
+
+
+def view_channel_names(num_image_channels: int, foreground: list[str]) -> list[str]:
+    """Readable names of the VFN input channels, for logs."""
+    return [f"image{c}" for c in range(num_image_channels)] + [f"{v}:{n}" for v in VIEWS for n in foreground]
