@@ -80,7 +80,7 @@ def plan_vfn(median_shape: tuple, median_bbox: tuple) -> dict:
         "patch_size": patch,
         "roi_margin": margin,
         "stride": [max(8, p // 2) for p in patch],
-        "features": [16, 32, 64, 128],
+        "features": [8, 16, 32, 64],
     }
 
 

@@ -1,0 +1,259 @@
+"""Fusion methods, ROI and sliding window, post-processing."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vfnet.errors import ModelNotFoundError, VfnetError
+from vfnet.fusion import (
+    METHODS,
+    VfnConfig,
+    crop_to_roi,
+    fuse,
+    keep_largest_component,
+    majority_vote,
+    mean_fusion,
+    pad_to_size,
+    roi_from_mask,
+    sliding_window_starts,
+    staple_fusion,
+    vfn_input,
+)
+from vfnet.fusion.roi import window_grid, window_weights
+from vfnet.networks.vfn import build_vfn, init_as_view_average
+from vfnet.plans import plan_vfn
+from vfnet.views import VIEWS
+
+torch.set_num_threads(1)
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[labels].transpose(3, 0, 1, 2)
+
+
+def ball(shape, centre, radius) -> np.ndarray:
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    return ((grid - np.array(centre)[:, None, None, None]) ** 2).sum(0) <= radius**2
+
+
+# --- majority, mean, STAPLE -------------------------------------------------------------
+
+def hand_built_views() -> dict[str, np.ndarray]:
+    """Four voxels (1×1×4) of a 3-class problem, each probability vector chosen by hand."""
+    per_voxel = [  # (axial, coronal, sagittal) probabilities of background, class 1, class 2
+        ([0.1, 0.8, 0.1], [0.2, 0.6, 0.2], [0.1, 0.2, 0.7]),     # votes 1, 1, 2 → 1
+        ([0.0, 0.0, 1.0], [0.3, 0.4, 0.3], [0.3, 0.4, 0.3]),     # votes 2, 1, 1 → 1, though the mean says 2
+        ([0.4, 0.35, 0.25], [0.1, 0.5, 0.4], [0.1, 0.2, 0.7]),   # votes 0, 1, 2 → mean [.2, .35, .45] → 2
+        ([0.5, 0.45, 0.05], [0.05, 0.9, 0.05], [0.3, 0.3, 0.4]),  # votes 0, 1, 2 → mean [.28, .55, .17] → 1
+    ]
+    maps = {view: np.zeros((3, 1, 1, 4), dtype=np.float32) for view in VIEWS}
+    for x, triple in enumerate(per_voxel):
+        for view, probs in zip(VIEWS, triple):
+            maps[view][:, 0, 0, x] = probs
+    return maps
+
+
+def test_majority_vote_two_of_three_and_mean_fallback():
+    fused = majority_vote(hand_built_views())
+    assert fused.dtype == np.uint8
+    np.testing.assert_array_equal(fused[0, 0], [1, 1, 2, 1])
+
+
+def test_mean_fusion_is_argmax_of_average():
+    np.testing.assert_array_equal(mean_fusion(hand_built_views())[0, 0], [1, 2, 2, 1])
+
+
+def test_fuse_dispatches_with_one_signature():
+    maps = hand_built_views()
+    np.testing.assert_array_equal(fuse("majority", maps, None), majority_vote(maps))
+    np.testing.assert_array_equal(fuse("mean", maps, None), mean_fusion(maps))
+    with pytest.raises(VfnetError, match="unknown"):
+        fuse("nls", maps, None)
+    with pytest.raises(ModelNotFoundError):
+        fuse("vfn", maps, np.zeros((1, 1, 1, 4)))
+    assert set(METHODS) == {"majority", "mean", "staple", "vfn", "vfn-noimage"}
+
+
+def test_views_of_different_shapes_are_rejected():
+    maps = hand_built_views()
+    maps["sagittal"] = np.zeros((3, 1, 1, 5), dtype=np.float32)
+    with pytest.raises(VfnetError, match="one shape"):
+        majority_vote(maps)
+
+
+def test_staple_of_identical_maps_returns_that_map():
+    shape = (12, 14, 10)
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[ball(shape, (6, 7, 5), 4)] = 1
+    labels[ball(shape, (6, 7, 5), 2)] = 2
+    maps = {view: one_hot(labels, 3) for view in VIEWS}
+    np.testing.assert_array_equal(staple_fusion(maps), labels)
+    np.testing.assert_array_equal(fuse("staple", maps, None), labels)
+
+
+def test_staple_of_empty_maps_is_background_not_nan():
+    shape = (8, 9, 7)
+    empty = {view: one_hot(np.zeros(shape, dtype=np.int64), 3) for view in VIEWS}
+    fused = staple_fusion(empty)
+    assert fused.dtype == np.uint8 and not fused.any()
+    # One class absent (NaN inside SimpleITK) while the other is present.
+    labels = np.zeros(shape, dtype=np.int64)
+    labels[2:5, 3:6, 2:5] = 1
+    np.testing.assert_array_equal(staple_fusion({view: one_hot(labels, 3) for view in VIEWS}), labels)
+
+
+# --- ROI and sliding window -------------------------------------------------------------
+
+def test_roi_from_mask_margin_min_size_and_clipping():
+    mask = np.zeros((30, 40, 20), dtype=bool)
+    mask[10:14, 18:22, 1:3] = True
+    roi = roi_from_mask(mask, margin=[2, 3, 4], min_size=[8, 16, 40])
+    assert roi[0] == slice(8, 16)           # box 10..14 + 2 on both sides: already 8 long
+    assert roi[1] == slice(12, 28)          # 15..25 grown evenly to 16
+    assert roi[2] == slice(0, 20)           # clipped at 0, and min_size 40 > volume: whole axis
+    assert roi_from_mask(np.zeros((3, 4, 5)), 2, 2) == (slice(0, 3), slice(0, 4), slice(0, 5))
+    assert crop_to_roi(np.zeros((2, 30, 40, 20)), roi).shape == (2, 8, 16, 20)
+
+
+def test_roi_enlarged_near_border_is_shifted_inside():
+    mask = np.zeros((20, 20, 20), dtype=bool)
+    mask[0, 19, 10] = True
+    roi = roi_from_mask(mask, margin=1, min_size=6)
+    assert roi == (slice(0, 6), slice(14, 20), slice(8, 14))
+
+
+def test_pad_to_size_round_trip():
+    array = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    padded, back = pad_to_size(array, (8, 4, 6))
+    assert padded.shape == (2, 8, 4, 6)
+    np.testing.assert_array_equal(padded[(slice(None), *back)], array)
+    assert padded.sum() == array.sum()
+
+
+@pytest.mark.parametrize("size,patch,stride", [(100, 40, 20), (41, 40, 20), (40, 40, 20), (97, 16, 5), (7, 16, 8)])
+def test_sliding_window_starts_cover_the_extent(size, patch, stride):
+    starts = sliding_window_starts(size, patch, stride)
+    covered = np.zeros(max(size, patch), dtype=bool)
+    for start in starts:
+        covered[start:start + patch] = True
+    assert covered[:size].all()
+    assert starts[0] == 0 and starts == sorted(set(starts))
+    assert starts[-1] == max(size - patch, 0)
+    assert all(b - a <= stride for a, b in itertools.pairwise(starts))
+
+
+def test_window_weights_are_positive_and_centred():
+    gauss = window_weights((16, 12, 8))
+    assert gauss.min() > 0 and gauss.max() == pytest.approx(1.0)
+    assert gauss[8, 6, 4] > gauss[0, 0, 0]
+    assert (window_weights((4, 4, 4), "uniform") == 1).all()
+
+
+class ViewEcho(nn.Module):
+    """Stand-in VFN whose foreground probability is exactly one input channel; records its windows."""
+
+    def __init__(self, channel: int, use_image: bool = True):
+        super().__init__()
+        self.channel, self.use_image, self.windows = channel, use_image, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.windows.append(tuple(x.shape))
+        return 30.0 * (x[:, self.channel:self.channel + 1] - 0.5)
+
+
+def sliding_case(shape=(40, 44, 36)):
+    """One organ: majority foreground a ball; the axial view adds a slab inside the ROI and a ball far outside."""
+    rng = np.random.default_rng(3)
+    organ = ball(shape, (20, 22, 18), 5)
+    axial = organ.copy()
+    axial[18:22, 14:17, 15:20] = True                   # near the organ: inside the ROI
+    axial[ball(shape, (3, 3, 3), 2)] = True             # far corner: outside the ROI
+    coronal, sagittal = organ.copy(), organ.copy()
+    coronal[ball(shape, (36, 40, 32), 2)] = True        # seen by one view only: not in the majority
+    maps = {"axial": one_hot(axial.astype(int), 2), "coronal": one_hot(coronal.astype(int), 2),
+            "sagittal": one_hot(sagittal.astype(int), 2)}
+    image = rng.normal(100, 20, (1, *shape)).astype(np.float32)
+    return maps, image, axial
+
+
+@pytest.mark.parametrize("weighting,batch_size", [("gaussian", 3), ("uniform", 1)])
+def test_vfn_sliding_window_inside_roi_majority_outside(weighting, batch_size):
+    maps, image, axial = sliding_case()
+    config = VfnConfig(patch_size=[16, 16, 16], stride=[8, 8, 8], roi_margin=[3, 3, 3],
+                       weighting=weighting, batch_size=batch_size)
+    model = ViewEcho(channel=1)  # channel 0 is the image, 1 the axial foreground
+    fused = fuse("vfn", maps, image, model=model, vfn_config=config)
+    majority = majority_vote(maps)
+    roi = roi_from_mask(majority, config.roi_margin, config.patch_size)
+    inside = np.zeros(fused.shape, dtype=bool)
+    inside[roi] = True
+    assert 0 < inside.sum() < inside.size
+    np.testing.assert_array_equal(fused[inside], axial[inside])
+    np.testing.assert_array_equal(fused[~inside], majority[~inside])
+    assert fused[18:22, 14:17, 15:20].all() and not fused[3, 3, 3]
+    assert not majority[18:22, 14:17, 15:20].all()
+    roi_shape = tuple(s.stop - s.start for s in roi)
+    assert sum(w[0] for w in model.windows) == len(window_grid(roi_shape, config.patch_size, config.stride)) > 1
+    assert all(w[1:] == (4, 16, 16, 16) for w in model.windows)  # image + three views
+
+
+def test_vfn_on_volume_smaller_than_patch():
+    shape = (10, 12, 9)
+    labels = ball(shape, (5, 6, 4), 3).astype(int)
+    maps = {view: one_hot(labels, 2) for view in VIEWS}
+    config = VfnConfig(patch_size=[16, 16, 16], stride=[8, 8, 8], roi_margin=[2, 2, 2])
+    fused = fuse("vfn-noimage", maps, None, model=ViewEcho(channel=2, use_image=False), vfn_config=config)
+    np.testing.assert_array_equal(fused, labels)
+
+
+def test_vfn_with_averaging_weights_equals_majority_through_fuse():
+    maps, image, _ = sliding_case((24, 28, 20))
+    plan = {"vfn": plan_vfn((24, 28, 20), (10, 10, 10))}
+    model = init_as_view_average(build_vfn(plan, num_image_channels=1, num_classes=2))
+    fused = fuse("vfn", maps, image, model=model, vfn_config=plan["vfn"])
+    np.testing.assert_array_equal(fused, majority_vote(maps))
+
+
+def test_vfn_noimage_refuses_an_image_model():
+    maps, image, _ = sliding_case((24, 28, 20))
+    config = VfnConfig([16, 16, 16], [8, 8, 8], [2, 2, 2])
+    with pytest.raises(VfnetError, match="with the image"):
+        fuse("vfn-noimage", maps, image, model=ViewEcho(1, use_image=True), vfn_config=config)
+
+
+def test_vfn_input_scales_image_and_orders_views():
+    rng = np.random.default_rng(1)
+    image = rng.normal(0, 1, (2, 10, 11, 12)).astype(np.float32)
+    image[0, 0, 0, 0] = 1e6  # an outlier beyond the 99.5 percentile is clipped, not stretched over
+    maps = {view: rng.random((3, 10, 11, 12)).astype(np.float32) for view in VIEWS}
+    x = vfn_input(image, maps, use_image=True)
+    assert x.shape == (2 + 3 * 2, 10, 11, 12) and x.dtype == np.float32
+    assert x.min() == 0 and x.max() == 1
+    assert np.median(x[0]) == pytest.approx(0.5, abs=0.1)
+    np.testing.assert_array_equal(x[2:4], maps["axial"][1:])
+    np.testing.assert_array_equal(x[6:8], maps["sagittal"][1:])
+    assert vfn_input(None, maps, use_image=False).shape[0] == 6
+    roi = (slice(2, 5), slice(0, 4), slice(3, 9))
+    np.testing.assert_array_equal(vfn_input(image, maps, roi=roi), x[(slice(None), *roi)])
+    with pytest.raises(VfnetError, match="missing: coronal"):
+        vfn_input(image, {"axial": maps["axial"], "sagittal": maps["sagittal"]})
+
+
+# --- post-processing --------------------------------------------------------------------
+
+def test_keep_largest_component_removes_small_island():
+    labels = np.zeros((12, 12, 12), dtype=np.uint8)
+    labels[2:7, 2:7, 2:7] = 1
+    labels[10, 10, 10] = 1          # island of class 1
+    labels[9:11, 1:3, 1:3] = 2      # class 2's only component stays
+    cleaned = keep_largest_component(labels, num_classes=3)
+    assert cleaned[10, 10, 10] == 0
+    assert (cleaned[2:7, 2:7, 2:7] == 1).all() and (cleaned[9:11, 1:3, 1:3] == 2).all()
+    assert cleaned.sum() == labels.sum() - 1
+    maps = {view: one_hot(labels.astype(int), 3) for view in VIEWS}
+    np.testing.assert_array_equal(fuse("majority", maps, None, postprocess=True), cleaned)

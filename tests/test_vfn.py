@@ -1,0 +1,119 @@
+"""The Volumetric Fusion Net and the 3D U-Net baseline: shapes, the averaging remark, parameter counts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from vfnet.fusion.methods import majority_vote, mean_fusion, vfn_input
+from vfnet.networks.unet3d import build_unet3d
+from vfnet.networks.vfn import (
+    build_vfn,
+    count_parameters,
+    init_as_view_average,
+    vfn_in_channels,
+    vfn_probabilities,
+)
+from vfnet.plans import plan_unet3d, plan_vfn
+from vfnet.views import VIEWS
+
+torch.set_num_threads(1)
+ODD_SHAPE = (19, 23, 17)
+
+
+def hippocampus_plan() -> dict:
+    """A plan shaped like MSD Hippocampus: median shape 36×50×35, organ box about 25×35×20."""
+    return {"vfn": plan_vfn((36, 50, 35), (25, 35, 20)), "unet3d": plan_unet3d((36, 50, 35))}
+
+
+def binarized_views(rng: np.random.Generator, num_classes: int, shape=ODD_SHAPE) -> dict[str, np.ndarray]:
+    """One-hot maps of random labels per view, correlated so that views often agree."""
+    base = rng.integers(0, num_classes, shape)
+    maps = {}
+    for view in VIEWS:
+        labels = np.where(rng.random(shape) < 0.3, rng.integers(0, num_classes, shape), base)
+        maps[view] = np.eye(num_classes, dtype=np.float32)[labels].transpose(3, 0, 1, 2)
+    return maps
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+@pytest.mark.parametrize("use_image", [True, False])
+def test_vfn_output_shape_equals_odd_input_shape(num_classes, use_image):
+    net = build_vfn(hippocampus_plan(), num_image_channels=1, num_classes=num_classes, use_image=use_image)
+    assert net.in_channels == (1 if use_image else 0) + 3 * (num_classes - 1)
+    x = torch.rand(2, net.in_channels, *ODD_SHAPE)
+    logits = net(x)
+    assert logits.shape == (2, 1 if num_classes == 2 else num_classes, *ODD_SHAPE)
+    probs = vfn_probabilities(logits)
+    assert probs.shape == (2, num_classes, *ODD_SHAPE)
+    assert torch.allclose(probs.sum(1), torch.ones(2, *ODD_SHAPE), atol=1e-5)
+    assert vfn_probabilities(logits[0]).shape == (num_classes, *ODD_SHAPE)
+
+
+def test_vfn_rejects_wrong_channel_count():
+    net = build_vfn(hippocampus_plan(), 1, 2)
+    with pytest.raises(ValueError, match="4 input channels"):
+        net(torch.rand(1, 3, 8, 8, 8))
+
+
+def test_view_channels_match_vfn_input_layout():
+    rng = np.random.default_rng(0)
+    num_classes = 3
+    net = build_vfn(hippocampus_plan(), num_image_channels=2, num_classes=num_classes)
+    probs = {view: rng.random((num_classes, 5, 6, 7)).astype(np.float32) for view in VIEWS}
+    x = vfn_input(rng.random((2, 5, 6, 7)), probs, use_image=True)
+    assert x.shape[0] == net.in_channels == vfn_in_channels(2, num_classes)
+    for index, view in enumerate(VIEWS):
+        np.testing.assert_array_equal(x[net.view_channels(index)], probs[view][1:])
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_view_average_weights_reproduce_majority_vote(num_classes):
+    # The paper: with equal weights the VFN is about majority voting; on binarized maps it is exactly so.
+    rng = np.random.default_rng(num_classes)
+    maps = binarized_views(rng, num_classes)
+    image = rng.random((1, *ODD_SHAPE)).astype(np.float32)
+    net = init_as_view_average(build_vfn(hippocampus_plan(), 1, num_classes))
+    with torch.no_grad():
+        probs = vfn_probabilities(net(torch.from_numpy(vfn_input(image, maps))[None]))[0].numpy()
+    fused = probs.argmax(0)
+    majority = majority_vote(maps)
+    votes = np.stack([m.argmax(0) for m in maps.values()])
+    # Where all three views disagree both fall back to a three-way tie of the mean; skip those.
+    some_agree = (votes[0] == votes[1]) | (votes[0] == votes[2]) | (votes[1] == votes[2])
+    assert some_agree.mean() > 0.9
+    np.testing.assert_array_equal(fused[some_agree], majority[some_agree])
+    if num_classes == 2:
+        np.testing.assert_array_equal(fused, majority)
+        mean_fg = np.mean([m[1] for m in maps.values()], axis=0)
+        np.testing.assert_allclose(probs[1] > 0.5, mean_fg > 0.5)
+
+
+def test_mean_of_binarized_maps_equals_majority_for_one_organ():
+    maps = binarized_views(np.random.default_rng(5), 2)
+    np.testing.assert_array_equal(mean_fusion(maps), majority_vote(maps))
+
+
+def test_unet3d_output_shape_and_plan_widths():
+    plan = hippocampus_plan()
+    net = build_unet3d(plan, in_channels=1, num_classes=3)
+    assert net.features == [32, 64, 128, 256]
+    assert net(torch.rand(1, 1, *ODD_SHAPE)).shape == (1, 3, *ODD_SHAPE)
+
+
+def test_vfn_has_fewer_parameters_than_planned_unet3d():
+    plan = hippocampus_plan()
+    vfn = count_parameters(build_vfn(plan, num_image_channels=1, num_classes=3))
+    unet = count_parameters(build_unet3d(plan, in_channels=1, num_classes=3))
+    print(f"\nHippocampus-like plan: VFN {vfn:,} parameters, 3D U-Net {unet:,} ({100 * vfn / unet:.1f}%)")
+    assert 0 < vfn < unet
+
+
+def test_networks_do_not_import_simpleitk():
+    code = ("import sys, vfnet.networks.vfn, vfnet.networks.unet3d, vfnet.fusion.methods, vfnet.fusion.roi; "
+            "sys.exit('SimpleITK' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -1,0 +1,200 @@
+"""The Volumetric Fusion Net (VFN) of Xia et al., MICCAI 2018, as the paper describes it.
+
+Input: the image channels scaled to [0, 1] followed by the three views' foreground
+probabilities, view-major in :data:`vfnet.views.VIEWS` order (axial, coronal, sagittal),
+foreground classes 1..C within a view (built by :func:`vfnet.fusion.methods.vfn_input`).
+Three down stages (two 3×3×3 conv, then 2×2×2 max-pool stride 2), three up stages (one
+4×4×4 stride-2 transposed conv), three highway connections (1×1×1 conv) between equal
+scales added to the up path, BN + ReLU after every conv and transposed conv, and a final
+1×1×1 conv. The authors' public code differs (three convs per stage, an extra bottleneck
+conv, identity highways); the paper's version is kept, as DESIGN.md asks.
+
+``features`` = [w0, w1, w2, w3]: stage k's first conv has w_k channels and its second
+w_(k+1), so every down stage doubles the channels and the pooled output of the last
+stage, at 1/8 resolution, is the w3-wide bottleneck; the up stage back to scale k has
+w_k channels. An output voxel sees 44 to 52 voxels per axis, by its position (the paper: 50³).
+
+Example:
+    >>> net = build_vfn(plan, num_image_channels=1, num_classes=3)
+    >>> logits = net(torch.rand(2, net.in_channels, 19, 23, 17))
+    >>> vfn_probabilities(logits).shape
+    torch.Size([2, 3, 19, 23, 17])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vfnet.views import VIEWS
+
+DEFAULT_FEATURES = (16, 32, 64, 128)
+NUM_STAGES = 3
+DIVISOR = 2**NUM_STAGES
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
+    # No conv bias: the BN that follows has its own shift.
+    return nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
+                         nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True))
+
+
+def _deconv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.ConvTranspose3d(in_channels, out_channels, 4, stride=2, padding=1, bias=False),
+                         nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True))
+
+
+def vfn_in_channels(num_image_channels: int, num_classes: int, use_image: bool = True) -> int:
+    """M + 3·C input channels (3·C without the image), C = ``num_classes`` − 1 foreground classes."""
+    return (num_image_channels if use_image else 0) + len(VIEWS) * (num_classes - 1)
+
+
+def vfn_out_channels(num_classes: int) -> int:
+    """One sigmoid logit for a single organ, else softmax logits over background + classes."""
+    return 1 if num_classes == 2 else num_classes
+
+
+class VolumetricFusionNet(nn.Module):
+    """The VFN; spatial input sizes are free (padded to a multiple of 8 inside, cropped back).
+
+    Args:
+        num_image_channels: M, the image channels of the dataset.
+        num_classes: background + foreground classes, as in plans.json and the probability maps.
+        use_image: False builds the no-image variant of the paper's ablation (3·C inputs).
+        features: widths [w0, w1, w2, w3]; w3 is the bottleneck.
+    """
+
+    def __init__(self, num_image_channels: int, num_classes: int, use_image: bool = True,
+                 features: Sequence[int] = DEFAULT_FEATURES):
+        super().__init__()
+        features = [int(f) for f in features]
+        if len(features) != NUM_STAGES + 1:
+            raise ValueError(f"VFN features need {NUM_STAGES + 1} widths (3 stages + bottleneck), got {features}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts background + foreground and must be >= 2, got {num_classes}")
+        self.num_image_channels = int(num_image_channels)
+        self.num_classes = int(num_classes)
+        self.use_image = bool(use_image)
+        self.features = features
+        self.in_channels = vfn_in_channels(num_image_channels, num_classes, use_image)
+        self.out_channels = vfn_out_channels(num_classes)
+
+        self.down = nn.ModuleList()
+        channels = self.in_channels
+        for k in range(NUM_STAGES):
+            self.down.append(nn.Sequential(_conv_bn_relu(channels, features[k], 3),
+                                           _conv_bn_relu(features[k], features[k + 1], 3)))
+            channels = features[k + 1]
+        self.pool = nn.MaxPool3d(2, stride=2)
+        # Up stages and highways run from the deepest scale back to full resolution.
+        scales = range(NUM_STAGES - 1, -1, -1)
+        self.up = nn.ModuleList(_deconv_bn_relu(features[k + 1], features[k]) for k in scales)
+        self.highway = nn.ModuleList(_conv_bn_relu(features[k + 1], features[k], 1) for k in scales)
+        self.head = nn.Conv3d(features[0], self.out_channels, 1)
+
+    def view_channels(self, view_index: int) -> list[int]:
+        """Input channels holding foreground classes 1..C of view ``VIEWS[view_index]``."""
+        first = (self.num_image_channels if self.use_image else 0) + view_index * (self.num_classes - 1)
+        return list(range(first, first + self.num_classes - 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels, z, y, x) in [0, 1] → logits (N, out_channels, z, y, x)."""
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"VFN expects {self.in_channels} input channels, got {x.shape[1]}")
+        shape = x.shape[2:]
+        pad = [(-s) % DIVISOR for s in shape]
+        if any(pad):
+            x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
+        skips = []
+        for stage in self.down:
+            x = stage(x)
+            skips.append(x)
+            x = self.pool(x)
+        for up, highway, skip in zip(self.up, self.highway, reversed(skips)):
+            x = up(x) + highway(skip)
+        x = self.head(x)
+        return x[:, :, :shape[0], :shape[1], :shape[2]]
+
+
+def build_vfn(plan, num_image_channels: int, num_classes: int, use_image: bool = True) -> VolumetricFusionNet:
+    """The VFN of a plan (``plan["vfn"]["features"]``).
+
+    Args:
+        plan: a :class:`vfnet.plans.Plan` or the plans.json dict.
+        num_image_channels: M image channels.
+        num_classes: background + foreground classes.
+        use_image: False for the no-image ablation.
+    """
+    return VolumetricFusionNet(num_image_channels, num_classes, use_image, plan["vfn"]["features"])
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of a module."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def vfn_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Logits of a VFN → probabilities over background + classes, whatever the head.
+
+    A single-channel (one organ, sigmoid) head gives (1 − p, p); a multi-channel head is
+    softmaxed. The channel axis is 1 for (N, K, z, y, x) batches and 0 for (K, z, y, x).
+    """
+    axis = logits.ndim - 4
+    logits = logits.float()
+    if logits.shape[axis] == 1:
+        foreground = torch.sigmoid(logits)
+        return torch.cat([1 - foreground, foreground], dim=axis)
+    return torch.softmax(logits, dim=axis)
+
+
+def _identity_bn_(bn: nn.BatchNorm3d) -> None:
+    bn.weight.data.fill_(1.0)
+    bn.bias.data.zero_()
+    bn.running_mean.zero_()
+    # var + eps == 1, so the (eval-mode) BN passes its input through unchanged.
+    bn.running_var.fill_(1.0 - bn.eps)
+
+
+@torch.no_grad()
+def init_as_view_average(model: VolumetricFusionNet, sharpness: float = 20.0) -> VolumetricFusionNet:
+    """Set the weights so the VFN computes the mean of the three views (the paper's remark).
+
+    Only the full-resolution highway path carries signal: the first conv averages each
+    class over the three views at the centre tap, the second conv and the highway copy it,
+    the last up stage is zeroed, and the head turns the mean m_c into logits s·(m − ½) for
+    one organ, or s·m_c (background s·(1 − Σ m_c)) for several. On binarized view maps the
+    argmax of the result is therefore majority voting. Returns the model in eval mode (BN
+    uses its running statistics, which this sets).
+
+    Args:
+        model: the VFN to overwrite.
+        sharpness: s, the logit scale.
+    """
+    num_fg = model.num_classes - 1
+    if min(model.features[0], model.features[1]) < num_fg:
+        raise ValueError(f"first widths {model.features[:2]} are narrower than the {num_fg} foreground classes")
+    for param in model.parameters():
+        param.zero_()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm3d):
+            _identity_bn_(module)
+    first, second = model.down[0][0][0], model.down[0][1][0]
+    highway = model.highway[-1][0]
+    for c in range(num_fg):
+        for view_index in range(len(VIEWS)):
+            first.weight[c, model.view_channels(view_index)[c], 1, 1, 1] = 1.0 / len(VIEWS)
+        second.weight[c, c, 1, 1, 1] = 1.0
+        highway.weight[c, c, 0, 0, 0] = 1.0
+    head = model.head
+    if model.out_channels == 1:
+        head.weight[0, 0] = sharpness
+        head.bias[0] = -sharpness / 2
+    else:
+        for c in range(num_fg):
+            head.weight[c + 1, c] = sharpness
+            head.weight[0, c] = -sharpness
+        head.bias[0] = sharpness
+    return model.eval()
