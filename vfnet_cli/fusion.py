@@ -48,3 +48,23 @@ def check_leakage_entry(dataset, preset):
             click.echo(f"  - {leak}", err=True)
         sys.exit(1)
     click.echo(f"no leakage: {checks} unit record(s) checked against their test folds")
+
+
+@command
+@dataset_option
+@preset_option
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@quiet_option
+def crossval_entry(dataset, preset, device, quiet):
+    """Cross-validate every fusion method on every held-out case and write a Table-1-style summary.
+
+    For each test fold: each view alone, majority, mean, STAPLE, VFN and VFN without image
+    (those whose models exist), each with and without largest-component post-processing;
+    Dice per label and overall (mean ± std, min, quartiles, max), time per case, and paired
+    t-test / Wilcoxon p-values of VFN against majority. Writes crossval.json, crossval.md and
+    best_method.json (the default fusion of vfnet_predict) to $vfnet_results/TaskXX/<preset>/crossval/.
+    """
+    from vfnet.fusion.crossval import crossval, crossval_markdown
+
+    result = crossval(dataset, preset, device=device, quiet=quiet)
+    click.echo(crossval_markdown(result))

@@ -1,0 +1,157 @@
+"""vfnet_crossval: every held-out case of every fold, every fusion method, a Table-1-style summary.
+
+Each test fold k is scored with the maps of the 2D fold units that left fold k out and the
+VFN of fold k; in holdout mode subset C with the 2D unit ``holdout`` and VFN ``holdout``.
+The best fusion method (by mean Dice) is recorded for ``vfnet_predict``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vfnet import paths
+from vfnet.atomic import write_json
+from vfnet.data import PreprocessedDataset
+from vfnet.errors import ModelNotFoundError
+from vfnet.evaluation.metrics import dice
+from vfnet.evaluation.stats import paired_tests, summarize
+from vfnet.fusion.fusion_set import load_view_maps
+from vfnet.fusion.methods import VfnConfig, fuse
+from vfnet.fusion.postprocess import keep_largest_component
+from vfnet.inference.models import FINAL_CHECKPOINT, load_vfn, resolve_device
+from vfnet.plans import Plan
+from vfnet.views import VIEWS
+
+FUSION_METHODS = ("majority", "mean", "staple", "vfn", "vfn-noimage")
+POSTPROCESSED = "+pp"
+
+
+def test_folds(plan: Plan) -> list[tuple[str, str, str]]:
+    """(test fold, 2D unit whose maps score it, VFN unit that fuses it)."""
+    if plan["split_mode"] == "holdout":
+        return [("C", "holdout", "holdout")]
+    return [(fold, fold, fold) for fold in plan["fold_names"]]
+
+
+def _case_dice(reference: np.ndarray, prediction: np.ndarray, foreground: dict[str, int]) -> dict[str, float]:
+    scores = {name: dice(reference == index, prediction == index) for name, index in foreground.items()}
+    scores["overall"] = float(np.mean(list(scores.values())))
+    return scores
+
+
+def _load_fold_vfns(results: Path, preset: str, vfn_unit: str, plan: Plan, device) -> dict:
+    models = {}
+    for method, network in (("vfn", "vfn"), ("vfn-noimage", "vfn_noimage")):
+        unit_dir = paths.unit_dir(results, preset, network, vfn_unit)
+        if (unit_dir / FINAL_CHECKPOINT).is_file():
+            models[method] = load_vfn(unit_dir, plan, method == "vfn", device)
+    return models
+
+
+def crossval(dataset: str | int | None, preset: str = "default", device: str = "auto", quiet: bool = False) -> dict:
+    """Fuse every held-out case with every available method and write the tables.
+
+    Returns:
+        The contents of ``<results>/<preset>/crossval/crossval.json``.
+    """
+    preprocessed = paths.preprocessed_dataset(dataset)
+    name = preprocessed.name
+    plan = Plan.load(preprocessed)
+    data = PreprocessedDataset(preprocessed)
+    results = paths.results_root() / name
+    torch_device = resolve_device(device)
+    config = VfnConfig.from_plan(plan, device=torch_device)
+    # class index -> label name, classes in ascending label value (as preprocessing maps them)
+    ordered = sorted(plan["labels"].items(), key=lambda kv: kv[1])
+    foreground = {label_name: index for index, (label_name, _) in enumerate(ordered) if index > 0}
+    cases: dict[str, dict] = {}
+    methods_seen: list[str] = []
+    for fold, unit, vfn_unit in test_folds(plan):
+        vfns = _load_fold_vfns(results, preset, vfn_unit, plan, torch_device)
+        methods = list(VIEWS) + [m for m in FUSION_METHODS if not m.startswith("vfn") or m in vfns]
+        for method in methods:
+            if method not in methods_seen:
+                methods_seen.append(method)
+        for case in tqdm(data.fold_cases([fold]), desc=f"crossval fold {fold}", unit="case", disable=quiet):
+            image, label = data.load(case, mmap=False)
+            maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, name)
+            entry = {"fold": fold, "dice": {}, "seconds": {}}
+            for method in methods:
+                start = time.perf_counter()
+                if method in VIEWS:
+                    prediction = np.argmax(maps[method], axis=0).astype(np.uint8)
+                else:
+                    prediction = fuse(method, maps, image, model=vfns.get(method), vfn_config=config)
+                seconds = time.perf_counter() - start
+                entry["dice"][method] = _case_dice(label, prediction, foreground)
+                entry["seconds"][method] = seconds
+                start = time.perf_counter()
+                cleaned = keep_largest_component(prediction, plan.num_classes)
+                entry["dice"][method + POSTPROCESSED] = _case_dice(label, cleaned, foreground)
+                entry["seconds"][method + POSTPROCESSED] = seconds + time.perf_counter() - start
+            cases[case] = entry
+    if not cases:
+        raise ModelNotFoundError(f"no held-out cases to evaluate for {name} ({preset})")
+    all_methods = [m + suffix for m in methods_seen for suffix in ("", POSTPROCESSED)]
+    # methods missing for some fold (e.g. a VFN trained for only some folds) are left out of the table
+    complete = [m for m in all_methods if all(m in c["dice"] for c in cases.values())]
+    labels = list(foreground) + ["overall"]
+    summary = {m: {lab: summarize([c["dice"][m][lab] for c in cases.values()]) for lab in labels} for m in complete}
+    for m in complete:
+        summary[m]["seconds_per_case"] = float(np.mean([c["seconds"][m] for c in cases.values()]))
+    tests = {}
+    for suffix in ("", POSTPROCESSED):
+        for rival in ("majority", "3d"):
+            if "vfn" + suffix in complete and rival + suffix in complete:
+                tests[f"vfn{suffix} vs {rival}{suffix}"] = {
+                    lab: paired_tests([c["dice"]["vfn" + suffix][lab] for c in cases.values()],
+                                      [c["dice"][rival + suffix][lab] for c in cases.values()]) for lab in labels}
+    fusion_rows = [m for m in complete if m.split("+")[0] in FUSION_METHODS]
+    best = max(fusion_rows, key=lambda m: summary[m]["overall"]["mean"])
+    record = {"method": best.split("+")[0], "postprocess": best.endswith(POSTPROCESSED),
+              "mean_dice": summary[best]["overall"]["mean"]}
+    out = {"dataset": name, "preset": preset, "split_mode": plan["split_mode"], "methods": complete,
+           "labels": {k: plan["labels"][k] for k in foreground}, "cases": cases, "summary": summary,
+           "tests": tests, "best": record}
+    folder = results / preset / "crossval"
+    write_json(folder / "crossval.json", out)
+    write_json(folder / "best_method.json", record)
+    from vfnet.atomic import atomic_path
+
+    with atomic_path(folder / "crossval.md") as tmp:
+        tmp.write_text(crossval_markdown(out))
+    return out
+
+
+def _fmt(stats: dict, scale: float = 100) -> str:
+    return f"{stats['mean'] * scale:.2f} ± {stats['std'] * scale:.2f}"
+
+
+def crossval_markdown(result: dict) -> str:
+    """Table 1 of the paper, for every method: Dice % per label and overall, time per case, p-values."""
+    labels = list(result["labels"])
+    lines = [f"# Cross-validation of {result['dataset']} ({result['preset']} preset, {result['split_mode']})", "",
+             f"{len(result['cases'])} held-out cases. Dice in %; '+pp' = largest connected component kept.", "",
+             "| method | " + " | ".join(labels) + " | overall mean ± std | min | Q1 | median | Q3 | max | s / case |",
+             "|---" * (len(labels) + 8) + "|"]
+    for method in result["methods"]:
+        row = result["summary"][method]
+        overall = row["overall"]
+        lines.append(f"| {method} | " + " | ".join(_fmt(row[lab]) for lab in labels) + f" | {_fmt(overall)} | "
+                     + " | ".join(f"{overall[k] * 100:.2f}" for k in ("min", "q1", "median", "q3", "max"))
+                     + f" | {row['seconds_per_case']:.3f} |")
+    if result["tests"]:
+        lines += ["", "Paired tests over cases (p-values):", "",
+                  "| comparison | label | mean difference (Dice %) | t-test p | Wilcoxon p |", "|---|---|---|---|---|"]
+        for comparison, per_label in result["tests"].items():
+            for lab, test in per_label.items():
+                lines.append(f"| {comparison} | {lab} | {test['mean_difference'] * 100:+.2f} | "
+                             f"{test['t_test_p']:.3g} | {test['wilcoxon_p']:.3g} |")
+    best = result["best"]
+    lines += ["", f"Best fusion method (recorded for vfnet_predict): **{best['method']}"
+              f"{' with post-processing' if best['postprocess'] else ''}** ({best['mean_dice'] * 100:.2f} %)."]
+    return "\n".join(lines) + "\n"
