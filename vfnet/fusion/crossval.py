@@ -22,7 +22,8 @@ from vfnet.evaluation.stats import paired_tests, summarize
 from vfnet.fusion.fusion_set import load_view_maps
 from vfnet.fusion.methods import VfnConfig, fuse
 from vfnet.fusion.postprocess import keep_largest_component
-from vfnet.inference.models import FINAL_CHECKPOINT, load_vfn, resolve_device
+from vfnet.inference.models import FINAL_CHECKPOINT, load_vfn
+from vfnet.training.trainer import resolve_device
 from vfnet.plans import Plan
 from vfnet.views import VIEWS
 

@@ -16,7 +16,11 @@ from vfnet.plans import Plan
 
 def _trained_on(results: Path, preset: str, network: str, unit: str) -> set[str] | None:
     record = paths.unit_dir(results, preset, network, unit) / "unit.json"
-    return set(read_json(record)["train_cases"]) if record.is_file() else None
+    if not record.is_file():
+        return None
+    data = read_json(record)
+    # validation cases choose the best checkpoint, so they count as seen
+    return set(data["train_cases"]) | set(data.get("val_cases", []))
 
 
 def find_leaks(dataset: str | int | None, preset: str | None = None) -> tuple[list[str], int]:

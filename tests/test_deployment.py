@@ -1,0 +1,178 @@
+"""Export and install of trained models: byte-exact round trip, unsafe zips refused, no silent overwrite."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vfnet import paths
+from vfnet.atomic import write_json
+from vfnet.deployment import MANIFEST, export_model, install_model, read_manifest
+from vfnet.errors import ModelNotFoundError, VfnetError
+from vfnet.inference.models import load_vfn
+from vfnet.networks.vfn import build_vfn
+from vfnet.plans import SCHEMA_VERSION, Plan, make_units
+from vfnet.views import VIEWS
+from vfnet_cli.deployment import export_model_entry, install_model_entry
+
+NAME = "Task07_Tiny"
+PRESET = "quick"
+
+
+def _plan(split_mode: str) -> dict:
+    folds = ["0", "1", "2"] if split_mode == "cca" else ["A", "B", "C"]
+    return {"schema_version": SCHEMA_VERSION, "dataset_name": NAME, "channel_names": {"0": "CT"},
+            "labels": {"background": 0, "organ": 1}, "num_classes": 2, "split_mode": split_mode,
+            "fold_names": folds, "num_folds": 3, "units": make_units(folds, split_mode),
+            "vfn": {"patch_size": [8, 8, 8], "stride": [8, 8, 8], "roi_margin": [2, 2, 2], "features": [2, 4, 4, 8]}}
+
+
+def _unit(results: Path, network: str, unit: str, seed: int) -> None:
+    folder = paths.unit_dir(results, PRESET, network, unit)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    torch.save({"network": {"w": torch.randn(3, 3)}, "history": [{"iteration": 1}]}, folder / "checkpoint_final.pth")
+    torch.save({"network": {"w": torch.zeros(1)}}, folder / "checkpoint_latest.pth")
+    write_json(folder / "unit.json", {"network": network, "unit": unit, "preset": PRESET, "train_cases": ["a"]})
+    write_json(folder / "summary.json", {"seed": seed})
+    (folder / "predictions").mkdir(exist_ok=True)
+    (folder / "predictions" / "a.npz").write_bytes(b"held-out maps")
+
+
+def fake_results(split_mode: str = "cca", with_vfn: bool = True) -> Path:
+    """A trained-looking results folder: every 2D unit of the plan, the deployment VFN, crossval records."""
+    results = paths.results_root() / NAME
+    plan = _plan(split_mode)
+    write_json(results / "plans.json", plan)
+    for name in ("dataset.json", "fingerprint.json", "splits.json"):
+        write_json(results / name, {"file": name})
+    for seed, unit in enumerate(plan["units"]["2d"]):
+        for view in VIEWS:
+            _unit(results, f"2d_{view}", unit["name"], seed)
+    if with_vfn:
+        vfn_unit = "all" if split_mode == "cca" else "holdout"
+        folder = paths.unit_dir(results, PRESET, "vfn", vfn_unit)
+        folder.mkdir(parents=True)
+        torch.manual_seed(3)
+        torch.save({"network": build_vfn(plan, 1, 2).state_dict()}, folder / "checkpoint_final.pth")
+        write_json(folder / "unit.json", {"network": "vfn", "unit": vfn_unit})
+    write_json(results / PRESET / "crossval" / "best_method.json", {"method": "vfn", "postprocess": True})
+    (results / PRESET / "crossval" / "crossval.md").write_text("| method | overall |\n")
+    return results
+
+
+def _use_results_root(monkeypatch, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("vfnet_results", str(folder))
+
+
+def test_export_then_install_reproduces_every_file(vfnet_env, tmp_path, monkeypatch):
+    source = fake_results()
+    archive = export_model("7", tmp_path / "model.zip", preset=PRESET)
+    manifest = read_manifest(archive)
+    assert manifest["dataset"] == NAME and manifest["preset"] == PRESET
+    assert manifest["fusion"] == {"method": "vfn", "postprocess": True}
+    units = {(u["network"], u["unit"]) for u in manifest["units"]}
+    # the K fold units of each view, their 2D 'all' units and the VFN 'all'; no CCA unit
+    assert units == {(f"2d_{v}", u) for v in VIEWS for u in ("0", "1", "2", "all")} | {("vfn", "all")}
+
+    _use_results_root(monkeypatch, tmp_path / "other_machine")
+    installed = install_model(archive)
+    assert installed == tmp_path / "other_machine" / NAME
+    exported = set(manifest["files"])
+    assert exported == {p.relative_to(installed).as_posix() for p in installed.rglob("*") if p.is_file()}
+    for rel in exported:
+        assert (installed / rel).read_bytes() == (source / rel).read_bytes(), rel
+    assert "quick/2d_axial/0/checkpoint_final.pth" in exported and "quick/crossval/crossval.md" in exported
+    assert not any("predictions" in rel or "checkpoint_latest" in rel or "cca_" in rel for rel in exported)
+    # the installed VFN loads into the planned network with the trained weights
+    plan = Plan.load(installed)
+    model = load_vfn(paths.unit_dir(installed, PRESET, "vfn", "all"), plan)
+    original = torch.load(source / PRESET / "vfn" / "all" / "checkpoint_final.pth")["network"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in original.items())
+    assert not [p for p in installed.parent.iterdir() if p.name.startswith(".vfnet_install_")]
+
+
+def test_missing_vfn_names_the_training_command(vfnet_env, tmp_path):
+    fake_results(with_vfn=False)
+    with pytest.raises(ModelNotFoundError, match="vfnet_train vfn all") as info:
+        export_model(NAME, tmp_path / "model.zip", preset=PRESET)
+    assert "vfnet_build_fusion_set -f all" in str(info.value)
+    assert not (tmp_path / "model.zip").exists()
+
+
+def test_holdout_and_single_model_exports(vfnet_env, tmp_path):
+    fake_results("holdout")
+    units = {(u["network"], u["unit"]) for u in read_manifest(export_model(NAME, tmp_path / "h.zip", PRESET))["units"]}
+    assert units == {(f"2d_{v}", u) for v in VIEWS for u in ("holdout", "all")} | {("vfn", "holdout")}
+    single = read_manifest(export_model(NAME, tmp_path / "s.zip", PRESET, include_all_folds=False))
+    assert {(u["network"], u["unit"]) for u in single["units"]} == {(f"2d_{v}", "all") for v in VIEWS} | {
+        ("vfn", "holdout")}
+
+
+def _evil_zip(path: Path, member: str) -> Path:
+    manifest = {"format": "vfnet_model", "format_version": 1, "dataset": NAME, "preset": PRESET, "units": [],
+                "files": {}}
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(MANIFEST, json.dumps(manifest))
+        archive.writestr(f"{NAME}/plans.json", json.dumps(_plan("cca")))
+        archive.writestr(member, "evil")
+    return path
+
+
+@pytest.mark.parametrize("member", ["../evil", f"{NAME}/../../evil", "/tmp/evil", "Task07_Other/plans.json"])
+def test_zip_with_escaping_paths_is_rejected(vfnet_env, tmp_path, member):
+    archive = _evil_zip(tmp_path / "evil.zip", member)
+    with pytest.raises(VfnetError, match="refusing to install"):
+        install_model(archive)
+    root = paths.results_root()
+    assert list(root.iterdir()) == [] and not (tmp_path / "evil").exists()
+
+
+def test_corrupt_member_is_rejected_and_nothing_installed(vfnet_env, tmp_path, monkeypatch):
+    fake_results()
+    archive = export_model(NAME, tmp_path / "model.zip", preset=PRESET)
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(tampered, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            target.writestr(info, data + b"x" if info.filename.endswith("vfn/all/checkpoint_final.pth") else data)
+    _use_results_root(monkeypatch, tmp_path / "other")
+    with pytest.raises(VfnetError, match="corrupt"):
+        install_model(tampered)
+    assert list((tmp_path / "other").iterdir()) == []
+
+
+def test_install_over_existing_checkpoints_needs_overwrite(vfnet_env, tmp_path, monkeypatch):
+    fake_results()
+    archive = export_model(NAME, tmp_path / "model.zip", preset=PRESET)
+    _use_results_root(monkeypatch, tmp_path / "other")
+    target = install_model(archive)
+    checkpoint = target / PRESET / "vfn" / "all" / "checkpoint_final.pth"
+    original = checkpoint.read_bytes()
+    checkpoint.write_bytes(b"a model trained here")
+    with pytest.raises(VfnetError, match="--overwrite") as info:
+        install_model(archive)
+    assert str(checkpoint) in str(info.value)
+    assert checkpoint.read_bytes() == b"a model trained here"
+
+    result = CliRunner().invoke(install_model_entry, [str(archive)])
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    result = CliRunner().invoke(install_model_entry, [str(archive), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert checkpoint.read_bytes() == original
+    assert f"vfnet_predict -d {NAME} --preset {PRESET}" in result.output
+
+
+def test_cli_export(vfnet_env, tmp_path):
+    fake_results()
+    result = CliRunner().invoke(export_model_entry, ["-d", "Task07", "-o", str(tmp_path / "m.zip"), "--preset", PRESET])
+    assert result.exit_code == 0, result.output
+    assert "Exported 13 unit(s) of Task07_Tiny" in result.output and zipfile.is_zipfile(tmp_path / "m.zip")
+    result = CliRunner().invoke(export_model_entry, ["-o", str(tmp_path / "m.zip"), "--preset", "default"])
+    assert result.exit_code == 2 and "vfnet_train 2d axial 0" in result.output

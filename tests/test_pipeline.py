@@ -1,0 +1,156 @@
+"""The whole pipeline at toy scale: plan → three views → fusion set → VFN → crossval → predict → evaluate.
+
+Also the prediction guarantees: input geometry kept exactly, a corrupt case named and skipped
+with exit code 1, the input folder untouched, and an exported model predicting the same labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from click.testing import CliRunner
+
+from vfnet import paths
+from vfnet.atomic import read_json
+from vfnet.deployment import export_model, install_model
+from vfnet.fusion.leakage import find_leaks
+from vfnet.planning import plan_and_preprocess
+from vfnet.training.train2d import train_2d_unit
+from vfnet.training.train_vfn import train_vfn_unit
+from vfnet.views import VIEWS
+from vfnet_cli.evaluate import evaluate_entry
+from vfnet_cli.fusion import crossval_entry
+from vfnet_cli.predict import predict_entry
+
+PRESET = "quick"
+TINY_2D = {"iterations": 30, "batch_size": 8, "num_workers": 0, "val_every": 30}
+TINY_VFN = {"iterations": 6, "batch_size": 2, "val_every": 6}
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A demo dataset trained end to end in holdout mode (module-scoped: it takes a few seconds)."""
+    from vfnet.demo_data import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("pipeline")
+    monkey = pytest.MonkeyPatch()
+    for var in paths.ENV_VARS:
+        (root / var).mkdir()
+        monkey.setenv(var, str(root / var))
+    raw = make_demo_dataset(root / "vfnet_raw", num_train=9, num_test=2, shape=(16, 24, 20))
+    plan_and_preprocess(None, num_processes=1, split_mode="holdout", quiet=True)
+    for view in VIEWS:
+        train_2d_unit(None, view, "holdout", PRESET, device="cpu", quiet=True, schedule_overrides=TINY_2D,
+                      features=[8, 16, 32])
+    train_vfn_unit(None, "holdout", PRESET, device="cpu", quiet=True, schedule_overrides=TINY_VFN)
+    train_vfn_unit(None, "holdout", PRESET, use_image=False, device="cpu", quiet=True, schedule_overrides=TINY_VFN)
+    yield root, raw
+    monkey.undo()
+
+
+def test_every_unit_finished_and_recorded(trained):
+    root, raw = trained
+    results = paths.results_root() / raw.name
+    for network in [f"2d_{v}" for v in VIEWS] + ["vfn", "vfn_noimage"]:
+        unit = paths.unit_dir(results, PRESET, network, "holdout")
+        assert (unit / "checkpoint_final.pth").is_file() and (unit / "progress.png").is_file()
+        assert read_json(unit / "unit.json")["train_cases"]
+    manifest = read_json(root / "vfnet_preprocessed" / raw.name / "fusion" / PRESET / "holdout" / "manifest.json")
+    splits = read_json(root / "vfnet_preprocessed" / raw.name / "splits.json")["folds"]
+    assert sorted(manifest["cases"]) == sorted(splits["B"])
+    assert all(entry["units"]["2d_axial"] == "holdout" for entry in manifest["cases"].values())
+    leaks, checks = find_leaks(None, PRESET)
+    assert leaks == [] and checks >= 5
+
+
+def test_crossval_table_has_every_method_and_records_the_best(trained):
+    root, raw = trained
+    result = CliRunner().invoke(crossval_entry, ["--preset", PRESET, "-q"])
+    assert result.exit_code == 0, result.output
+    folder = paths.results_root() / raw.name / PRESET / "crossval"
+    table = read_json(folder / "crossval.json")
+    for method in ("axial", "coronal", "sagittal", "majority", "mean", "staple", "vfn", "vfn-noimage"):
+        assert method in table["methods"] and method + "+pp" in table["methods"]
+    assert "vfn vs majority" in table["tests"]
+    assert set(table["cases"]) == set(read_json(root / "vfnet_preprocessed" / raw.name / "splits.json")["folds"]["C"])
+    best = read_json(folder / "best_method.json")
+    assert best["method"] in ("majority", "mean", "staple", "vfn", "vfn-noimage")
+    assert "| majority |" in (folder / "crossval.md").read_text()
+
+
+def test_predict_keeps_geometry_names_corrupt_case_and_leaves_input_alone(trained, tmp_path):
+    root, raw = trained
+    inputs = tmp_path / "in"
+    shutil.copytree(raw / "imagesTs", inputs)
+    # a reoriented copy: prediction must come back in that file's own geometry
+    image = sitk.ReadImage(str(inputs / "demo_009_0000.nii.gz"))
+    flipped = sitk.DICOMOrient(image, "RAI")
+    sitk.WriteImage(flipped, str(inputs / "turned_0000.nii.gz"))
+    (inputs / "broken_0000.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    before = _digest(inputs)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(out), "--preset", PRESET, "-q",
+                                                "--fusion", "vfn"])
+    assert result.exit_code == 1
+    assert "broken" in result.output and "Traceback" not in result.output
+    assert _digest(inputs) == before
+    for case in ("demo_009", "demo_010", "turned"):
+        source = sitk.ReadImage(str(inputs / f"{case}_0000.nii.gz"))
+        label = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+        assert label.GetSize() == source.GetSize()
+        assert label.GetSpacing() == source.GetSpacing()
+        assert label.GetOrigin() == source.GetOrigin()
+        assert label.GetDirection() == source.GetDirection()
+    # the turned copy gets the same segmentation, turned the same way
+    straight = sitk.ReadImage(str(out / "demo_009.nii.gz"))
+    turned = sitk.DICOMOrient(sitk.ReadImage(str(out / "turned.nii.gz")), "LPS")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.DICOMOrient(straight, "LPS")),
+                                  sitk.GetArrayFromImage(turned))
+    # existing outputs are skipped, and the output folder may not sit inside the input
+    again = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(out), "--preset", PRESET, "-q"])
+    assert "Skipped 3" in again.output
+    inside = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(inputs / "x"), "--preset", PRESET])
+    assert inside.exit_code == 2 and "inside the input" in inside.output
+
+
+def test_predictions_evaluate_against_the_test_labels(trained, tmp_path):
+    root, raw = trained
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(predict_entry, ["-i", str(raw / "imagesTs"), "-o", str(out), "--preset", PRESET,
+                                                "-q", "--fusion", "majority"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(evaluate_entry, ["-r", str(raw / "labelsTs"), "-p", str(out), "-d", raw.name, "-q"])
+    assert result.exit_code == 0, result.output
+    summary = read_json(out / "summary.json")
+    assert summary  # structure checked in test_evaluate; here: the pipeline's output is evaluable
+    dice = [case["labels"]["organ"]["dice"] for case in summary["cases"].values()]
+    assert len(dice) == 2 and all(0.0 <= d <= 1.0 for d in dice)
+
+
+def test_export_install_predict_gives_the_same_labels(trained, tmp_path, monkeypatch):
+    root, raw = trained
+    first = tmp_path / "first"
+    CliRunner().invoke(predict_entry, ["-i", str(raw / "imagesTs"), "-o", str(first), "--preset", PRESET, "-q"])
+    archive = export_model(raw.name, tmp_path / "model.zip", preset=PRESET)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setenv("vfnet_results", str(elsewhere))
+    install_model(archive)
+    second = tmp_path / "second"
+    result = CliRunner().invoke(predict_entry, ["-i", str(raw / "imagesTs"), "-o", str(second), "--preset", PRESET,
+                                                "-q"])
+    assert result.exit_code == 0, result.output
+    for case in ("demo_009", "demo_010"):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(first / f"{case}.nii.gz")))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(second / f"{case}.nii.gz")))
+        np.testing.assert_array_equal(a, b)

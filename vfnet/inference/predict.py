@@ -1,0 +1,126 @@
+"""vfnet_predict as a library call: new images → label files in each input's own geometry.
+
+Per case: read and reorient to LPS, preprocess as planned, run the three views (the chosen
+fold units' probabilities averaged, optionally with mirroring), fuse, undo the resampling
+and the reorientation, write ``<case>.nii.gz``. Each case is independent: one that fails is
+reported and the others still finish.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vfnet.atomic import atomic_path
+from vfnet.errors import VfnetError
+from vfnet.imageio import read_canonical, write_like
+from vfnet.inference.inputs import InputCase, discover_cases
+from vfnet.inference.models import DeployedModels, load_deployed_models
+from vfnet.preprocessing import class_values, preprocess_image, resample_to_shape
+
+
+@dataclass
+class PredictionReport:
+    """What happened to every case."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _check_folders(source: Path, target: Path) -> None:
+    source, target = source.resolve(), target.resolve()
+    if source.is_dir() and (target == source or source in target.parents):
+        raise VfnetError(f"output folder {target} is inside the input folder {source}; vfnet never writes "
+                         "into its input: choose another -o")
+    if target == source:
+        raise VfnetError(f"output {target} is the input itself; choose another -o")
+
+
+def labels_to_input_geometry(classes: np.ndarray, properties: dict, num_classes: int) -> np.ndarray:
+    """Class labels in the preprocessed grid → label values in the canonical (reoriented) grid.
+
+    Resampling goes through per-class soft masks (linear) and an argmax, which keeps thin
+    structures better than nearest-neighbour on the labels.
+    """
+    shape = tuple(properties["canonical_shape"])
+    if classes.shape != shape:
+        onehot = np.stack([(classes == c).astype(np.float32) for c in range(num_classes)])
+        classes = np.argmax(resample_to_shape(onehot, shape, order=1), axis=0)
+    return class_values(properties["labels"])[classes]
+
+
+def predict_case(case: InputCase, models: DeployedModels, fusion: str, postprocess: bool, tta: bool,
+                 out_dir: Path, save_probabilities: bool = False) -> None:
+    """Predict one case and write ``out_dir/<case>.nii.gz`` (atomically)."""
+    plan = models.plan
+    if len(case.sources) != plan.num_channels:
+        raise VfnetError(f"case {case.case_id} has {len(case.sources)} channel(s) "
+                         f"({', '.join(p.name for p in case.sources)}); the model expects {plan.num_channels}")
+    channels, spacing, geometry = [], None, None
+    for source in case.sources:
+        array, channel_spacing, channel_geometry = read_canonical(source)
+        if geometry is not None and array.shape != channels[0].shape:
+            raise VfnetError(f"{source}: shape {array.shape} differs from the case's first channel {channels[0].shape}")
+        channels.append(array)
+        spacing, geometry = spacing or channel_spacing, geometry or channel_geometry
+    image = preprocess_image(channels, spacing, plan.data)
+    view_probs = models.view_probabilities(image, tta=tta)
+    classes = models.fuse(fusion, view_probs, image, postprocess=postprocess)
+    properties = {"canonical_shape": list(channels[0].shape), "labels": plan["labels"]}
+    labels = labels_to_input_geometry(classes, properties, plan.num_classes)
+    write_like(labels.astype(np.uint8 if labels.max() < 256 else np.uint16), geometry, out_dir / case.output_name)
+    if save_probabilities:
+        with atomic_path(out_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
+            np.savez_compressed(tmp, **{v: p.astype(np.float16) for v, p in view_probs.items()},
+                                spacing=np.asarray(plan["target_spacing"]))
+
+
+def predict(source: Path, target: Path, dataset: str | int | None = None, preset: str = "default",
+            folds: list[str] | None = None, fusion: str | None = None, postprocess: bool | None = None,
+            tta: bool = False, save_probabilities: bool = False, overwrite: bool = False,
+            device: str = "auto", quiet: bool = False) -> PredictionReport:
+    """Predict every case of ``source`` (a file, a folder of files, or DICOM series folders) into ``target``.
+
+    Raises:
+        VfnetError: before any case runs (bad folders, missing models). Per-case problems are
+            collected in the report instead.
+    """
+    source, target = Path(source), Path(target)
+    _check_folders(source, target)
+    cases = discover_cases(source)
+    models = load_deployed_models(dataset, preset, folds, fusion, device)
+    fusion = models.fusion_method
+    postprocess = models.default_postprocess if postprocess is None else postprocess
+    target.mkdir(parents=True, exist_ok=True)
+    report = PredictionReport()
+    log_lines = []
+    for case in tqdm(cases, desc="predicting", unit="case", disable=quiet):
+        if (target / case.output_name).exists() and not overwrite:
+            report.skipped.append(case.case_id)
+            continue
+        start = time.perf_counter()
+        try:
+            predict_case(case, models, fusion, postprocess, tta, target, save_probabilities)
+        except VfnetError as exc:
+            report.failed[case.case_id] = str(exc)
+        except (RuntimeError, ValueError, OSError) as exc:
+            report.failed[case.case_id] = f"{case.sources[0]}: {type(exc).__name__}: {exc}"
+        else:
+            report.written.append(case.case_id)
+            report.seconds[case.case_id] = round(time.perf_counter() - start, 3)
+        log_lines.append(json.dumps({"case": case.case_id, "seconds": report.seconds.get(case.case_id),
+                                     "error": report.failed.get(case.case_id)}))
+    with open(target / "vfnet_predict.log", "a") as log:
+        log.write(json.dumps({"fusion": fusion, "postprocess": postprocess, "tta": tta, "folds": models.folds,
+                              "preset": preset, "device": str(models.device)}) + "\n")
+        log.write("\n".join(log_lines) + ("\n" if log_lines else ""))
+    return report
+
+

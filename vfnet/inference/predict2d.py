@@ -1,0 +1,119 @@
+"""Whole-volume prediction with one view's 2D network, and the held-out maps of a training unit.
+
+Slices are taken along the view in batches, each with its planned context (the same
+:func:`vfnet.training.data2d.slice_stacks` as in training), and the softmax maps are
+restacked into the canonical (z, y, x) layout with :func:`vfnet.views.from_view`. Slices
+of any size are fine: :class:`vfnet.networks.unet2d.UNet2D` pads them to a multiple of
+2^poolings inside its forward pass and crops the logits back.
+
+Example:
+    >>> net = load_unit_network(unit_dir, plan, "axial", "cpu")
+    >>> probs = predict_volume_2d(net, image, "axial", context_slices=3, device="cpu")
+    >>> probs.shape == (plan.num_classes, *image.shape[1:])
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vfnet.atomic import atomic_path, write_json
+from vfnet.data import PreprocessedDataset
+from vfnet.errors import ModelNotFoundError
+from vfnet.evaluation.metrics import dice
+from vfnet.networks.unet2d import UNet2D, build_unet2d, unet2d_from_config
+from vfnet.training.data2d import slice_stacks
+from vfnet.views import from_view, to_view
+
+
+def load_unit_network(unit_dir: Path, plan: Mapping, view: str, device: str | torch.device = "cpu",
+                      checkpoint: str = "checkpoint_final.pth") -> UNet2D:
+    """The trained 2D network of a unit folder, in eval mode on ``device``.
+
+    The network is rebuilt from the constructor arguments stored in the checkpoint (so a
+    width override used at training time is honoured), else from the plan's view spec.
+    """
+    path = Path(unit_dir) / checkpoint
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} not found; train the unit first (vfnet_train 2d {view} "
+                                 f"{Path(unit_dir).name})")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = state.get("metadata", {}).get("network_config")
+    network = unet2d_from_config(config) if config else build_unet2d(plan, view)
+    network.load_state_dict(state["network"])
+    return network.to(device).eval()
+
+
+@torch.no_grad()
+def predict_volume_2d(network: torch.nn.Module, image: np.ndarray, view: str, context_slices: int,
+                      device: str | torch.device = "cpu", batch_size: int = 32) -> np.ndarray:
+    """Softmax probabilities (num_classes, z, y, x) float32 of a canonical image (C, z, y, x).
+
+    Args:
+        network: 2D network taking (B, C·context_slices, H, W) and returning logits.
+        image: preprocessed image in the canonical layout.
+        view: axial, coronal or sagittal.
+        context_slices: slices per input stack, as planned.
+        device: where the network is; CUDA runs in mixed precision.
+        batch_size: slices per forward pass.
+    """
+    device = torch.device(device)
+    image_view = np.ascontiguousarray(to_view(np.asarray(image, dtype=np.float32), view))
+    num_slices = image_view.shape[1]
+    network.eval()
+    out = None
+    for begin in range(0, num_slices, batch_size):
+        indices = list(range(begin, min(begin + batch_size, num_slices)))
+        inputs = torch.from_numpy(slice_stacks(image_view, indices, context_slices)).to(device)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            logits = network(inputs)
+        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        if out is None:
+            out = np.empty((probs.shape[1], num_slices, *probs.shape[2:]), dtype=np.float32)
+        out[:, begin:begin + len(indices)] = probs.swapaxes(0, 1)
+    return np.ascontiguousarray(from_view(out, view))
+
+
+def per_class_dice(probabilities: np.ndarray, label: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """Dice of the argmax of ``probabilities`` against ``label`` for each foreground class."""
+    prediction = probabilities.argmax(0)
+    return {name: dice(label == c, prediction == c) for c, name in enumerate(class_names) if c > 0}
+
+
+def save_probabilities(path: Path, probabilities: np.ndarray) -> None:
+    """``<case>.npz`` with key ``probabilities`` as float16, written atomically."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16))
+
+
+def predict_held_out(network: torch.nn.Module, dataset: PreprocessedDataset, cases: Sequence[str], view: str,
+                     context_slices: int, class_names: Sequence[str], unit_dir: Path,
+                     device: str | torch.device = "cpu", batch_size: int = 32, quiet: bool = False,
+                     extra: dict | None = None) -> dict:
+    """Write ``predictions/<case>.npz`` for every case and ``summary.json`` with the view's own Dice.
+
+    Returns:
+        The summary: per case the Dice of each foreground class and their mean, the mean per
+        class over cases, and the overall mean (``mean_dice``).
+    """
+    unit_dir = Path(unit_dir)
+    per_case = {}
+    for case in tqdm(cases, desc=f"predicting {view}", disable=quiet, unit="case"):
+        image, label = dataset.load(case)
+        probabilities = predict_volume_2d(network, image, view, context_slices, device, batch_size)
+        save_probabilities(unit_dir / "predictions" / f"{case}.npz", probabilities)
+        scores = per_class_dice(probabilities, np.asarray(label), class_names)
+        per_case[case] = {"dice": scores, "mean": float(np.mean(list(scores.values())))}
+    foreground = [name for c, name in enumerate(class_names) if c > 0]
+    class_means = {name: float(np.mean([v["dice"][name] for v in per_case.values()])) if per_case else None
+                   for name in foreground}
+    summary = {**(extra or {}), "view": view, "checkpoint": "final", "num_cases": len(per_case),
+               "mean_dice": float(np.mean([v["mean"] for v in per_case.values()])) if per_case else None,
+               "mean_per_class": class_means, "cases": per_case}
+    write_json(unit_dir / "summary.json", summary)
+    return summary

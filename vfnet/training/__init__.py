@@ -1,0 +1,1 @@
+"""Training: the generic trainer, losses, data samplers and the per-network training entry points."""

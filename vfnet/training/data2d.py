@@ -1,0 +1,191 @@
+"""2.5D training batches of one view: slice stacks with context, foreground oversampling, augmentation.
+
+The input of a slice is its ``context_slices`` neighbours (clamped at the volume's edges)
+times the image channels, channel-major: [c0 s−1, c0 s, c0 s+1, c1 s−1, ...]. The same
+:func:`slice_stacks` serves training and prediction, so both see identical inputs.
+Volumes are read into RAM once, already in the view's layout (via :mod:`vfnet.views`).
+
+Example:
+    >>> volumes = load_view_volumes(PreprocessedDataset(folder), cases, "coronal")
+    >>> loader = make_train_loader(volumes, patch_size=[40, 40], context=3, batch_size=32, num_workers=2)
+    >>> batch = next(loader)  # {"data": (32, 3, 40, 40), "target": (32, 1, 40, 40)}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.transforms.abstract_transforms import Compose
+from batchgenerators.transforms.color_transforms import (
+    BrightnessMultiplicativeTransform,
+    ContrastAugmentationTransform,
+    GammaTransform,
+)
+from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
+from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+
+from vfnet.data import PreprocessedDataset
+from vfnet.views import context_indices, to_view
+
+MAX_FOREGROUND_POINTS = 20000  # per class and case: enough to sample centres, small in RAM
+
+
+@dataclass
+class ViewVolume:
+    """One case in a view's layout: image (C, S, H, W), label (S, H, W), foreground voxels per class."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+    foreground: dict[int, np.ndarray]
+
+
+def _foreground_points(label: np.ndarray, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    points = {}
+    for value in np.unique(label):
+        if value == 0:
+            continue
+        where = np.argwhere(label == value)
+        if len(where) > MAX_FOREGROUND_POINTS:
+            where = where[rng.choice(len(where), MAX_FOREGROUND_POINTS, replace=False)]
+        points[int(value)] = where.astype(np.int32)
+    return points
+
+
+def load_view_volumes(dataset: PreprocessedDataset, cases: Sequence[str], view: str,
+                      with_foreground: bool = True) -> list[ViewVolume]:
+    """Read ``cases`` into RAM in ``view``'s layout (contiguous, so slicing a stack is cheap)."""
+    rng = np.random.default_rng(0)
+    volumes = []
+    for case in cases:
+        image, label = dataset.load(case, mmap=False)
+        label_view = np.ascontiguousarray(to_view(label, view))
+        volumes.append(ViewVolume(case, np.ascontiguousarray(to_view(image, view), dtype=np.float32), label_view,
+                                  _foreground_points(label_view, rng) if with_foreground else {}))
+    return volumes
+
+
+def slice_stacks(image_view: np.ndarray, indices: Sequence[int], context: int) -> np.ndarray:
+    """Network inputs (B, C·context, H, W) of slices ``indices`` of a view-layout image (C, S, H, W)."""
+    index = np.stack([context_indices(int(i), image_view.shape[1], context) for i in indices])
+    stacks = image_view[:, index]  # (C, B, context, H, W)
+    return np.ascontiguousarray(stacks.swapaxes(0, 1).reshape(len(indices), -1, *image_view.shape[-2:]))
+
+
+def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: float = 0) -> np.ndarray:
+    """Window of ``size`` over the last two axes starting at ``start`` (may be negative); outside is ``fill``."""
+    out = np.full(array.shape[:-2] + tuple(size), fill, dtype=array.dtype)
+    src, dst = [], []
+    for begin, length, extent in zip(start, size, array.shape[-2:]):
+        lo, hi = max(begin, 0), min(begin + length, extent)
+        src.append(slice(lo, max(lo, hi)))
+        dst.append(slice(lo - begin, lo - begin + max(0, hi - lo)))
+    out[(..., *dst)] = array[(..., *src)]
+    return out
+
+
+def _window_start(extent: int, length: int, centre: int | None) -> int:
+    # Windows stay inside the slice where it is large enough; smaller slices sit somewhere inside the window.
+    lo, hi = min(0, extent - length), max(0, extent - length)
+    if centre is None:
+        return int(np.random.randint(lo, hi + 1))
+    return int(np.clip(centre - length // 2, lo, hi))
+
+
+class SliceSampler(SlimDataLoaderBase):
+    """Endless random batches ``{"data": (B, C·context, *patch), "target": (B, 1, *patch)}`` (float32).
+
+    Uses numpy's global RNG (seeded per background worker by batchgenerators, by the
+    trainer in-process). The last ``oversample_foreground`` share of every batch is centred
+    on a foreground voxel of a randomly chosen class; the rest are random slices and crops.
+
+    Args:
+        volumes: from :func:`load_view_volumes`.
+        patch_size: planned (H, W).
+        context: slices per stack.
+        batch_size: samples per batch.
+        oversample_foreground: share of each batch forced onto foreground (about 1/3).
+    """
+
+    def __init__(self, volumes: list[ViewVolume], patch_size: Sequence[int], context: int, batch_size: int,
+                 oversample_foreground: float = 0.33):
+        super().__init__(volumes, batch_size)
+        self.patch_size, self.context = [int(p) for p in patch_size], int(context)
+        self.num_foreground = round(batch_size * oversample_foreground)
+
+    def sample(self, volume: ViewVolume, force_foreground: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(C·context, *patch) input and (1, *patch) label of one slice window."""
+        centre = None
+        if force_foreground and volume.foreground:
+            points = volume.foreground[list(volume.foreground)[np.random.randint(len(volume.foreground))]]
+            centre = points[np.random.randint(len(points))]
+            index = int(centre[0])
+        else:
+            index = np.random.randint(volume.label.shape[0])
+        start = [_window_start(volume.label.shape[1 + a], self.patch_size[a], None if centre is None else centre[1 + a])
+                 for a in range(2)]
+        stack = slice_stacks(volume.image, [index], self.context)[0]
+        return (crop_padded(stack, start, self.patch_size),
+                crop_padded(volume.label[index][None], start, self.patch_size).astype(np.float32))
+
+    def generate_train_batch(self) -> dict:
+        samples = [self.sample(self._data[np.random.randint(len(self._data))],
+                               i >= self.batch_size - self.num_foreground) for i in range(self.batch_size)]
+        return {"data": np.stack([s[0] for s in samples]), "target": np.stack([s[1] for s in samples])}
+
+
+def augmentation_2d(patch_size: Sequence[int]) -> Compose:
+    """Rotation, scaling, Gaussian noise, brightness, contrast, gamma and mirroring of 2D batches."""
+    return Compose([
+        SpatialTransform(list(patch_size), patch_center_dist_from_border=None, do_elastic_deform=False,
+                         do_rotation=True, angle_x=(-np.pi / 6, np.pi / 6), do_scale=True, scale=(0.85, 1.25),
+                         border_mode_data="constant", border_cval_data=0, order_data=3,
+                         border_mode_seg="constant", border_cval_seg=0, order_seg=0, random_crop=False,
+                         data_key="data", label_key="target", p_el_per_sample=0, p_scale_per_sample=0.2,
+                         p_rot_per_sample=0.2),
+        GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1, data_key="data"),
+        BrightnessMultiplicativeTransform((0.75, 1.25), per_channel=False, p_per_sample=0.15, data_key="data"),
+        ContrastAugmentationTransform((0.75, 1.25), per_channel=False, p_per_sample=0.15, data_key="data"),
+        GammaTransform((0.7, 1.5), per_channel=False, retain_stats=True, p_per_sample=0.15, data_key="data"),
+        MirrorTransform(axes=(0, 1), data_key="data", label_key="target"),
+    ])
+
+
+def make_train_loader(volumes: list[ViewVolume], patch_size: Sequence[int], context: int, batch_size: int,
+                      num_workers: int, seed: int = 0, augment: bool = True):
+    """Augmented training batches, made by ``num_workers`` background processes (0: in-process).
+
+    Background workers keep the network from waiting for data; in-process loading is for
+    tests and debugging. Call ``loader._finish()`` (or :func:`close_loader`) when done.
+    """
+    sampler = SliceSampler(volumes, patch_size, context, batch_size)
+    transform = augmentation_2d(patch_size) if augment else None
+    if num_workers <= 0:
+        return SingleThreadedAugmenter(sampler, transform)
+    seeds = [seed * 1000 + i for i in range(num_workers)]
+    return NonDetMultiThreadedAugmenter(sampler, transform, num_workers, num_cached=max(2, 2 * num_workers),
+                                        seeds=seeds)
+
+
+def fixed_batches(volumes: list[ViewVolume], patch_size: Sequence[int], context: int, batch_size: int,
+                  num_batches: int, seed: int = 0) -> list[dict]:
+    """The same validation batches at every validation (no augmentation), drawn once with ``seed``."""
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        sampler = SliceSampler(volumes, patch_size, context, batch_size)
+        return [sampler.generate_train_batch() for _ in range(num_batches)]
+    finally:
+        np.random.set_state(state)
+
+
+def close_loader(loader) -> None:
+    """Stop a loader's background workers, if it has any."""
+    finish = getattr(loader, "_finish", None)
+    if finish is not None:
+        finish()

@@ -1,0 +1,147 @@
+"""Every training unit of a plan as a job: listed for a cluster, or run one after the other.
+
+Stages register a function that lists their jobs in :data:`STAGES`; ``vfnet_train_all``
+runs them in the order of :data:`STAGE_ORDER`. Adding a stage (VFN, 3D U-Net) means
+writing its ``_jobs_<stage>`` function and adding one entry to :data:`STAGES`.
+
+Example:
+    >>> for job in list_jobs(plan, results_folder, "quick", stage="2d"):
+    ...     print(job.command("Task04_Hippocampus", "quick"))
+    vfnet_train 2d axial 0 -d Task04_Hippocampus --preset quick
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vfnet import paths
+from vfnet.errors import VfnetError
+from vfnet.plans import Plan
+from vfnet.views import VIEWS
+
+STAGE_ORDER = ("2d", "vfn", "3d")
+
+
+@dataclass
+class TrainingJob:
+    """One ``vfnet_train`` call: the network kind, its positional arguments and where it writes.
+
+    Args:
+        stage: ``2d``, ``vfn`` or ``3d``.
+        arguments: positional arguments after ``vfnet_train`` (e.g. ``["2d", "axial", "0"]``).
+        unit_dir: results folder of the unit.
+        run: ``run(dataset, preset, resume, **options)`` trains the unit.
+    """
+
+    stage: str
+    arguments: list[str]
+    unit_dir: Path
+    run: Callable = field(repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return (self.unit_dir / "checkpoint_final.pth").is_file() and (self.unit_dir / "summary.json").is_file()
+
+    @property
+    def started(self) -> bool:
+        return (self.unit_dir / "checkpoint_latest.pth").is_file()
+
+    def command(self, dataset: str, preset: str) -> str:
+        """Complete shell command (``--continue`` when a latest checkpoint exists)."""
+        flags = " --continue" if self.started and not self.finished else ""
+        return f"vfnet_train {' '.join(self.arguments)} -d {dataset} --preset {preset}{flags}"
+
+
+def _jobs_2d(plan: Plan, results: Path, preset: str, views: Sequence[str]) -> list[TrainingJob]:
+    from vfnet.training.train2d import train_2d_unit
+
+    jobs = []
+    for view in views:
+        for unit in plan.units("2d"):
+            name = unit["name"]
+
+            def run(dataset, preset_, resume, _view=view, _unit=name, **options):
+                return train_2d_unit(dataset, _view, _unit, preset_, resume=resume, **options)
+
+            jobs.append(TrainingJob("2d", ["2d", view, name], paths.unit_dir(results, preset, f"2d_{view}", name),
+                                    run))
+    return jobs
+
+
+def _jobs_vfn(plan: Plan, results: Path, preset: str, views: Sequence[str]) -> list[TrainingJob]:
+    from vfnet.training.train_vfn import train_vfn_unit
+
+    jobs = []
+    for use_image, network, flag in ((True, "vfn", []), (False, "vfn_noimage", ["--no-image"])):
+        for unit in plan.units("vfn"):
+            name = unit["name"]
+            if not use_image and unit["kind"] == "all":
+                continue  # the ablation is measured by cross-validation; deployment uses the full VFN
+
+            def run(dataset, preset_, resume, _unit=name, _image=use_image, **options):
+                return train_vfn_unit(dataset, _unit, preset_, use_image=_image, resume=resume, **options)
+
+            jobs.append(TrainingJob("vfn", ["vfn", name, *flag], paths.unit_dir(results, preset, network, name), run))
+    return jobs
+
+
+STAGES: dict[str, Callable[[Plan, Path, str, Sequence[str]], list[TrainingJob]]] = {"2d": _jobs_2d, "vfn": _jobs_vfn}
+
+
+def _check_views(views: Sequence[str] | None) -> list[str]:
+    views = list(views or VIEWS)
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise VfnetError(f"unknown view(s) {', '.join(unknown)}; the views are: {', '.join(VIEWS)}")
+    return views
+
+
+def list_jobs(plan: Plan, results: Path, preset: str, stage: str = "all",
+              views: Sequence[str] | None = None) -> list[TrainingJob]:
+    """Jobs of ``stage`` (or of every available stage for ``all``) in the order they must run."""
+    if stage == "all":
+        stages = [s for s in STAGE_ORDER if s in STAGES]
+    elif stage in STAGES:
+        stages = [stage]
+    else:
+        known = ", ".join(list(STAGES) + ["all"])
+        raise VfnetError(f"stage '{stage}' is not available; the stages are: {known}")
+    views = _check_views(views)
+    return [job for s in stages for job in STAGES[s](plan, results, preset, views)]
+
+
+def dataset_jobs(dataset: str | int | None, preset: str, stage: str = "all",
+                 views: Sequence[str] | None = None) -> tuple[str, list[TrainingJob]]:
+    """(dataset folder name, its jobs) for a preprocessed dataset."""
+    preprocessed = paths.preprocessed_dataset(dataset)
+    plan = Plan.load(preprocessed)
+    return preprocessed.name, list_jobs(plan, paths.results_root() / preprocessed.name, preset, stage, views)
+
+
+def job_commands(dataset: str | int | None, preset: str = "default", stage: str = "all",
+                 views: Sequence[str] | None = None, include_finished: bool = False) -> list[str]:
+    """One shell command per unfinished unit (all units with ``include_finished``)."""
+    name, jobs = dataset_jobs(dataset, preset, stage, views)
+    return [job.command(name, preset) for job in jobs if include_finished or not job.finished]
+
+
+def train_all(dataset: str | int | None, preset: str = "default", stage: str = "all",
+              views: Sequence[str] | None = None, log: Callable[[str], None] = print, **options) -> list[Path]:
+    """Run every unfinished unit in order, continuing those with a latest checkpoint.
+
+    Args:
+        options: passed to each stage's training function (``device``, ``num_threads``, ``quiet``).
+
+    Returns:
+        The unit folders trained in this call.
+    """
+    name, jobs = dataset_jobs(dataset, preset, stage, views)
+    pending = [job for job in jobs if not job.finished]
+    log(f"{name}: {len(jobs) - len(pending)} of {len(jobs)} unit(s) already finished, {len(pending)} to train")
+    done = []
+    for number, job in enumerate(pending, 1):
+        log(f"[{number}/{len(pending)}] {job.command(name, preset)}")
+        done.append(job.run(name, preset, job.started, **options))
+    return done

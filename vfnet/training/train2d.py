@@ -1,0 +1,146 @@
+"""``vfnet_train 2d VIEW UNIT`` as a library call: train one view's U-Net on a unit, then predict its held-out folds.
+
+Validation and the best checkpoint use a split carved from the unit's own training
+cases; the folds the unit predicts are never seen before the final checkpoint predicts
+them. Results go to ``$vfnet_results/TaskXX_Name/<preset>/2d_<view>/<unit>/``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vfnet import paths
+from vfnet.atomic import write_json
+from vfnet.data import PreprocessedDataset
+from vfnet.errors import PlanError, VfnetError
+from vfnet.inference.predict2d import load_unit_network, predict_held_out
+from vfnet.networks.unet2d import build_unet2d
+from vfnet.planning import copy_dataset_files
+from vfnet.plans import Plan
+from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
+from vfnet.training.losses import DiceCELoss
+from vfnet.training.trainer import Trainer, TrainingConfig, resolve_device, saved_iteration, seed_everything
+from vfnet.views import VIEWS
+
+SEED = 12345
+VALIDATION_FRACTION = 0.15
+VALIDATION_BATCHES = 5
+PREDICT_BATCH = 64
+
+
+def split_validation(cases: Sequence[str], key: str, fraction: float = VALIDATION_FRACTION) -> tuple[list, list]:
+    """(train, validation) cases: a seeded ``fraction`` (at least one case) of the unit's own training cases.
+
+    With a single training case it serves as its own validation case (nothing else is allowed).
+    """
+    cases = sorted(cases)
+    if len(cases) < 2:
+        return cases, list(cases)
+    rng = np.random.default_rng(SEED + zlib.crc32(key.encode()))
+    count = min(len(cases) - 1, max(1, round(fraction * len(cases))))
+    val = sorted(cases[i] for i in rng.choice(len(cases), count, replace=False))
+    return [c for c in cases if c not in val], val
+
+
+def unit_finished(unit_dir: Path) -> bool:
+    """A unit is finished when its final checkpoint and its summary exist."""
+    return (Path(unit_dir) / "checkpoint_final.pth").is_file() and (Path(unit_dir) / "summary.json").is_file()
+
+
+def _check_view(view: str) -> str:
+    if view not in VIEWS:
+        raise VfnetError(f"unknown view '{view}'; the views are: {', '.join(VIEWS)}")
+    return view
+
+
+def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "default", device: str = "auto",
+                  num_threads: int | None = None, resume: bool = False, quiet: bool = False,
+                  schedule_overrides: dict | None = None, features: Sequence[int] | None = None) -> Path:
+    """Train the 2D U-Net of ``view`` on ``unit`` and predict the unit's held-out folds.
+
+    Args:
+        dataset: id or name of a preprocessed dataset (None: the only one).
+        view: axial, coronal or sagittal.
+        unit: a 2D unit of the plan (``0``, ``cca_0_1``, ``holdout``, ``all``...).
+        preset: training schedule (quick, default, paper).
+        device: auto, cpu or cuda.
+        num_threads: torch CPU threads; None uses torch's default.
+        resume: continue from ``checkpoint_latest.pth`` (a finished unit is left as it is).
+        quiet: no progress bars or console messages.
+        schedule_overrides: replace keys of the preset's schedule (tests, benchmarks).
+        features: replace the planned widths (tests, benchmarks).
+
+    Returns:
+        The unit's results folder.
+    """
+    _check_view(view)
+    preprocessed = paths.preprocessed_dataset(dataset)
+    plan = Plan.load(preprocessed)
+    spec = plan.unit("2d", unit)
+    schedule = {**plan.schedule(preset, "2d"), **(schedule_overrides or {})}
+    torch_device = resolve_device(device)
+    results = paths.results_root() / preprocessed.name
+    copy_dataset_files(preprocessed, results)
+    network_name = f"2d_{view}"
+    out = paths.unit_dir(results, preset, network_name, str(unit))
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and unit_finished(out):
+        return out
+
+    data = PreprocessedDataset(preprocessed)
+    train_cases, val_cases = split_validation(data.fold_cases(spec["train_folds"]), key=str(unit))
+    predict_cases = data.fold_cases(spec["predict_folds"])
+    if set(predict_cases) & set(train_cases + val_cases):
+        raise PlanError(f"unit {unit}: training and predicted cases overlap; check splits.json and plans.json")
+    record = {"network": network_name, "unit": str(unit), "preset": preset, "view": view,
+              "train_folds": spec["train_folds"], "predict_folds": spec["predict_folds"],
+              "train_cases": train_cases, "val_cases": val_cases, "predict_cases": predict_cases}
+    write_json(out / "unit.json", record)
+
+    if not (resume and (out / "checkpoint_final.pth").is_file()):
+        if not resume:
+            for stale in ("checkpoint_final.pth", "summary.json", "checkpoint_latest.pth", "checkpoint_best.pth"):
+                (out / stale).unlink(missing_ok=True)
+        _train(plan, data, view, train_cases, val_cases, schedule, out, torch_device, num_threads, resume, quiet,
+               features, {"network": network_name, "unit": str(unit), "preset": preset,
+                          "dataset": preprocessed.name})
+
+    network = load_unit_network(out, plan, view, torch_device)
+    class_names = [name for name, _ in sorted(plan["labels"].items(), key=lambda kv: kv[1])]
+    predict_held_out(network, data, predict_cases, view, plan["views"][view]["context_slices"], class_names, out,
+                     torch_device, PREDICT_BATCH, quiet,
+                     extra={"network": network_name, "unit": str(unit), "preset": preset,
+                            "dataset": preprocessed.name})
+    return out
+
+
+def _train(plan: Plan, data: PreprocessedDataset, view: str, train_cases: list[str], val_cases: list[str],
+           schedule: dict, out: Path, device: torch.device, num_threads: int | None, resume: bool, quiet: bool,
+           features: Sequence[int] | None, metadata: dict) -> None:
+    spec = plan["views"][view]
+    patch, context, batch_size = spec["patch_size"], spec["context_slices"], int(schedule["batch_size"])
+    seed_everything(SEED)
+    network = build_unet2d(plan, view, features)
+    volumes = load_view_volumes(data, train_cases, view)
+    val_batches = fixed_batches(load_view_volumes(data, val_cases, view), patch, context, batch_size,
+                                int(schedule.get("val_batches", VALIDATION_BATCHES)), seed=SEED)
+    # Workers are re-seeded from the resumed iteration so a continued run does not replay old batches.
+    start = saved_iteration(out) if resume else 0
+    loader = make_train_loader(volumes, patch, context, batch_size, int(schedule.get("num_workers", 0)),
+                               seed=SEED + start)
+    config = TrainingConfig.from_schedule(schedule, seed=SEED)
+    trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, out, device=device,
+                      num_threads=num_threads, quiet=quiet,
+                      metadata={**metadata, "view": view, "network_config": network.config(),
+                                "train_cases": train_cases, "val_cases": val_cases})
+    if resume:
+        trainer.resume()
+    try:
+        trainer.fit()
+    finally:
+        close_loader(loader)

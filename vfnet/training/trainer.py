@@ -1,0 +1,378 @@
+"""A generic, iteration-based training loop shared by the 2D view U-Nets, the VFN and the 3D U-Net.
+
+Training is composition: the trainer takes a network, a loss, an iterator of training
+batches, an iterable of validation batches, a :class:`TrainingConfig` (iterations,
+learning rate, pluggable LR schedule) and a device. Nothing here knows about views,
+patches or datasets. Batches are dicts with ``"data"`` (B, C, *spatial) and ``"target"``
+(B, [1,] *spatial) class indices, as numpy arrays or tensors.
+
+Files in ``out_dir``: ``checkpoint_latest.pth`` (every validation), ``checkpoint_best.pth``
+(highest validation pseudo-Dice), ``checkpoint_final.pth`` (end of the schedule), all
+written atomically; ``training.log``; ``progress.png`` redrawn at every validation.
+
+Example:
+    >>> config = TrainingConfig(iterations=1000, lr=0.01, val_every=100)
+    >>> trainer = Trainer(net, DiceCELoss(), train_batches, val_batches, config, out_dir, device="cpu")
+    >>> trainer.resume()  # False when there is nothing to continue
+    >>> history = trainer.fit()
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vfnet.atomic import atomic_path
+from vfnet.errors import VfnetError
+from vfnet.errors import PlanError
+from vfnet.training.losses import foreground_counts
+
+CHECKPOINTS = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth")
+
+
+class PolyLR:
+    """Poly decay ``(1 − iteration / iterations) ** exponent`` (nnU-Net's default)."""
+
+    def __init__(self, iterations: int, exponent: float = 0.9):
+        self.iterations, self.exponent = int(iterations), float(exponent)
+
+    def __call__(self, iteration: int) -> float:
+        return max(0.0, 1 - iteration / self.iterations) ** self.exponent
+
+
+class StepLR:
+    """Multiply by ``gamma`` at each fraction of the schedule (the VFN paper: ÷10 at 2/3 and 5/6)."""
+
+    def __init__(self, iterations: int, fractions: tuple[float, ...] = (2 / 3, 5 / 6), gamma: float = 0.1):
+        self.milestones = [round(f * iterations) for f in fractions]
+        self.gamma = float(gamma)
+
+    def __call__(self, iteration: int) -> float:
+        return self.gamma ** sum(iteration >= m for m in self.milestones)
+
+
+def sgd_nesterov(params: Iterable, lr: float, momentum: float = 0.99, weight_decay: float = 3e-5):
+    """SGD with Nesterov momentum, the default optimizer."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+
+
+def adamw(params: Iterable, lr: float, weight_decay: float = 3e-5):
+    """AdamW: on the shared Hippocampus it learns far faster than SGD in short (quick) schedules."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+# Names a plan preset may give as "optimizer".
+OPTIMIZERS = {"sgd": sgd_nesterov, "adam": adamw}
+
+
+@dataclass
+class TrainingConfig:
+    """How long and how fast to train.
+
+    Args:
+        iterations: optimizer steps in the whole schedule.
+        lr: initial learning rate.
+        val_every: iterations between validations (and latest checkpoints).
+        lr_schedule: factor of ``lr`` per iteration; None means :class:`PolyLR` over ``iterations``.
+        optimizer: ``(params, lr) -> torch.optim.Optimizer``; None means :func:`sgd_nesterov`. A plan
+            schedule names it (``"sgd"`` or ``"adam"``, see :data:`OPTIMIZERS`).
+        grad_clip: max gradient norm, None for no clipping.
+        seed: seeds python, numpy and torch when the trainer is made.
+    """
+
+    iterations: int
+    lr: float = 0.01
+    val_every: int = 250
+    lr_schedule: Callable[[int], float] | None = None
+    optimizer: Callable | None = None
+    grad_clip: float | None = 12.0
+    seed: int = 12345
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_schedule(cls, schedule: dict, **overrides) -> TrainingConfig:
+        """From a plan preset (``plan.schedule(preset, network)``); keys it does not know go to ``extra``."""
+        merged = {**schedule, **overrides}
+        if isinstance(merged.get("optimizer"), str):
+            name = merged["optimizer"]
+            if name not in OPTIMIZERS:
+                raise PlanError(f"optimizer '{name}' in the plan's schedule is unknown; expected one of "
+                                f"{', '.join(OPTIMIZERS)}")
+            merged["optimizer"] = OPTIMIZERS[name]
+        known = {k: merged.pop(k) for k in list(merged) if k in cls.__dataclass_fields__ and k != "extra"}
+        return cls(**known, extra=merged)
+
+    def describe(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k not in ("lr_schedule", "optimizer")}
+        out["lr_schedule"] = type(self.lr_schedule).__name__ if self.lr_schedule else "PolyLR"
+        out["optimizer"] = getattr(self.optimizer, "__name__", "custom") if self.optimizer else "sgd_nesterov"
+        return out
+
+
+def plot_progress(history: list[dict], path: Path) -> None:
+    """Draw losses, pseudo-Dice, learning rate and seconds per validation interval into ``path``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # Figure + Agg canvas rather than pyplot: no global backend switch, safe in worker threads.
+    its = [h["iteration"] for h in history]
+    figure = Figure(figsize=(10, 7), tight_layout=True)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2, 2)
+    axes[0, 0].plot(its, [h["train_loss"] for h in history], label="train loss")
+    axes[0, 0].plot(its, [h["val_loss"] for h in history], label="validation loss")
+    axes[0, 0].legend()
+    axes[0, 1].plot(its, [h["val_dice"] for h in history], color="tab:green", marker=".")
+    axes[0, 1].set_ylabel("validation pseudo-Dice")
+    axes[1, 0].plot(its, [h["lr"] for h in history], color="tab:red")
+    axes[1, 0].set_ylabel("learning rate")
+    axes[1, 1].plot(its, [h["seconds"] for h in history], color="tab:purple", marker=".", label="seconds")
+    axes[1, 1].set_ylabel("seconds per validation interval")
+    wait = axes[1, 1].twinx()
+    wait.plot(its, [100 * h["data_wait"] for h in history], color="tab:gray", linestyle="--")
+    wait.set_ylabel("data wait (% of step time)")
+    for ax in axes.flat:
+        ax.set_xlabel("iteration")
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=80)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; asking for CUDA without one is a user error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VfnetError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
+    return device
+
+
+def saved_iteration(out_dir: Path, name: str = "checkpoint_latest.pth") -> int:
+    """Iteration stored in a checkpoint of ``out_dir``, 0 when there is none."""
+    path = Path(out_dir) / name
+    if not path.is_file():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=False)["iteration"])
+
+
+def _to_tensor(value, device: torch.device) -> torch.Tensor:
+    tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+    return tensor.to(device, non_blocking=True)
+
+
+class Trainer:
+    """Iteration-based training with validation, checkpoints, resume, a log and a progress plot.
+
+    Args:
+        network: the model; moved to ``device``.
+        loss: ``loss(logits, target) -> scalar``.
+        train_loader: iterator of training batches (never exhausted: ``next`` is called per step).
+        val_loader: iterable re-read at every validation (e.g. a fixed list of batches), or None.
+        config: schedule and optimizer.
+        out_dir: where checkpoints, log and plot go.
+        device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``. CUDA trains with mixed precision.
+        num_threads: torch CPU threads (CPU only); None leaves torch's default.
+        metadata: stored in every checkpoint (e.g. the network's constructor arguments).
+        quiet: no progress bar, nothing printed (the log file is still written).
+    """
+
+    def __init__(self, network: nn.Module, loss: Callable, train_loader: Iterator, val_loader: Iterable | None,
+                 config: TrainingConfig, out_dir: Path, device: str | torch.device = "auto",
+                 num_threads: int | None = None, metadata: dict | None = None, quiet: bool = False):
+        self.device = resolve_device(device)
+        self.amp = self.device.type == "cuda"
+        if self.amp:
+            torch.backends.cudnn.benchmark = True
+        elif num_threads:
+            torch.set_num_threads(int(num_threads))
+        seed_everything(config.seed)
+        self.network = network.to(self.device)
+        self.loss, self.train_loader, self.val_loader = loss, train_loader, val_loader
+        self.config, self.out_dir, self.quiet = config, Path(out_dir), quiet
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.metadata = dict(metadata or {})
+        make_optimizer = config.optimizer or sgd_nesterov
+        self.optimizer = make_optimizer(self.network.parameters(), config.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           config.lr_schedule or PolyLR(config.iterations))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.iteration = 0
+        self.best_dice = -1.0
+        self.history: list[dict] = []
+
+    # ----------------------------------------------------------------- logging
+    def log(self, message: str) -> None:
+        """Append to ``training.log`` and, unless quiet, print above the progress bar."""
+        line = f"{datetime.now():%Y-%m-%d %H:%M:%S} {message}"
+        with open(self.out_dir / "training.log", "a") as handle:
+            handle.write(line + "\n")
+        if not self.quiet:
+            tqdm.write(message)
+
+    # ------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"iteration": self.iteration, "network": self.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "best_dice": self.best_dice, "history": self.history,
+                "rng": rng, "config": self.config.describe(), "metadata": self.metadata}
+
+    def save_checkpoint(self, name: str) -> Path:
+        path = self.out_dir / name
+        with atomic_path(path, suffix=".pth") as tmp:
+            torch.save(self.state(), tmp)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore everything needed to go on exactly where ``path`` was written."""
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration, self.best_dice = int(state["iteration"]), float(state["best_dice"])
+        self.history = list(state["history"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+
+    def resume(self) -> bool:
+        """Continue from ``checkpoint_latest.pth`` if it exists; True when something was restored."""
+        path = self.out_dir / "checkpoint_latest.pth"
+        if not path.is_file():
+            return False
+        self.load_checkpoint(path)
+        self.log(f"resumed from {path.name} at iteration {self.iteration}")
+        return True
+
+    # ---------------------------------------------------------------- training
+    def train_step(self, batch: dict) -> float:
+        data, target = _to_tensor(batch["data"], self.device), _to_tensor(batch["target"], self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            loss = self.loss(self.network(data), target)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        """(mean loss, pseudo-Dice) over the validation batches; pseudo-Dice pools TP/FP/FN per class."""
+        if self.val_loader is None:
+            return float("nan"), float("nan")
+        self.network.eval()
+        losses, counts = [], None
+        for batch in self.val_loader:
+            data, target = _to_tensor(batch["data"], self.device), _to_tensor(batch["target"], self.device)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                logits = self.network(data)
+                losses.append(float(self.loss(logits, target)))
+            batch_counts = foreground_counts(logits, target)
+            counts = batch_counts if counts is None else counts + batch_counts
+        self.network.train()
+        if counts is None:
+            return float("nan"), float("nan")
+        tp, fp, fn = counts
+        dice = torch.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), torch.ones_like(tp))
+        return float(np.mean(losses)), float(dice.mean())
+
+    def _end_interval(self, train_losses: list[float], interval_start: float, step_seconds: float,
+                      wait_seconds: float) -> float:
+        """Validate, checkpoint, log and plot; returns when the next interval starts."""
+        val_loss, val_dice = self.validate()
+        # Steps and validation of this interval; checkpoint and plot time count for the next one.
+        next_start = time.perf_counter()
+        improved = not np.isnan(val_dice) and val_dice > self.best_dice
+        if improved:
+            self.best_dice = val_dice
+        entry = {"iteration": self.iteration,
+                 "train_loss": float(np.mean(train_losses)) if train_losses else float("nan"),
+                 "val_loss": val_loss, "val_dice": val_dice, "lr": self.optimizer.param_groups[0]["lr"],
+                 "seconds": next_start - interval_start, "data_wait": wait_seconds / step_seconds if step_seconds > 0 else 0.0}
+        self.history.append(entry)
+        self.save_checkpoint("checkpoint_latest.pth")
+        if improved:
+            self.save_checkpoint("checkpoint_best.pth")
+        self.log(f"iteration {self.iteration}/{self.config.iterations}: train loss {entry['train_loss']:.4f}, "
+                 f"val loss {val_loss:.4f}, pseudo-Dice {val_dice:.4f}{' (best)' if improved else ''}, "
+                 f"lr {entry['lr']:.2e}, {entry['seconds']:.1f} s, data wait {100 * entry['data_wait']:.1f}%")
+        plot_progress(self.history, self.out_dir / "progress.png")
+        return next_start
+
+    def fit(self, stop_at: int | None = None) -> list[dict]:
+        """Train from the current iteration to the end of the schedule (or up to ``stop_at``).
+
+        Args:
+            stop_at: stop after this many iterations with a latest checkpoint (to be resumed).
+
+        Returns:
+            The history: one dict per validation (iteration, losses, pseudo-Dice, lr, seconds, data wait share).
+        """
+        total, every = self.config.iterations, max(1, self.config.val_every)
+        end = total if stop_at is None else min(total, stop_at)
+        if self.iteration == 0:
+            self.log(f"training on {self.device} ({'mixed precision' if self.amp else 'float32'}, "
+                     f"{torch.get_num_threads()} CPU threads): {self.config.describe()}")
+        self.network.train()
+        losses: list[float] = []
+        interval_start, step_seconds, wait_seconds = time.perf_counter(), 0.0, 0.0
+        bar = tqdm(total=total, initial=self.iteration, disable=self.quiet, desc="training", unit="it",
+                   dynamic_ncols=True)
+        try:
+            while self.iteration < end:
+                start = time.perf_counter()
+                batch = next(self.train_loader)
+                waited = time.perf_counter() - start
+                losses.append(self.train_step(batch))
+                step_seconds += time.perf_counter() - start
+                wait_seconds += waited
+                self.iteration += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if self.iteration % every == 0 or self.iteration == total:
+                    interval_start = self._end_interval(losses, interval_start, step_seconds, wait_seconds)
+                    losses, step_seconds, wait_seconds = [], 0.0, 0.0
+        finally:
+            bar.close()
+        if self.iteration >= total:
+            self.save_checkpoint("checkpoint_final.pth")
+            self.log(f"finished {total} iterations; best pseudo-Dice {self.best_dice:.4f}")
+        elif not self.history or self.history[-1]["iteration"] != self.iteration:
+            self.save_checkpoint("checkpoint_latest.pth")
+        return self.history
+
+    def data_wait_share(self) -> float:
+        """Share of training-step time spent waiting for batches, over the whole history."""
+        if not self.history:
+            return 0.0
+        return float(np.mean([h["data_wait"] for h in self.history]))
+
+
+def load_checkpoint_weights(path: Path, device: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint (weights, metadata, history...) without a trainer."""
+    return torch.load(path, map_location=resolve_device(device), weights_only=False)

@@ -1,0 +1,56 @@
+"""vfnet_predict."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from vfnet.fusion.methods import METHODS
+from vfnet.inference.predict import predict
+from vfnet_cli.common import command, dataset_option, preset_option, quiet_option
+
+
+@command
+@click.option("-i", "--input", "source", required=True, type=click.Path(exists=True, path_type=Path),
+              help="A folder of images (NIfTI, NRRD, MHA; <case>_0000... for several channels; the _0000 "
+                   "suffix is optional), a folder of DICOM series folders, or one file.")
+@click.option("-o", "--output", "target", required=True, type=click.Path(path_type=Path),
+              help="Output folder (never inside the input). One <case>.nii.gz per case.")
+@dataset_option
+@preset_option
+@click.option("-f", "--folds", multiple=True,
+              help="Fold units whose view predictions are averaged (default: all K folds; 'all' uses the 2D "
+                   "units trained on every case). Repeat or give several: -f 0 -f 1.")
+@click.option("--fusion", type=click.Choice(list(METHODS)), default=None,
+              help="Fusion method (default: the one vfnet_crossval found best, else vfn).")
+@click.option("--postprocess/--no-postprocess", default=None,
+              help="Keep the largest connected component of each label (default: as vfnet_crossval found best).")
+@click.option("--tta", is_flag=True, help="Test-time augmentation: also predict mirrored volumes and average.")
+@click.option("--save-probabilities", is_flag=True,
+              help="Also save each view's probabilities (<case>.npz, preprocessed grid).")
+@click.option("--overwrite", is_flag=True, help="Predict cases whose output exists (default: skip them).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@quiet_option
+def predict_entry(source, target, dataset, preset, folds, fusion, postprocess, tta, save_probabilities,
+                  overwrite, device, quiet):
+    """Segment new images with a trained dataset's models.
+
+    Each case is reoriented and preprocessed as planned, segmented along the axial, coronal
+    and sagittal views (fold ensemble), fused (default: the method vfnet_crossval recorded,
+    else the VFN), and written with exactly the input's size, spacing, origin and direction. A
+    DICOM series folder gives <folder>.nii.gz. A case that cannot be read is named and
+    skipped while the others finish; the exit code is then 1.
+    """
+    report = predict(source, target, dataset, preset, list(folds) or None, fusion, postprocess, tta,
+                     save_probabilities, overwrite, device, quiet)
+    if report.written:
+        mean = sum(report.seconds.values()) / len(report.seconds)
+        click.echo(f"Wrote {len(report.written)} case(s) to {target} ({mean:.2f} s per case)")
+    if report.skipped:
+        click.echo(f"Skipped {len(report.skipped)} case(s) whose output exists (use --overwrite)")
+    for case, reason in report.failed.items():
+        click.echo(f"FAILED {case}: {reason}", err=True)
+    if report.failed:
+        sys.exit(1)

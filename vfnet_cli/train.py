@@ -1,0 +1,101 @@
+"""vfnet_train and vfnet_train_all."""
+
+from __future__ import annotations
+
+import click
+
+from vfnet.training.jobs import STAGE_ORDER, job_commands, train_all
+from vfnet.training.train2d import train_2d_unit
+from vfnet.training.train_vfn import train_vfn_unit
+from vfnet.views import VIEWS
+from vfnet_cli.common import command, dataset_option, preset_option, quiet_option
+
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             show_default=True, help="auto: CUDA (mixed precision) when available, else CPU.")
+threads_option = click.option("--num-threads", type=int, default=None,
+                              help="torch CPU threads (CPU only; default: torch's choice).")
+
+
+def _train_2d(arguments: tuple[str, ...], **options):
+    if len(arguments) != 2:
+        raise click.UsageError("2d takes VIEW and UNIT, e.g. vfnet_train 2d axial 0 "
+                               f"(views: {', '.join(VIEWS)}; units: see plans.json)")
+    view, unit = arguments
+    return train_2d_unit(options["dataset"], view, unit, preset=options["preset"], device=options["device"],
+                         num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"])
+
+
+def _train_vfn(arguments: tuple[str, ...], **options):
+    if len(arguments) != 1:
+        raise click.UsageError("vfn takes UNIT, e.g. vfnet_train vfn 0 (a test fold, all, or holdout)")
+    return train_vfn_unit(options["dataset"], arguments[0], preset=options["preset"],
+                          use_image=not options["no_image"], device=options["device"],
+                          num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"])
+
+
+# One entry per network kind: its positional arguments (for messages) and the function that trains it.
+NETWORKS = {"2d": ("VIEW UNIT", _train_2d), "vfn": ("UNIT", _train_vfn)}
+
+
+@command
+@click.argument("network", type=click.Choice(list(NETWORKS)))
+@click.argument("arguments", nargs=-1)
+@dataset_option
+@preset_option
+@device_option
+@threads_option
+@click.option("--continue", "resume", is_flag=True,
+              help="Continue from checkpoint_latest.pth: weights, optimizer, schedule, iteration and random state.")
+@click.option("--no-image", is_flag=True,
+              help="vfn only: the paper's ablation without the image channel (results in vfn_noimage/).")
+@quiet_option
+def train_entry(network, arguments, dataset, preset, device, num_threads, resume, no_image, quiet):
+    """Train one unit of a network and predict the folds it leaves out.
+
+    \b
+    vfnet_train 2d VIEW UNIT   2D U-Net along VIEW (axial, coronal, sagittal) on a plan unit:
+                               a fold k (trains on the other folds, predicts k), a CCA unit
+                               cca_k_j (predicts k and j), holdout, or all.
+    Example: vfnet_train 2d axial 0 -d 4 --preset quick
+
+    \b
+    vfnet_train vfn UNIT       Volumetric Fusion Net of a test fold k (trained on the CCA maps
+                               of every case outside fold k), all (deployment), or holdout.
+                               Builds the fusion set first when it is missing.
+    Example: vfnet_train vfn 0 -d 4 --preset quick [--no-image]
+
+    Writes $vfnet_results/TaskXX_Name/<preset>/<network>/<unit>/: checkpoint_{latest,best,final}.pth,
+    training.log, progress.png, unit.json (the cases it trained on), predictions/<case>.npz and
+    summary.json (Dice of the held-out cases).
+    """
+    if no_image and network != "vfn":
+        raise click.UsageError("--no-image applies to vfn only")
+    out = NETWORKS[network][1](arguments, dataset=dataset, preset=preset, device=device,
+                               num_threads=num_threads, resume=resume, no_image=no_image, quiet=quiet)
+    click.echo(f"Done: {out}")
+
+
+@command
+@dataset_option
+@preset_option
+@click.option("--stage", type=click.Choice([*STAGE_ORDER, "all"]), default="all", show_default=True,
+              help="Which networks to train; all runs the stages in order.")
+@click.option("--views", multiple=True, help=f"Views to train (repeat or comma-separate; default: {', '.join(VIEWS)}).")
+@click.option("--print-jobs", is_flag=True,
+              help="Print one vfnet_train command per unfinished unit (for a cluster or GNU parallel) and exit.")
+@device_option
+@threads_option
+@quiet_option
+def train_all_entry(dataset, preset, stage, views, print_jobs, device, num_threads, quiet):
+    """Train every unfinished unit of the plan, in order, continuing those that were interrupted.
+
+    Example: vfnet_train_all -d 4 --preset quick --print-jobs | parallel -j 2
+    """
+    view_list = [v.strip() for text in views for v in text.split(",") if v.strip()] or None
+    if print_jobs:
+        for line in job_commands(dataset, preset, stage, view_list):
+            click.echo(line)
+        return
+    done = train_all(dataset, preset, stage, view_list, log=click.echo, device=device, num_threads=num_threads,
+                     quiet=quiet)
+    click.echo(f"Trained {len(done)} unit(s).")
