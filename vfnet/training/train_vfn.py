@@ -95,8 +95,10 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
     validation = VfnPatchSampler(load_fusion_samples(folder, val_cases), augment=False, seed=SEED, **common)
     val_batches = [next(validation) for _ in range(int(schedule.get("val_batches", VALIDATION_BATCHES)))]
     iterations = int(schedule["iterations"])
-    config = TrainingConfig.from_schedule(schedule, seed=SEED, lr_schedule=StepLR(iterations),
-                                          optimizer=sgd_momentum, grad_clip=None)
+    # the paper's SGD unless the preset names an optimizer (the CPU preset uses Adam to learn in fewer steps)
+    paper_sgd = {} if "optimizer" in schedule else {"optimizer": sgd_momentum}
+    config = TrainingConfig.from_schedule(schedule, seed=SEED, lr_schedule=StepLR(iterations), grad_clip=None,
+                                          **paper_sgd)
     trainer = Trainer(model, SoftDiceLoss(), train_batches, val_batches, config, out, device=torch_device,
                       num_threads=num_threads, quiet=quiet,
                       metadata={"network": network_name, "unit": str(unit), "preset": preset,
