@@ -26,7 +26,7 @@ test: install
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 lint: install
-	$(BIN)/ruff check vfnet vfnet_cli dataset_conversion tests benchmarks
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

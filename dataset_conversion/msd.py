@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -12,7 +11,7 @@ from tqdm import tqdm
 
 from vfnet import paths
 from vfnet.atomic import atomic_path, write_json
-from vfnet.dataset import parse_dataset_json
+from vfnet.dataset import parse_dataset_json, read_dataset_json
 from vfnet.errors import VfnetError
 from vfnet.imageio import read_image, write_image
 
@@ -57,12 +56,7 @@ def convert_msd(source: Path, task_id: int | None = None, quiet: bool = False) -
     """
     source = Path(source)
     json_path = source / "dataset.json"
-    if not json_path.is_file():
-        raise VfnetError(f"{json_path}: missing; is {source} an MSD task folder?")
-    try:
-        msd = json.loads(json_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise VfnetError(f"{json_path}: invalid JSON: {exc.msg} at line {exc.lineno}") from None
+    msd = read_dataset_json(json_path, f"is {source} an MSD task folder?")
     info = parse_dataset_json(msd, str(json_path))
     match = re.match(r"^Task(\d+)_(.+)$", source.name)
     name = match.group(2) if match else (info.name or source.name).replace(" ", "")

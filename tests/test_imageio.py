@@ -38,7 +38,7 @@ def test_canonical_axes_are_inferior_superior_anterior_posterior_right_left(tmp_
 def test_round_trip_real_ct(shared_data):
     path = shared_data / "ct_example" / "abdomen_ct_3mm.nii.gz"
     original = read_image(path)
-    canonical, spacing, geometry = read_canonical(path)
+    canonical, _, geometry = read_canonical(path)
     assert canonical.shape == tuple(reversed(sitk.DICOMOrient(original, "LPS").GetSize()))
     back = from_canonical(canonical, geometry)
     _assert_same_geometry(back, original)
@@ -52,7 +52,7 @@ def test_round_trip_dicom_series_read_by_position(shared_data):
     assert image.GetSize() == (512, 512, 20)
     # slices 2 mm apart by position, although the header's SliceThickness says 3 mm
     assert image.GetSpacing()[2] == pytest.approx(2.0, abs=1e-3)
-    canonical, spacing, geometry = read_canonical(folder)
+    canonical, _, geometry = read_canonical(folder)
     back = from_canonical(canonical, geometry)
     _assert_same_geometry(back, image)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))

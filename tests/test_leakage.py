@@ -50,7 +50,7 @@ def test_honest_records_pass(demo_preprocessed):
 
 
 def test_leaky_manifest_is_rejected_naming_case_and_unit(demo_preprocessed):
-    plan, data, results = _record_units(demo_preprocessed)
+    _, data, _ = _record_units(demo_preprocessed)
     test_case = data.fold_cases(["0"])[0]
     # a manifest whose maps for fold 0's VFN came from a fold unit that trained on fold 0
     manifest = demo_preprocessed / "fusion" / "quick" / "0" / "manifest.json"
@@ -63,7 +63,7 @@ def test_leaky_manifest_is_rejected_naming_case_and_unit(demo_preprocessed):
 
 
 def test_vfn_trained_on_its_test_fold_is_rejected(demo_preprocessed):
-    plan, data, results = _record_units(demo_preprocessed)
+    _, data, results = _record_units(demo_preprocessed)
     write_json(paths.unit_dir(results, "quick", "vfn", "3") / "unit.json", {"train_cases": data.all_cases})
     leaks, _ = find_leaks(None, "quick")
     assert leaks and all("vfn unit '3'" in leak for leak in leaks)

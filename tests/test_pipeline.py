@@ -89,7 +89,7 @@ def test_crossval_table_has_every_method_and_records_the_best(trained):
 
 
 def test_predict_keeps_geometry_names_corrupt_case_and_leaves_input_alone(trained, tmp_path):
-    root, raw = trained
+    _, raw = trained
     inputs = tmp_path / "in"
     shutil.copytree(raw / "imagesTs", inputs)
     # a reoriented copy: prediction must come back in that file's own geometry
@@ -124,7 +124,7 @@ def test_predict_keeps_geometry_names_corrupt_case_and_leaves_input_alone(traine
 
 
 def test_predictions_evaluate_against_the_test_labels(trained, tmp_path):
-    root, raw = trained
+    _, raw = trained
     out = tmp_path / "pred"
     result = CliRunner().invoke(predict_entry, ["-i", str(raw / "imagesTs"), "-o", str(out), "--preset", PRESET,
                                                 "-q", "--fusion", "majority"])
@@ -138,7 +138,7 @@ def test_predictions_evaluate_against_the_test_labels(trained, tmp_path):
 
 
 def test_export_install_predict_gives_the_same_labels(trained, tmp_path, monkeypatch):
-    root, raw = trained
+    _, raw = trained
     first = tmp_path / "first"
     CliRunner().invoke(predict_entry, ["-i", str(raw / "imagesTs"), "-o", str(first), "--preset", PRESET, "-q"])
     archive = export_model(raw.name, tmp_path / "model.zip", preset=PRESET)

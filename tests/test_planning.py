@@ -48,9 +48,9 @@ def test_splits_are_seeded_stable_and_disjoint():
     first = make_splits(cases, 4, "cca")
     assert first == make_splits(list(reversed(cases)), 4, "cca")
     folds = list(first["folds"].values())
-    assert sorted(sum(folds, [])) == cases and max(map(len, folds)) - min(map(len, folds)) <= 1
+    assert sorted(c for fold in folds for c in fold) == cases and max(map(len, folds)) - min(map(len, folds)) <= 1
     holdout = make_splits(cases, 4, "holdout")["folds"]
-    assert set(holdout) == {"A", "B", "C"} and sorted(sum(holdout.values(), [])) == cases
+    assert set(holdout) == {"A", "B", "C"} and sorted(c for fold in holdout.values() for c in fold) == cases
 
 
 def test_cca_needs_three_folds(demo_raw):

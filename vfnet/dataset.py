@@ -95,16 +95,21 @@ def parse_dataset_json(data: dict, source: str = "dataset.json") -> DatasetInfo:
     )
 
 
+def read_dataset_json(path: Path, missing_hint: str = "every dataset folder needs a dataset.json (see README)"):
+    """The raw JSON of a dataset.json, with errors that name the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise VfnetError(f"{path}: missing; {missing_hint}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise VfnetError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+
+
 def load_dataset_json(folder: Path) -> DatasetInfo:
     """Read and normalize ``folder/dataset.json``."""
     path = Path(folder) / "dataset.json"
-    if not path.is_file():
-        raise VfnetError(f"{path}: missing; every dataset folder needs a dataset.json (see README)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise VfnetError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    return parse_dataset_json(data, str(path))
+    return parse_dataset_json(read_dataset_json(path), str(path))
 
 
 @dataclass

@@ -34,7 +34,7 @@ class Geometry:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Geometry":
+    def from_dict(cls, data: dict) -> Geometry:
         return cls(**data)
 
 
@@ -75,6 +75,24 @@ def read_image(path: str | Path, verify: bool = True) -> sitk.Image:
         raise ImageReadError(
             f"{path}: cannot be read (corrupt, truncated or not an image){': ' + reason.strip() if reason else ''}"
         ) from None
+
+
+SPACING_RTOL = 1e-3
+POSITION_ATOL_MM = 1e-2
+DIRECTION_ATOL = 1e-3
+
+
+def geometry_differences(image: sitk.Image, reference: sitk.Image) -> list[str]:
+    """Which of ``size``, ``spacing``, ``origin``, ``direction`` differ beyond the tolerances.
+
+    Tolerances: 0.1 % of the spacing, 0.01 mm of origin, 0.001 of the direction cosines.
+    """
+    if image.GetSize() != reference.GetSize():
+        return ["size"]
+    checks = (("spacing", image.GetSpacing(), reference.GetSpacing(), SPACING_RTOL, 0),
+              ("origin", image.GetOrigin(), reference.GetOrigin(), 0, POSITION_ATOL_MM),
+              ("direction", image.GetDirection(), reference.GetDirection(), 0, DIRECTION_ATOL))
+    return [name for name, a, b, rtol, atol in checks if not np.allclose(a, b, rtol=rtol, atol=atol)]
 
 
 def geometry_of(image: sitk.Image) -> Geometry:
@@ -155,7 +173,7 @@ def nifti_raw_check(path: str | Path) -> int:
 
     path = Path(path)
     name = path.name.lower()
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+    if not name.endswith((".nii", ".nii.gz")):
         return 0
     opener = gzip.open if name.endswith(".gz") else open
     try:

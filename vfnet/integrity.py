@@ -16,11 +16,8 @@ from tqdm import tqdm
 
 from vfnet.dataset import DatasetInfo, list_cases, load_dataset_json
 from vfnet.errors import DatasetIntegrityError, VfnetError
-from vfnet.imageio import nifti_raw_check, read_image, to_canonical
+from vfnet.imageio import POSITION_ATOL_MM, geometry_differences, nifti_raw_check, read_image, to_canonical
 
-SPACING_RTOL = 1e-3
-POSITION_ATOL_MM = 1e-2
-DIRECTION_ATOL = 1e-3
 INTENSITY_SAMPLES_PER_CASE = 10_000
 
 
@@ -34,18 +31,15 @@ class CaseReport:
 
 
 def _geometry_problems(image: sitk.Image, ref: sitk.Image, name: str, ref_name: str) -> list[str]:
-    problems = []
-    if image.GetSize() != ref.GetSize():
-        return [f"{name}: shape {image.GetSize()} differs from {ref_name} {ref.GetSize()}; "
-                "resample or re-export one of them so both have the same grid"]
-    if not np.allclose(image.GetSpacing(), ref.GetSpacing(), rtol=SPACING_RTOL, atol=0):
-        problems.append(f"{name}: spacing {tuple(round(s, 5) for s in image.GetSpacing())} differs from "
-                        f"{ref_name} {tuple(round(s, 5) for s in ref.GetSpacing())}; fix the header")
-    if not np.allclose(image.GetOrigin(), ref.GetOrigin(), rtol=0, atol=POSITION_ATOL_MM):
-        problems.append(f"{name}: origin differs from {ref_name} by more than {POSITION_ATOL_MM} mm; fix the header")
-    if not np.allclose(image.GetDirection(), ref.GetDirection(), rtol=0, atol=DIRECTION_ATOL):
-        problems.append(f"{name}: direction differs from {ref_name}; fix the header")
-    return problems
+    messages = {
+        "size": f"{name}: shape {image.GetSize()} differs from {ref_name} {ref.GetSize()}; "
+                "resample or re-export one of them so both have the same grid",
+        "spacing": f"{name}: spacing {tuple(round(s, 5) for s in image.GetSpacing())} differs from "
+                   f"{ref_name} {tuple(round(s, 5) for s in ref.GetSpacing())}; fix the header",
+        "origin": f"{name}: origin differs from {ref_name} by more than {POSITION_ATOL_MM} mm; fix the header",
+        "direction": f"{name}: direction differs from {ref_name}; fix the header",
+    }
+    return [messages[what] for what in geometry_differences(image, ref)]
 
 
 def _channel_problem(image: sitk.Image, path: Path) -> str | None:
@@ -196,7 +190,7 @@ def verify_dataset(folder: Path, num_processes: int = 2, quiet: bool = False) ->
 
 
 def _run_parallel(jobs: list, num_processes: int, quiet: bool) -> list[CaseReport]:
-    bar = dict(total=len(jobs), desc="checking cases", unit="case", disable=quiet or not jobs, leave=False)
+    bar = {"total": len(jobs), "desc": "checking cases", "unit": "case", "disable": quiet or not jobs, "leave": False}
     if num_processes <= 1 or len(jobs) < 4:
         return [check_case(*job) for job in tqdm(jobs, **bar)]
     with get_context("fork").Pool(num_processes) as pool:

@@ -167,9 +167,9 @@ def plan_experiment(info: DatasetInfo, fingerprint: dict, dataset_name: str,
     if fingerprint["num_cases"] < min_cases:
         raise PlanError(f"{fingerprint['num_cases']} case(s) cannot be split into {min_cases} folds/subsets")
     target = [float(s) for s in fingerprint["median_spacing"]]
-    median_shape = [
-        int(round(np.median([shape[a] * sp[a] / target[a] for shape, sp in zip(fingerprint["shapes"], fingerprint["spacings"])])))
-        for a in range(3)
+    resampled = [[shape[a] * sp[a] / target[a] for a in range(3)]
+                 for shape, sp in zip(fingerprint["shapes"], fingerprint["spacings"])]
+    median_shape = [round(float(np.median([r[a] for r in resampled]))) for a in range(3)
     ]
     fold_names = [str(k) for k in range(num_folds)] if split_mode == "cca" else ["A", "B", "C"]
     return {
@@ -216,7 +216,7 @@ class Plan:
         self.folder = folder
 
     @classmethod
-    def load(cls, folder: Path) -> "Plan":
+    def load(cls, folder: Path) -> Plan:
         path = Path(folder) / "plans.json"
         if not path.is_file():
             raise PlanError(f"{path} not found; run vfnet_plan_and_preprocess first")

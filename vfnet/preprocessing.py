@@ -122,7 +122,7 @@ def preprocess_dataset(cases: list[CaseFiles], plan: dict, plan_hash: str, folde
     """Preprocess every case not already current. Returns (done now, skipped)."""
     todo = [c for c in cases if not case_is_current(folder, c.case_id, plan_hash)]
     jobs = [(case, plan, plan_hash, folder) for case in todo]
-    bar = dict(total=len(jobs), desc="preprocessing", unit="case", disable=quiet or not jobs)
+    bar = {"total": len(jobs), "desc": "preprocessing", "unit": "case", "disable": quiet or not jobs}
     if num_processes <= 1 or len(jobs) < 4:
         for job in tqdm(jobs, **bar):
             preprocess_case(*job)

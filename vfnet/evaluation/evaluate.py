@@ -33,8 +33,7 @@ from vfnet.evaluation.stats import (
     stats_row,
     summarize,
 )
-from vfnet.imageio import IMAGE_SUFFIXES, read_image, strip_suffix, to_canonical
-from vfnet.integrity import DIRECTION_ATOL, POSITION_ATOL_MM, SPACING_RTOL
+from vfnet.imageio import IMAGE_SUFFIXES, geometry_differences, read_image, strip_suffix, to_canonical
 
 CONVENTION = ("Dice: 1 when reference and prediction are both empty, 0 when only one is. "
               "HD95: 0 when both are empty, undefined (null) when only one is; undefined values are left "
@@ -97,15 +96,13 @@ def _read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...], object]:
 
 
 def _geometry_warnings(ref_image, pred_image, ref_path: Path, pred_path: Path) -> list[str]:
-    warnings = []
-    if not np.allclose(ref_image.GetSpacing(), pred_image.GetSpacing(), rtol=SPACING_RTOL, atol=0):
-        warnings.append(f"{pred_path.name}: spacing {pred_image.GetSpacing()} differs from {ref_path.name} "
-                        f"{ref_image.GetSpacing()}; the reference's spacing is used")
-    if not np.allclose(ref_image.GetOrigin(), pred_image.GetOrigin(), rtol=0, atol=POSITION_ATOL_MM):
-        warnings.append(f"{pred_path.name}: origin differs from {ref_path.name}")
-    if not np.allclose(ref_image.GetDirection(), pred_image.GetDirection(), rtol=0, atol=DIRECTION_ATOL):
-        warnings.append(f"{pred_path.name}: direction differs from {ref_path.name}; both were reoriented to LPS")
-    return warnings
+    messages = {
+        "spacing": f"{pred_path.name}: spacing {pred_image.GetSpacing()} differs from {ref_path.name} "
+                   f"{ref_image.GetSpacing()}; the reference's spacing is used",
+        "origin": f"{pred_path.name}: origin differs from {ref_path.name}",
+        "direction": f"{pred_path.name}: direction differs from {ref_path.name}; both were reoriented to LPS",
+    }
+    return [messages[what] for what in geometry_differences(pred_image, ref_image) if what in messages]
 
 
 def missing_label_entry(volume_reference_ml: float = float("nan")) -> dict:

@@ -23,8 +23,8 @@ from vfnet.fusion.fusion_set import load_view_maps
 from vfnet.fusion.methods import VfnConfig, fuse
 from vfnet.fusion.postprocess import keep_largest_component
 from vfnet.inference.models import FINAL_CHECKPOINT, load_vfn
-from vfnet.training.trainer import resolve_device
 from vfnet.plans import Plan
+from vfnet.training.trainer import resolve_device
 from vfnet.views import VIEWS
 
 FUSION_METHODS = ("majority", "mean", "staple", "vfn", "vfn-noimage")
@@ -153,6 +153,7 @@ def crossval_markdown(result: dict) -> str:
                 lines.append(f"| {comparison} | {lab} | {test['mean_difference'] * 100:+.2f} | "
                              f"{test['t_test_p']:.3g} | {test['wilcoxon_p']:.3g} |")
     best = result["best"]
-    lines += ["", f"Best fusion method (recorded for vfnet_predict): **{best['method']}"
-              f"{' with post-processing' if best['postprocess'] else ''}** ({best['mean_dice'] * 100:.2f} %)."]
+    suffix = " with post-processing" if best["postprocess"] else ""
+    score = f"{best['mean_dice'] * 100:.2f} %"
+    lines += ["", f"Best fusion method (recorded for vfnet_predict): **{best['method']}{suffix}** ({score})."]
     return "\n".join(lines) + "\n"

@@ -28,7 +28,7 @@ def load_vfn(unit_dir: Path, plan: Plan, use_image: bool = True, device: str | t
         raise ModelNotFoundError(f"{path} not found")
     model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image)
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["network"] if "network" in state else state)
+    model.load_state_dict(state.get("network", state))
     return model.to(device).eval()
 
 

@@ -86,9 +86,9 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
     model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image)
     parameters = count_parameters(model)
     vfn = plan["vfn"]
-    common = dict(patch_size=vfn["patch_size"], spacing=plan["target_spacing"],
-                  num_image_channels=plan.num_channels, num_foreground=plan.num_classes - 1,
-                  batch_size=int(schedule["batch_size"]), use_image=use_image)
+    common = {"patch_size": vfn["patch_size"], "spacing": plan["target_spacing"],
+              "num_image_channels": plan.num_channels, "num_foreground": plan.num_classes - 1,
+              "batch_size": int(schedule["batch_size"]), "use_image": use_image}
     start_iteration = saved_iteration(out) if resume else 0
     train_batches = VfnPatchSampler(load_fusion_samples(folder, train_cases), augment=True,
                                     seed=SEED + start_iteration, **common)

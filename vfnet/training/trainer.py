@@ -32,8 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vfnet.atomic import atomic_path
-from vfnet.errors import VfnetError
-from vfnet.errors import PlanError
+from vfnet.errors import PlanError, VfnetError
 from vfnet.training.losses import foreground_counts
 
 CHECKPOINTS = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth")
