@@ -26,3 +26,20 @@ def test_help_and_version(script):
     assert result.exit_code == 0 and "Usage:" in result.output and len(result.output) > 200
     result = CliRunner().invoke(command, ["--version"])
     assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_folds_option_takes_several_values_like_nnunet(monkeypatch):
+    import vfnet_cli.predict as cli
+
+    seen = {}
+
+    def fake_predict(source, target, dataset, preset, folds, *rest):
+        seen["folds"] = folds
+        from vfnet.inference.predict import PredictionReport
+
+        return PredictionReport()
+
+    monkeypatch.setattr(cli, "predict", fake_predict)
+    result = CliRunner().invoke(cli.predict_entry, ["-i", ".", "-o", "/nonexistent_out", "-f", "0", "1", "3", "-q"])
+    assert result.exit_code == 0, result.output
+    assert seen["folds"] == ["0", "1", "3"]

@@ -13,6 +13,27 @@ from vfnet.errors import VfnetError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+class _Command(click.Command):
+    """A click command whose repeatable ``-f/--folds`` option also takes several values, nnU-Net style.
+
+    ``-f 0 1 2`` is read as ``-f 0 -f 1 -f 2`` (click itself gives an option one value).
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        multi_value = {name for param in self.params if isinstance(param, click.Option) and param.multiple
+                       for name in param.opts if name in ("-f", "--folds")}
+        expanded, current = [], None
+        for token in args:
+            if token in multi_value:
+                current = token
+            elif current and not token.startswith("-") and expanded and expanded[-1] != current:
+                expanded.append(current)
+            elif token.startswith("-"):
+                current = None
+            expanded.append(token)
+        return super().parse_args(ctx, expanded)
+
+
 def command(func):
     """Turn ``func`` into a click command with ``--version``; a VfnetError exits 2 with its message."""
 
@@ -28,7 +49,7 @@ def command(func):
             sys.exit(130)
 
     return click.version_option(__version__, "--version", prog_name="vfnet")(
-        click.command(context_settings=CONTEXT, help=func.__doc__)(wrapper)
+        click.command(cls=_Command, context_settings=CONTEXT, help=func.__doc__)(wrapper)
     )
 
 

@@ -22,7 +22,7 @@ from vfnet_cli.common import command, dataset_option, preset_option, quiet_optio
 @preset_option
 @click.option("-f", "--folds", multiple=True,
               help="Fold units whose view predictions are averaged (default: all K folds; 'all' uses the 2D "
-                   "units trained on every case). Repeat or give several: -f 0 -f 1.")
+                   "units trained on every case). Several at once: -f 0 1 2 3.")
 @click.option("--fusion", type=click.Choice(list(METHODS)), default=None,
               help="Fusion method (default: the one vfnet_crossval found best, else vfn).")
 @click.option("--postprocess/--no-postprocess", default=None,
