@@ -6,6 +6,7 @@ import click
 
 from vfnet.training.jobs import STAGE_ORDER, job_commands, train_all
 from vfnet.training.train2d import train_2d_unit
+from vfnet.training.train3d import train_3d_unit
 from vfnet.training.train_vfn import train_vfn_unit
 from vfnet.views import VIEWS
 from vfnet_cli.common import command, dataset_option, preset_option, quiet_option
@@ -33,8 +34,15 @@ def _train_vfn(arguments: tuple[str, ...], **options):
                           num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"])
 
 
+def _train_3d(arguments: tuple[str, ...], **options):
+    if len(arguments) != 1:
+        raise click.UsageError("3d takes UNIT, e.g. vfnet_train 3d 0 (a fold, holdout, or all)")
+    return train_3d_unit(options["dataset"], arguments[0], preset=options["preset"], device=options["device"],
+                         num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"])
+
+
 # One entry per network kind: its positional arguments (for messages) and the function that trains it.
-NETWORKS = {"2d": ("VIEW UNIT", _train_2d), "vfn": ("UNIT", _train_vfn)}
+NETWORKS = {"2d": ("VIEW UNIT", _train_2d), "vfn": ("UNIT", _train_vfn), "3d": ("UNIT", _train_3d)}
 
 
 @command
@@ -63,6 +71,11 @@ def train_entry(network, arguments, dataset, preset, device, num_threads, resume
                                of every case outside fold k), all (deployment), or holdout.
                                Builds the fusion set first when it is missing.
     Example: vfnet_train vfn 0 -d 4 --preset quick [--no-image]
+
+    \b
+    vfnet_train 3d UNIT        the planned 3D U-Net baseline (nnU-Net-shaped) on a fold k
+                               (trains on the other folds, predicts k), holdout, or all.
+    Example: vfnet_train 3d 0 -d 4 --preset quick
 
     Writes $vfnet_results/TaskXX_Name/<preset>/<network>/<unit>/: checkpoint_{latest,best,final}.pth,
     training.log, progress.png, unit.json (the cases it trained on), predictions/<case>.npz and

@@ -2,6 +2,8 @@
 
 Each test fold k is scored with the maps of the 2D fold units that left fold k out and the
 VFN of fold k; in holdout mode subset C with the 2D unit ``holdout`` and VFN ``holdout``.
+Where the 3D U-Net unit of the same name has predicted the test fold, its maps give a ``3d``
+row (time per case: the unit's recorded network time) and the VFN is tested against it.
 The best fusion method (by mean Dice) is recorded for ``vfnet_predict``.
 """
 
@@ -14,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vfnet import paths
-from vfnet.atomic import write_json
+from vfnet.atomic import read_json, write_json
 from vfnet.data import PreprocessedDataset
 from vfnet.errors import ModelNotFoundError
 from vfnet.evaluation.metrics import dice
@@ -74,6 +76,12 @@ def crossval(dataset: str | int | None, preset: str = "default", device: str = "
     for fold, unit, vfn_unit in test_folds(plan):
         vfns = _load_fold_vfns(results, preset, vfn_unit, plan, torch_device)
         methods = list(VIEWS) + [m for m in FUSION_METHODS if not m.startswith("vfn") or m in vfns]
+        # the 3D U-Net baseline of the same fold (its unit shares the 2D unit's name), when it predicted the fold
+        unit_3d = paths.unit_dir(results, preset, "3d", unit)
+        if all((unit_3d / "predictions" / f"{c}.npz").is_file() for c in data.fold_cases([fold])):
+            methods.append("3d")
+            summary_3d = unit_3d / "summary.json"
+            seconds_3d = (read_json(summary_3d).get("seconds_per_case") if summary_3d.is_file() else None)
         for method in methods:
             if method not in methods_seen:
                 methods_seen.append(method)
@@ -85,9 +93,14 @@ def crossval(dataset: str | int | None, preset: str = "default", device: str = "
                 start = time.perf_counter()
                 if method in VIEWS:
                     prediction = np.argmax(maps[method], axis=0).astype(np.uint8)
+                elif method == "3d":
+                    with np.load(unit_3d / "predictions" / f"{case}.npz") as archive:
+                        prediction = np.argmax(archive["probabilities"], axis=0).astype(np.uint8)
                 else:
                     prediction = fuse(method, maps, image, model=vfns.get(method), vfn_config=config)
                 seconds = time.perf_counter() - start
+                if method == "3d":  # the network's recorded time per case, not the time to read its maps
+                    seconds = float("nan") if seconds_3d is None else float(seconds_3d)
                 entry["dice"][method] = _case_dice(label, prediction, foreground)
                 entry["seconds"][method] = seconds
                 start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The trained models a prediction needs, loaded once: view networks per fold, and the VFN."""
+"""The trained models a prediction needs, loaded once: view networks per fold and the VFN, or the 3D U-Nets."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from vfnet import paths
 from vfnet.atomic import read_json
 from vfnet.errors import ModelNotFoundError, VfnetError
 from vfnet.fusion.methods import METHODS, VfnConfig, fuse
+from vfnet.fusion.postprocess import keep_largest_component
 from vfnet.inference.predict2d import load_unit_network, predict_volume_2d
+from vfnet.inference.predict3d import load_unit_network_3d, predict_volume_3d
 from vfnet.networks.vfn import build_vfn
 from vfnet.plans import Plan
 from vfnet.training.trainer import resolve_device
@@ -116,4 +118,56 @@ def load_deployed_models(dataset: str | int | None, preset: str = "default", fol
             raise ModelNotFoundError(f"no trained {network} model '{vfn_unit}' in {unit_dir}; train it with: "
                                      f"{_train_hint(name, preset, network, vfn_unit)} (or use --fusion majority)")
         models.vfn_models[method] = load_vfn(unit_dir, plan, method == "vfn", torch_device)
+    return models
+
+
+@dataclass
+class UNet3DModels:
+    """The 3D U-Net baseline of one trained dataset: a fold ensemble whose softmax maps are averaged."""
+
+    plan: Plan
+    folds: list[str]
+    device: torch.device
+    networks: list[torch.nn.Module] = field(default_factory=list)
+    batch_size: int = 2
+
+    def probabilities(self, image: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Mean softmax (num_classes, z, y, x) of the fold networks (and mirrorings with ``tta``)."""
+        patch = self.plan["unet3d"]["patch_size"]
+        total = None
+        for network in self.networks:
+            probs = predict_volume_3d(network, image, patch, self.device, self.batch_size, tta=tta)
+            total = probs if total is None else total + probs
+        return total / len(self.networks)
+
+    def segment(self, probabilities: np.ndarray, postprocess: bool = False) -> np.ndarray:
+        """Class labels (z, y, x) uint8: the argmax, optionally with only the largest component per label."""
+        labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+        return keep_largest_component(labels, self.plan.num_classes) if postprocess else labels
+
+
+def load_3d_models(dataset: str | int | None, preset: str = "default", folds: list[str] | None = None,
+                   device: str = "auto") -> UNet3DModels:
+    """Load the 3D U-Net fold ensemble that ``vfnet_predict --model 3d`` needs from ``$vfnet_results`` alone.
+
+    Args:
+        dataset: id or name of a trained dataset (None: the only one).
+        preset: the training preset whose models to use.
+        folds: 3D units to ensemble (default: the K fold units in CCA mode, ``holdout`` in holdout
+            mode; ``["all"]``: the unit trained on every case).
+        device: auto, cpu or cuda.
+    """
+    results = paths.results_dataset(dataset)
+    name = results.name
+    plan = Plan.load(results)
+    torch_device = resolve_device(device)
+    units = folds or (["holdout"] if plan["split_mode"] == "holdout" else list(plan["fold_names"]))
+    models = UNet3DModels(plan, [str(u) for u in units], torch_device)
+    for unit in models.folds:
+        plan.unit("3d", unit)  # an unknown unit lists the plan's 3D units
+        unit_dir = paths.unit_dir(results, preset, "3d", unit)
+        hint = f"vfnet_train 3d {unit} -d {name} --preset {preset}"
+        if not (unit_dir / FINAL_CHECKPOINT).is_file():
+            raise ModelNotFoundError(f"no trained 3D U-Net for unit {unit} in {unit_dir}; train it with: {hint}")
+        models.networks.append(load_unit_network_3d(unit_dir, plan, torch_device, hint=hint))
     return models

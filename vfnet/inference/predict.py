@@ -2,7 +2,8 @@
 
 Per case: read and reorient to LPS, preprocess as planned, run the three views (the chosen
 fold units' probabilities averaged, optionally with mirroring), fuse, undo the resampling
-and the reorientation, write ``<case>.nii.gz``. Each case is independent: one that fails is
+and the reorientation, write ``<case>.nii.gz``. ``model="3d"`` runs the 3D U-Net baseline's
+fold ensemble instead of the views and the fusion. Each case is independent: one that fails is
 reported and the others still finish.
 """
 
@@ -20,8 +21,10 @@ from vfnet.atomic import atomic_path
 from vfnet.errors import VfnetError
 from vfnet.imageio import read_canonical, write_like
 from vfnet.inference.inputs import InputCase, discover_cases
-from vfnet.inference.models import DeployedModels, load_deployed_models
+from vfnet.inference.models import DeployedModels, UNet3DModels, load_3d_models, load_deployed_models
 from vfnet.preprocessing import class_values, preprocess_image, resample_to_shape
+
+MODELS = ("vfnet", "3d")
 
 
 @dataclass
@@ -56,9 +59,12 @@ def labels_to_input_geometry(classes: np.ndarray, properties: dict, num_classes:
     return class_values(properties["labels"])[classes]
 
 
-def predict_case(case: InputCase, models: DeployedModels, fusion: str, postprocess: bool, tta: bool,
+def predict_case(case: InputCase, models: DeployedModels | UNet3DModels, fusion: str, postprocess: bool, tta: bool,
                  out_dir: Path, save_probabilities: bool = False) -> None:
-    """Predict one case and write ``out_dir/<case>.nii.gz`` (atomically)."""
+    """Predict one case and write ``out_dir/<case>.nii.gz`` (atomically).
+
+    With :class:`UNet3DModels` the 3D U-Net ensemble segments the case and ``fusion`` is ignored.
+    """
     plan = models.plan
     if len(case.sources) != plan.num_channels:
         raise VfnetError(f"case {case.case_id} has {len(case.sources)} channel(s) "
@@ -71,22 +77,31 @@ def predict_case(case: InputCase, models: DeployedModels, fusion: str, postproce
         channels.append(array)
         spacing, geometry = spacing or channel_spacing, geometry or channel_geometry
     image = preprocess_image(channels, spacing, plan.data)
-    view_probs = models.view_probabilities(image, tta=tta)
-    classes = models.fuse(fusion, view_probs, image, postprocess=postprocess)
+    if isinstance(models, UNet3DModels):
+        probabilities = models.probabilities(image, tta=tta)
+        classes = models.segment(probabilities, postprocess)
+        saved = {"3d": probabilities}
+    else:
+        saved = models.view_probabilities(image, tta=tta)
+        classes = models.fuse(fusion, saved, image, postprocess=postprocess)
     properties = {"canonical_shape": list(channels[0].shape), "labels": plan["labels"]}
     labels = labels_to_input_geometry(classes, properties, plan.num_classes)
     write_like(labels.astype(np.uint8 if labels.max() < 256 else np.uint16), geometry, out_dir / case.output_name)
     if save_probabilities:
         with atomic_path(out_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
-            np.savez_compressed(tmp, **{v: p.astype(np.float16) for v, p in view_probs.items()},
+            np.savez_compressed(tmp, **{v: p.astype(np.float16) for v, p in saved.items()},
                                 spacing=np.asarray(plan["target_spacing"]))
 
 
 def predict(source: Path, target: Path, dataset: str | int | None = None, preset: str = "default",
             folds: list[str] | None = None, fusion: str | None = None, postprocess: bool | None = None,
             tta: bool = False, save_probabilities: bool = False, overwrite: bool = False,
-            device: str = "auto", quiet: bool = False) -> PredictionReport:
+            device: str = "auto", quiet: bool = False, model: str = "vfnet") -> PredictionReport:
     """Predict every case of ``source`` (a file, a folder of files, or DICOM series folders) into ``target``.
+
+    ``model="vfnet"`` runs the views and the fusion; ``model="3d"`` the 3D U-Net baseline's fold
+    ensemble (``folds`` then names 3D units; ``fusion`` does not apply; no post-processing
+    unless asked for).
 
     Raises:
         VfnetError: before any case runs (bad folders, missing models). Per-case problems are
@@ -95,9 +110,17 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
     source, target = Path(source), Path(target)
     _check_folders(source, target)
     cases = discover_cases(source)
-    models = load_deployed_models(dataset, preset, folds, fusion, device)
-    fusion = models.fusion_method
-    postprocess = models.default_postprocess if postprocess is None else postprocess
+    if model not in MODELS:
+        raise VfnetError(f"model '{model}' unknown; expected one of {', '.join(MODELS)}")
+    if model == "3d":
+        if fusion:
+            raise VfnetError("--fusion applies to --model vfnet only; the 3D U-Net needs no fusion")
+        models = load_3d_models(dataset, preset, folds, device)
+        fusion, postprocess = "3d", bool(postprocess)
+    else:
+        models = load_deployed_models(dataset, preset, folds, fusion, device)
+        fusion = models.fusion_method
+        postprocess = models.default_postprocess if postprocess is None else postprocess
     target.mkdir(parents=True, exist_ok=True)
     report = PredictionReport()
     log_lines = []
@@ -118,8 +141,8 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
         log_lines.append(json.dumps({"case": case.case_id, "seconds": report.seconds.get(case.case_id),
                                      "error": report.failed.get(case.case_id)}))
     with open(target / "vfnet_predict.log", "a") as log:
-        log.write(json.dumps({"fusion": fusion, "postprocess": postprocess, "tta": tta, "folds": models.folds,
-                              "preset": preset, "device": str(models.device)}) + "\n")
+        log.write(json.dumps({"model": model, "fusion": fusion, "postprocess": postprocess, "tta": tta,
+                              "folds": models.folds, "preset": preset, "device": str(models.device)}) + "\n")
         log.write("\n".join(log_lines) + ("\n" if log_lines else ""))
     return report
 

@@ -87,7 +87,22 @@ def _jobs_vfn(plan: Plan, results: Path, preset: str, views: Sequence[str]) -> l
     return jobs
 
 
-STAGES: dict[str, Callable[[Plan, Path, str, Sequence[str]], list[TrainingJob]]] = {"2d": _jobs_2d, "vfn": _jobs_vfn}
+def _jobs_3d(plan: Plan, results: Path, preset: str, views: Sequence[str]) -> list[TrainingJob]:
+    from vfnet.training.train3d import train_3d_unit
+
+    jobs = []
+    for unit in plan.units("3d"):
+        name = unit["name"]
+
+        def run(dataset, preset_, resume, _unit=name, **options):
+            return train_3d_unit(dataset, _unit, preset_, resume=resume, **options)
+
+        jobs.append(TrainingJob("3d", ["3d", name], paths.unit_dir(results, preset, "3d", name), run))
+    return jobs
+
+
+STAGES: dict[str, Callable[[Plan, Path, str, Sequence[str]], list[TrainingJob]]] = {
+    "2d": _jobs_2d, "vfn": _jobs_vfn, "3d": _jobs_3d}
 
 
 def _check_views(views: Sequence[str] | None) -> list[str]:

@@ -21,7 +21,7 @@ from vfnet.networks.vfn import build_vfn, count_parameters
 from vfnet.planning import copy_dataset_files
 from vfnet.plans import Plan
 from vfnet.training.data_vfn import VfnPatchSampler, load_fusion_samples
-from vfnet.training.losses import SoftDiceLoss
+from vfnet.training.losses import DiceCELoss, SoftDiceLoss
 from vfnet.training.train2d import split_validation, unit_finished
 from vfnet.training.trainer import (
     StepLR,
@@ -47,10 +47,12 @@ def sgd_momentum(params, lr: float):
 
 def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", use_image: bool = True,
                    device: str = "auto", num_threads: int | None = None, resume: bool = False,
-                   quiet: bool = False, schedule_overrides: dict | None = None) -> Path:
+                   quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set.
 
-    The fusion set is built first when it does not exist yet.
+    The fusion set is built first when it does not exist yet. ``stop_at`` stops after that
+    many iterations with a latest checkpoint and no summary (to check that a long schedule
+    starts; continue later with ``resume``).
 
     Returns:
         The unit's results folder (``<results>/<preset>/vfn/<unit>`` or ``vfn_noimage``).
@@ -99,7 +101,10 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
     paper_sgd = {} if "optimizer" in schedule else {"optimizer": sgd_momentum}
     config = TrainingConfig.from_schedule(schedule, seed=SEED, lr_schedule=StepLR(iterations), grad_clip=None,
                                           **paper_sgd)
-    trainer = Trainer(model, SoftDiceLoss(), train_batches, val_batches, config, out, device=torch_device,
+    # Dice alone (the paper, one organ) left the multi-class softmax VFN predicting a foreground class over
+    # the whole ROI on Hippocampus after a short schedule; cross-entropy anchors the background.
+    loss = SoftDiceLoss() if plan.num_classes == 2 else DiceCELoss()
+    trainer = Trainer(model, loss, train_batches, val_batches, config, out, device=torch_device,
                       num_threads=num_threads, quiet=quiet,
                       metadata={"network": network_name, "unit": str(unit), "preset": preset,
                                 "use_image": use_image, "parameters": parameters,
@@ -110,7 +115,9 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
     if resume:
         trainer.resume()
     start = time.perf_counter()
-    trainer.fit()
+    trainer.fit(stop_at=stop_at)
+    if trainer.iteration < iterations:
+        return out  # stopped early on purpose: not finished, so no summary
     write_json(out / "summary.json", {
         "network": network_name, "unit": str(unit), "preset": preset, "parameters": parameters,
         "iterations": iterations, "best_val_pseudo_dice": trainer.best_dice,

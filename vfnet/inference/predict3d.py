@@ -1,0 +1,131 @@
+"""Whole-volume prediction with the 3D U-Net baseline, and the held-out maps of a 3D training unit.
+
+The volume is padded to at least one patch, covered by windows of the planned patch at half
+a patch's stride (nnU-Net's overlap), and the softmax outputs of overlapping windows are
+averaged with Gaussian weights, by the same sliding window as the VFN
+(:func:`vfnet.fusion.methods.sliding_window_probabilities`).
+
+Example:
+    >>> net = load_unit_network_3d(unit_dir, plan, "cpu")
+    >>> probs = predict_volume_3d(net, image, plan["unet3d"]["patch_size"], device="cpu")
+    >>> probs.shape == (plan.num_classes, *image.shape[1:])
+    True
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vfnet.atomic import write_json
+from vfnet.data import PreprocessedDataset
+from vfnet.errors import ModelNotFoundError
+from vfnet.fusion.methods import VfnConfig, sliding_window_probabilities
+from vfnet.fusion.roi import pad_to_size
+from vfnet.inference.predict2d import per_class_dice, save_probabilities
+from vfnet.networks.unet3d import UNet3D, build_unet3d
+
+FINAL_CHECKPOINT = "checkpoint_final.pth"
+
+
+def unet3d_config(network: UNet3D) -> dict:
+    """Constructor arguments of a 3D U-Net, stored in checkpoints so it can be rebuilt exactly."""
+    return {"in_channels": network.in_channels, "num_classes": network.num_classes, "features": network.features}
+
+
+def load_unit_network_3d(unit_dir: Path, plan: Mapping, device: str | torch.device = "cpu",
+                         checkpoint: str = FINAL_CHECKPOINT, hint: str | None = None) -> UNet3D:
+    """The trained 3D U-Net of a unit folder, in eval mode on ``device``.
+
+    Rebuilt from the constructor arguments stored in the checkpoint (a width override used at
+    training time is honoured), else from the plan.
+
+    Args:
+        unit_dir: ``<results>/<preset>/3d/<unit>``.
+        plan: a :class:`vfnet.plans.Plan` or the plans.json dict.
+        device: where the network goes.
+        checkpoint: file name inside ``unit_dir``.
+        hint: the command that trains the unit, for the error message.
+    """
+    path = Path(unit_dir) / checkpoint
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} not found; train the unit first with: "
+                                 f"{hint or f'vfnet_train 3d {Path(unit_dir).name}'}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = state.get("metadata", {}).get("network_config")
+    if config:
+        network = UNet3D(**config)
+    else:
+        network = build_unet3d(plan, len(plan["channel_names"]), int(plan["num_classes"]))
+    network.load_state_dict(state["network"])
+    return network.to(device).eval()
+
+
+def window_config(patch_size: Sequence[int], device: str | torch.device | None = None, batch_size: int = 2,
+                  quiet: bool = True) -> VfnConfig:
+    """Sliding-window settings of the 3D U-Net: the planned patch at half a patch's stride, Gaussian weights."""
+    patch = [int(p) for p in patch_size]
+    return VfnConfig(patch, [max(1, p // 2) for p in patch], [0, 0, 0], batch_size=batch_size, device=device,
+                     quiet=quiet)
+
+
+@torch.no_grad()
+def predict_volume_3d(network: torch.nn.Module, image: np.ndarray, patch_size: Sequence[int],
+                      device: str | torch.device = "cpu", batch_size: int = 2, tta: bool = False) -> np.ndarray:
+    """Softmax probabilities (num_classes, z, y, x) float32 of a preprocessed canonical image (C, z, y, x).
+
+    Args:
+        network: 3D network returning logits (N, num_classes, *patch).
+        image: preprocessed image.
+        patch_size: planned window (z, y, x); smaller volumes are padded with 0 and cropped back.
+        device: where to run; CUDA runs in mixed precision.
+        batch_size: windows per forward pass.
+        tta: also predict the 7 mirrorings and average (8× the time).
+    """
+    padded, back = pad_to_size(np.asarray(image, dtype=np.float32), patch_size)
+    config = window_config(patch_size, device, batch_size)
+    flips = [()] + ([(1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3)] if tta else [])
+    total = None
+    for axes in flips:
+        volume = np.ascontiguousarray(np.flip(padded, axes)) if axes else padded
+        probs = sliding_window_probabilities(network, volume, config)
+        probs = np.flip(probs, axes) if axes else probs
+        total = probs if total is None else total + probs
+    return np.ascontiguousarray((total / len(flips))[(slice(None), *back)], dtype=np.float32)
+
+
+def predict_held_out_3d(network: torch.nn.Module, dataset: PreprocessedDataset, cases: Sequence[str],
+                        patch_size: Sequence[int], class_names: Sequence[str], unit_dir: Path,
+                        device: str | torch.device = "cpu", quiet: bool = False, extra: dict | None = None) -> dict:
+    """Write ``predictions/<case>.npz`` for every case and ``summary.json`` with Dice and seconds per case.
+
+    Returns:
+        The summary: per case the Dice of each foreground class, their mean and the seconds the
+        prediction took; the mean per class, the overall mean (``mean_dice``) and
+        ``seconds_per_case`` (network time only, reading and writing excluded).
+    """
+    unit_dir = Path(unit_dir)
+    per_case = {}
+    for case in tqdm(cases, desc="predicting 3d", disable=quiet, unit="case"):
+        image, label = dataset.load(case, mmap=False)
+        start = time.perf_counter()
+        probabilities = predict_volume_3d(network, image, patch_size, device)
+        seconds = time.perf_counter() - start
+        save_probabilities(unit_dir / "predictions" / f"{case}.npz", probabilities)
+        scores = per_class_dice(probabilities, np.asarray(label), class_names)
+        per_case[case] = {"dice": scores, "mean": float(np.mean(list(scores.values()))), "seconds": seconds}
+    foreground = [name for c, name in enumerate(class_names) if c > 0]
+    class_means = {name: float(np.mean([v["dice"][name] for v in per_case.values()])) if per_case else None
+                   for name in foreground}
+    summary = {**(extra or {}), "checkpoint": "final", "num_cases": len(per_case),
+               "mean_dice": float(np.mean([v["mean"] for v in per_case.values()])) if per_case else None,
+               "mean_per_class": class_means,
+               "seconds_per_case": float(np.mean([v["seconds"] for v in per_case.values()])) if per_case else None,
+               "cases": per_case}
+    write_json(unit_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,142 @@
+"""3D training patches for the 3D U-Net baseline: foreground oversampling, flips and intensity augmentation.
+
+Volumes are read into RAM once in the canonical (z, y, x) layout. A patch has the planned
+``plan["unet3d"]["patch_size"]``; volumes smaller than the patch along an axis sit
+somewhere inside it and the rest is padded (image 0, the normalized mean; label background).
+About a third of every batch is centred on a foreground voxel of a random class.
+
+Augmentation is deliberately light, so CPU presets stay fast: mirroring along every axis,
+Gaussian noise, brightness, contrast and gamma (batchgenerators). No rotation or scaling:
+3D interpolation of every patch would cost more than the network on two CPU cores.
+
+Example:
+    >>> volumes = load_volumes(PreprocessedDataset(folder), cases)
+    >>> loader = make_train_loader_3d(volumes, patch_size=[40, 56, 40], batch_size=2, num_workers=1)
+    >>> batch = next(loader)  # {"data": (2, C, 40, 56, 40), "target": (2, 1, 40, 56, 40)}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.transforms.abstract_transforms import Compose
+from batchgenerators.transforms.color_transforms import (
+    BrightnessMultiplicativeTransform,
+    ContrastAugmentationTransform,
+    GammaTransform,
+)
+from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
+from batchgenerators.transforms.spatial_transforms import MirrorTransform
+
+from vfnet.data import PreprocessedDataset
+
+# One volume type for 2D and 3D sampling: a 3D volume is a ViewVolume in the canonical layout.
+from vfnet.training.data2d import ViewVolume, _foreground_points, _window_start
+
+
+def load_volumes(dataset: PreprocessedDataset, cases: Sequence[str], with_foreground: bool = True) -> list[ViewVolume]:
+    """Read ``cases`` into RAM in the canonical layout: image (C, z, y, x) float32, label (z, y, x)."""
+    rng = np.random.default_rng(0)
+    volumes = []
+    for case in cases:
+        image, label = dataset.load(case, mmap=False)
+        label = np.ascontiguousarray(label)
+        volumes.append(ViewVolume(case, np.ascontiguousarray(image, dtype=np.float32), label,
+                                  _foreground_points(label, rng) if with_foreground else {}))
+    return volumes
+
+
+def crop_padded_nd(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: float = 0) -> np.ndarray:
+    """Window of ``size`` over the last ``len(size)`` axes starting at ``start`` (may be negative).
+
+    Voxels outside the array are ``fill``; leading axes (channels) are kept whole.
+    """
+    spatial = array.shape[-len(size):]
+    out = np.full(array.shape[:-len(size)] + tuple(int(s) for s in size), fill, dtype=array.dtype)
+    src, dst = [], []
+    for begin, length, extent in zip(start, size, spatial):
+        lo, hi = max(int(begin), 0), min(int(begin) + int(length), extent)
+        src.append(slice(lo, max(lo, hi)))
+        dst.append(slice(lo - begin, lo - begin + max(0, hi - lo)))
+    out[(..., *dst)] = array[(..., *src)]
+    return out
+
+
+class PatchSampler3D(SlimDataLoaderBase):
+    """Endless random batches ``{"data": (B, C, *patch), "target": (B, 1, *patch)}`` (float32).
+
+    Uses numpy's global RNG (seeded per background worker by batchgenerators, by the
+    trainer in-process). The last ``oversample_foreground`` share of every batch is centred
+    on a foreground voxel of a randomly chosen class; the rest are random windows.
+
+    Args:
+        volumes: from :func:`load_volumes`.
+        patch_size: planned (z, y, x) patch.
+        batch_size: patches per batch.
+        oversample_foreground: share of each batch forced onto foreground (about 1/3).
+    """
+
+    def __init__(self, volumes: list[ViewVolume], patch_size: Sequence[int], batch_size: int,
+                 oversample_foreground: float = 0.33):
+        super().__init__(volumes, batch_size)
+        self.patch_size = [int(p) for p in patch_size]
+        # at least one foreground patch per batch, even with the batch of 2 of 3D presets
+        self.num_foreground = max(1, round(batch_size * oversample_foreground)) if oversample_foreground > 0 else 0
+
+    def sample(self, volume: ViewVolume, force_foreground: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(C, *patch) image and (1, *patch) label of one window."""
+        centre = None
+        if force_foreground and volume.foreground:
+            points = volume.foreground[list(volume.foreground)[np.random.randint(len(volume.foreground))]]
+            centre = points[np.random.randint(len(points))]
+        start = [_window_start(volume.label.shape[a], self.patch_size[a], None if centre is None else int(centre[a]))
+                 for a in range(3)]
+        return (crop_padded_nd(volume.image, start, self.patch_size),
+                crop_padded_nd(volume.label, start, self.patch_size)[None].astype(np.float32))
+
+    def generate_train_batch(self) -> dict:
+        samples = [self.sample(self._data[np.random.randint(len(self._data))],
+                               i >= self.batch_size - self.num_foreground) for i in range(self.batch_size)]
+        return {"data": np.stack([s[0] for s in samples]), "target": np.stack([s[1] for s in samples])}
+
+
+def augmentation_3d() -> Compose:
+    """Mirroring along z, y and x, Gaussian noise, brightness, contrast and gamma."""
+    return Compose([
+        GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1, data_key="data"),
+        BrightnessMultiplicativeTransform((0.75, 1.25), per_channel=False, p_per_sample=0.15, data_key="data"),
+        ContrastAugmentationTransform((0.75, 1.25), per_channel=False, p_per_sample=0.15, data_key="data"),
+        GammaTransform((0.7, 1.5), per_channel=False, retain_stats=True, p_per_sample=0.15, data_key="data"),
+        MirrorTransform(axes=(0, 1, 2), data_key="data", label_key="target"),
+    ])
+
+
+def make_train_loader_3d(volumes: list[ViewVolume], patch_size: Sequence[int], batch_size: int, num_workers: int,
+                         seed: int = 0, augment: bool = True):
+    """Augmented training batches made by ``num_workers`` background processes (0: in-process).
+
+    Stop the workers with :func:`vfnet.training.data2d.close_loader` when done.
+    """
+    sampler = PatchSampler3D(volumes, patch_size, batch_size)
+    transform = augmentation_3d() if augment else None
+    if num_workers <= 0:
+        return SingleThreadedAugmenter(sampler, transform)
+    seeds = [seed * 1000 + i for i in range(num_workers)]
+    return NonDetMultiThreadedAugmenter(sampler, transform, num_workers, num_cached=max(2, 2 * num_workers),
+                                        seeds=seeds)
+
+
+def fixed_batches_3d(volumes: list[ViewVolume], patch_size: Sequence[int], batch_size: int, num_batches: int,
+                     seed: int = 0) -> list[dict]:
+    """The same validation batches at every validation (no augmentation), drawn once with ``seed``."""
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        sampler = PatchSampler3D(volumes, patch_size, batch_size)
+        return [sampler.generate_train_batch() for _ in range(num_batches)]
+    finally:
+        np.random.set_state(state)

@@ -1,0 +1,140 @@
+"""``vfnet_train 3d UNIT`` as a library call: train the planned 3D U-Net baseline, then predict its held-out folds.
+
+The baseline of the paper's 2D-versus-3D comparison: nnU-Net-shaped (``plan["unet3d"]``),
+trained on 3D patches with DiceCE loss by the same trainer as the views and the VFN
+(checkpoints, resume, log, progress.png, mixed precision on CUDA). Validation and the best
+checkpoint use a split carved from the unit's own training cases; the folds the unit
+predicts are only seen by the final checkpoint. Results go to
+``$vfnet_results/TaskXX_Name/<preset>/3d/<unit>/``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from vfnet import paths
+from vfnet.atomic import write_json
+from vfnet.data import PreprocessedDataset
+from vfnet.errors import PlanError
+from vfnet.inference.predict3d import load_unit_network_3d, predict_held_out_3d, unet3d_config
+from vfnet.networks.unet3d import UNet3D, build_unet3d
+from vfnet.networks.vfn import count_parameters
+from vfnet.planning import copy_dataset_files
+from vfnet.plans import Plan
+from vfnet.training.data2d import close_loader
+from vfnet.training.data3d import fixed_batches_3d, load_volumes, make_train_loader_3d
+from vfnet.training.losses import DiceCELoss
+from vfnet.training.train2d import split_validation, unit_finished
+from vfnet.training.trainer import Trainer, TrainingConfig, resolve_device, saved_iteration, seed_everything
+
+SEED = 12345
+NETWORK = "3d"
+VALIDATION_BATCHES = 5
+
+
+def train_hint(dataset: str, unit: str, preset: str) -> str:
+    """The command that trains 3D unit ``unit`` (for error messages)."""
+    return f"vfnet_train 3d {unit} -d {dataset} --preset {preset}"
+
+
+def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", device: str = "auto",
+                  num_threads: int | None = None, resume: bool = False, quiet: bool = False,
+                  schedule_overrides: dict | None = None, features: Sequence[int] | None = None,
+                  stop_at: int | None = None) -> Path:
+    """Train the 3D U-Net on ``unit`` and predict the unit's held-out folds.
+
+    Args:
+        dataset: id or name of a preprocessed dataset (None: the only one).
+        unit: a 3D unit of the plan (a fold ``0``.. ``K-1``, ``holdout`` or ``all``).
+        preset: training schedule (quick, default, paper).
+        device: auto, cpu or cuda.
+        num_threads: torch CPU threads; None uses torch's default.
+        resume: continue from ``checkpoint_latest.pth`` (a finished unit is left as it is).
+        quiet: no progress bars or console messages.
+        schedule_overrides: replace keys of the preset's schedule (tests, benchmarks).
+        features: replace the planned widths (tests, benchmarks).
+        stop_at: stop after this many iterations with a latest checkpoint and no prediction
+            (to check that a long schedule starts; continue later with ``resume``).
+
+    Returns:
+        The unit's results folder.
+    """
+    preprocessed = paths.preprocessed_dataset(dataset)
+    plan = Plan.load(preprocessed)
+    spec = plan.unit(NETWORK, unit)
+    schedule = {**plan.schedule(preset, NETWORK), **(schedule_overrides or {})}
+    torch_device = resolve_device(device)
+    results = paths.results_root() / preprocessed.name
+    copy_dataset_files(preprocessed, results)
+    out = paths.unit_dir(results, preset, NETWORK, str(unit))
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and unit_finished(out):
+        return out
+
+    data = PreprocessedDataset(preprocessed)
+    train_cases, val_cases = split_validation(data.fold_cases(spec["train_folds"]), key=f"3d-{unit}")
+    predict_cases = data.fold_cases(spec["predict_folds"])
+    if set(predict_cases) & set(train_cases + val_cases):
+        raise PlanError(f"3d unit {unit}: training and predicted cases overlap; check splits.json and plans.json")
+    metadata = {"network": NETWORK, "unit": str(unit), "preset": preset, "dataset": preprocessed.name}
+    write_json(out / "unit.json", {**metadata, "train_folds": spec["train_folds"],
+                                   "predict_folds": spec["predict_folds"], "train_cases": train_cases,
+                                   "val_cases": val_cases, "predict_cases": predict_cases})
+
+    if not (resume and (out / "checkpoint_final.pth").is_file()):
+        if not resume:
+            for stale in ("checkpoint_final.pth", "summary.json", "checkpoint_latest.pth", "checkpoint_best.pth"):
+                (out / stale).unlink(missing_ok=True)
+        trainer = _train(plan, data, train_cases, val_cases, schedule, out, torch_device, num_threads, resume,
+                         quiet, features, metadata, stop_at)
+        if trainer.iteration < trainer.config.iterations:
+            return out  # stopped early on purpose: no final checkpoint, nothing to predict yet
+
+    network = load_unit_network_3d(out, plan, torch_device, hint=train_hint(preprocessed.name, unit, preset))
+    class_names = [name for name, _ in sorted(plan["labels"].items(), key=lambda kv: kv[1])]
+    state = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    predict_held_out_3d(network, data, predict_cases, plan["unet3d"]["patch_size"], class_names, out, torch_device,
+                        quiet, extra={**metadata, "parameters": count_parameters(network),
+                                      "iterations": int(state["iteration"]),
+                                      "best_val_pseudo_dice": float(state["best_dice"]),
+                                      "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1)})
+    return out
+
+
+def _train(plan: Plan, data: PreprocessedDataset, train_cases: list[str], val_cases: list[str], schedule: dict,
+           out: Path, device: torch.device, num_threads: int | None, resume: bool, quiet: bool,
+           features: Sequence[int] | None, metadata: dict, stop_at: int | None) -> Trainer:
+    patch, batch_size = plan["unet3d"]["patch_size"], int(schedule["batch_size"])
+    seed_everything(SEED)
+    if features is None:
+        network = build_unet3d(plan, plan.num_channels, plan.num_classes)
+    else:
+        network = UNet3D(plan.num_channels, plan.num_classes, features)
+    val_batches = fixed_batches_3d(load_volumes(data, val_cases), patch, batch_size,
+                                   int(schedule.get("val_batches", VALIDATION_BATCHES)), seed=SEED)
+    # Workers are re-seeded from the resumed iteration so a continued run does not replay old batches.
+    start = saved_iteration(out) if resume else 0
+    loader = make_train_loader_3d(load_volumes(data, train_cases), patch, batch_size,
+                                  int(schedule.get("num_workers", 0)), seed=SEED + start)
+    config = TrainingConfig.from_schedule(schedule, seed=SEED)
+    parameters = count_parameters(network)
+    trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, out, device=device,
+                      num_threads=num_threads, quiet=quiet,
+                      metadata={**metadata, "network_config": unet3d_config(network), "parameters": parameters,
+                                "train_cases": train_cases, "val_cases": val_cases})
+    if not resume or saved_iteration(out) == 0:
+        trainer.log(f"3D U-Net: {parameters:,} parameters, features {network.features}, patch {patch}, "
+                    f"{len(train_cases)} training / {len(val_cases)} validation cases")
+    if resume:
+        trainer.resume()
+    began = time.perf_counter()
+    try:
+        trainer.fit(stop_at=stop_at)
+    finally:
+        close_loader(loader)
+    trainer.log(f"{trainer.iteration - start} iterations in {time.perf_counter() - began:.1f} s this run")
+    return trainer
