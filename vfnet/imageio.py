@@ -47,7 +47,15 @@ def strip_suffix(name: str) -> str:
 
 
 def is_dicom_folder(path: Path) -> bool:
-    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    if not path.is_dir():
+        return False
+    # GDCM warns "No Series were found" for every ordinary folder; that is an answer, not a problem
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def read_image(path: str | Path, verify: bool = True) -> sitk.Image:
