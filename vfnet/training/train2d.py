@@ -14,17 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.data import PreprocessedDataset
 from vfnet.errors import PlanError, VfnetError
 from vfnet.inference.predict2d import load_unit_network, predict_held_out
 from vfnet.networks.unet2d import build_unet2d
-from vfnet.planning import copy_dataset_files
 from vfnet.plans import Plan
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
 from vfnet.training.losses import DiceCELoss
-from vfnet.training.trainer import Trainer, TrainingConfig, resolve_device, saved_iteration, seed_everything
+from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
+from vfnet.training.units import prepare_unit
 from vfnet.views import VIEWS
 
 SEED = 12345
@@ -79,16 +78,10 @@ def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str =
         The unit's results folder.
     """
     _check_view(view)
-    preprocessed = paths.preprocessed_dataset(dataset)
-    plan = Plan.load(preprocessed)
-    spec = plan.unit("2d", unit)
-    schedule = {**plan.schedule(preset, "2d"), **(schedule_overrides or {})}
-    torch_device = resolve_device(device)
-    results = paths.results_root() / preprocessed.name
-    copy_dataset_files(preprocessed, results)
     network_name = f"2d_{view}"
-    out = paths.unit_dir(results, preset, network_name, str(unit))
-    out.mkdir(parents=True, exist_ok=True)
+    setup = prepare_unit(dataset, "2d", network_name, unit, preset, device, schedule_overrides)
+    preprocessed, plan, spec, schedule, torch_device, out = (
+        setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
     if resume and unit_finished(out):
         return out
 

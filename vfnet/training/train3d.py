@@ -16,20 +16,19 @@ from pathlib import Path
 
 import torch
 
-from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.data import PreprocessedDataset
 from vfnet.errors import PlanError
 from vfnet.inference.predict3d import load_unit_network_3d, predict_held_out_3d, unet3d_config
 from vfnet.networks.unet3d import UNet3D, build_unet3d
 from vfnet.networks.vfn import count_parameters
-from vfnet.planning import copy_dataset_files
 from vfnet.plans import Plan
 from vfnet.training.data2d import close_loader
 from vfnet.training.data3d import fixed_batches_3d, load_volumes, make_train_loader_3d
 from vfnet.training.losses import DiceCELoss
 from vfnet.training.train2d import split_validation, unit_finished
-from vfnet.training.trainer import Trainer, TrainingConfig, resolve_device, saved_iteration, seed_everything
+from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
+from vfnet.training.units import prepare_unit
 
 SEED = 12345
 NETWORK = "3d"
@@ -63,15 +62,9 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
     Returns:
         The unit's results folder.
     """
-    preprocessed = paths.preprocessed_dataset(dataset)
-    plan = Plan.load(preprocessed)
-    spec = plan.unit(NETWORK, unit)
-    schedule = {**plan.schedule(preset, NETWORK), **(schedule_overrides or {})}
-    torch_device = resolve_device(device)
-    results = paths.results_root() / preprocessed.name
-    copy_dataset_files(preprocessed, results)
-    out = paths.unit_dir(results, preset, NETWORK, str(unit))
-    out.mkdir(parents=True, exist_ok=True)
+    setup = prepare_unit(dataset, NETWORK, NETWORK, unit, preset, device, schedule_overrides)
+    preprocessed, plan, spec, schedule, torch_device, out = (
+        setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
     if resume and unit_finished(out):
         return out
 

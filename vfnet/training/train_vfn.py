@@ -14,12 +14,9 @@ from pathlib import Path
 
 import torch
 
-from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.fusion.fusion_set import build_fusion_set, fusion_set_dir, load_manifest
 from vfnet.networks.vfn import build_vfn, count_parameters
-from vfnet.planning import copy_dataset_files
-from vfnet.plans import Plan
 from vfnet.training.data_vfn import VfnPatchSampler, load_fusion_samples
 from vfnet.training.losses import DiceCELoss, SoftDiceLoss
 from vfnet.training.train2d import split_validation, unit_finished
@@ -27,10 +24,10 @@ from vfnet.training.trainer import (
     StepLR,
     Trainer,
     TrainingConfig,
-    resolve_device,
     saved_iteration,
     seed_everything,
 )
+from vfnet.training.units import prepare_unit
 
 SEED = 12345
 VALIDATION_BATCHES = 4
@@ -57,15 +54,10 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
     Returns:
         The unit's results folder (``<results>/<preset>/vfn/<unit>`` or ``vfn_noimage``).
     """
-    preprocessed = paths.preprocessed_dataset(dataset)
-    plan = Plan.load(preprocessed)
-    spec = plan.unit("vfn", unit)
-    schedule = {**plan.schedule(preset, "vfn"), **(schedule_overrides or {})}
-    torch_device = resolve_device(device)
-    results = paths.results_root() / preprocessed.name
-    copy_dataset_files(preprocessed, results)
     network_name = vfn_network_name(use_image)
-    out = paths.unit_dir(results, preset, network_name, str(unit))
+    setup = prepare_unit(dataset, "vfn", network_name, unit, preset, device, schedule_overrides)
+    preprocessed, plan, spec, schedule, torch_device, out = (
+        setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
     if resume and unit_finished(out):
         return out
     folder = fusion_set_dir(preprocessed, preset, str(unit))
