@@ -39,8 +39,8 @@ from vfnet.training.train2d import split_validation, train_2d_unit
 from vfnet.training.trainer import Trainer, TrainingConfig, load_checkpoint_weights
 from vfnet.views import VIEWS
 
-CALIBRATION_ITERATIONS = 12
-WARMUP_ITERATIONS = 6  # the first interval includes worker start-up, so it is left out
+CALIBRATION_ITERATIONS = 30
+WARMUP_ITERATIONS = 10  # the first interval includes worker start-up and allocator warm-up, so it is left out
 
 
 def peak_memory_mib() -> float:

@@ -15,6 +15,7 @@ from vfnet.networks.vfn import (
     build_vfn,
     count_parameters,
     init_as_view_average,
+    state_has_view_prior,
     vfn_in_channels,
     vfn_probabilities,
 )
@@ -91,6 +92,61 @@ def test_view_average_weights_reproduce_majority_vote(num_classes):
         np.testing.assert_array_equal(fused, majority)
         mean_fg = np.mean([m[1] for m in maps.values()], axis=0)
         np.testing.assert_allclose(probs[1] > 0.5, mean_fg > 0.5)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_untrained_vfn_with_view_prior_is_mean_fusion(num_classes):
+    rng = np.random.default_rng(10 + num_classes)
+    raw = {view: rng.random((num_classes, *ODD_SHAPE)).astype(np.float32) + 0.05 for view in VIEWS}
+    maps = {view: m / m.sum(0, keepdims=True) for view, m in raw.items()}
+    net = build_vfn(hippocampus_plan(), 1, num_classes)
+    assert net.view_prior and hippocampus_plan()["vfn"]["view_prior"]
+    x = torch.from_numpy(vfn_input(rng.random((1, *ODD_SHAPE)), maps))[None]
+    for mode in (True, False):  # BN statistics must not matter: the head starts at zero
+        net.train(mode)
+        with torch.no_grad():
+            probs = vfn_probabilities(net(x))[0].numpy()
+        np.testing.assert_allclose(probs, np.mean(list(maps.values()), axis=0), atol=2e-4)
+    # training moves it away from the mean: the head is a learnable correction, not frozen
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    net.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        net(x).square().mean().backward()
+        optimizer.step()
+    assert net.head.weight.abs().sum() > 0
+
+
+def test_checkpoint_says_whether_it_has_the_view_prior():
+    plan = hippocampus_plan()
+    paper = build_vfn(plan, 1, 3, view_prior=False)
+    prior = build_vfn(plan, 1, 3)
+    assert not state_has_view_prior(paper.state_dict())
+    assert state_has_view_prior(prior.state_dict())
+    with pytest.raises(RuntimeError, match="view_prior"):
+        paper.load_state_dict(prior.state_dict())
+    x = torch.rand(1, paper.in_channels, *ODD_SHAPE)
+    paper.eval(), prior.eval()
+    prior.load_state_dict(paper.state_dict(), strict=False)
+    with torch.no_grad():  # same weights, the prior shifts the logits
+        assert not torch.allclose(paper(x), prior(x))
+
+
+@pytest.mark.parametrize("saved_with_prior", [True, False])
+def test_load_vfn_builds_the_network_its_checkpoint_holds(tmp_path, saved_with_prior):
+    # a VFN trained before the prior existed (or with "view_prior": false) still loads under a prior plan
+    from vfnet.inference.models import load_vfn
+    from vfnet.plans import SCHEMA_VERSION, Plan
+
+    plan = Plan({**hippocampus_plan(), "schema_version": SCHEMA_VERSION, "num_classes": 3,
+                 "channel_names": {"0": "MRI"}})
+    saved = build_vfn(plan, 1, 3, view_prior=saved_with_prior)
+    torch.save({"network": saved.state_dict()}, tmp_path / "checkpoint_final.pth")
+    loaded = load_vfn(tmp_path, plan)
+    assert loaded.view_prior == saved_with_prior
+    x = torch.rand(1, saved.in_channels, *ODD_SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), saved.eval()(x))
 
 
 def test_mean_of_binarized_maps_equals_majority_for_one_organ():

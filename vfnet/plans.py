@@ -86,6 +86,8 @@ def plan_vfn(median_shape: tuple, median_bbox: tuple) -> dict:
         "roi_margin": margin,
         "stride": [max(8, p // 2) for p in patch],
         "features": [8, 16, 32, 64],
+        # the VFN learns a correction to mean fusion (see vfnet.networks.vfn); false = the paper's network
+        "view_prior": True,
     }
 
 

@@ -15,7 +15,7 @@ from vfnet.fusion.methods import METHODS, VfnConfig, fuse
 from vfnet.fusion.postprocess import keep_largest_component
 from vfnet.inference.predict2d import load_unit_network, predict_volume_2d
 from vfnet.inference.predict3d import load_unit_network_3d, predict_volume_3d
-from vfnet.networks.vfn import build_vfn
+from vfnet.networks.vfn import build_vfn, state_has_view_prior
 from vfnet.plans import Plan
 from vfnet.training.trainer import resolve_device
 from vfnet.views import VIEWS
@@ -28,9 +28,11 @@ def load_vfn(unit_dir: Path, plan: Plan, use_image: bool = True, device: str | t
     path = Path(unit_dir) / FINAL_CHECKPOINT
     if not path.is_file():
         raise ModelNotFoundError(f"{path} not found")
-    model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image)
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state.get("network", state))
+    state = state.get("network", state)
+    model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image,
+                      view_prior=state_has_view_prior(state))
+    model.load_state_dict(state)
     return model.to(device).eval()
 
 

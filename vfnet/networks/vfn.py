@@ -14,6 +14,13 @@ w_(k+1), so every down stage doubles the channels and the pooled output of the l
 stage, at 1/8 resolution, is the w3-wide bottleneck; the up stage back to scale k has
 w_k channels. An output voxel sees 44 to 52 voxels per axis, by its position (the paper: 50³).
 
+``view_prior=True`` (vfnet's planned default; the paper has no such term) adds the logits
+of the views' mean probability to the head's output and starts the head at zero, so an
+untrained VFN is exactly mean fusion and training learns a correction to it. Without it,
+short CPU schedules left the VFN below majority voting and let a small class collapse;
+``"view_prior": false`` in plans.json gives the paper's network exactly. A model with the
+prior carries a ``view_prior`` buffer, so its checkpoints say which network they hold.
+
 Example:
     >>> net = build_vfn(plan, num_image_channels=1, num_classes=3)
     >>> logits = net(torch.rand(2, net.in_channels, 19, 23, 17))
@@ -34,6 +41,8 @@ from vfnet.views import VIEWS
 DEFAULT_FEATURES = (16, 32, 64, 128)
 NUM_STAGES = 3
 DIVISOR = 2**NUM_STAGES
+PRIOR_EPSILON = 1e-4  # probabilities are clamped to [ε, 1 − ε] before taking the prior's logits
+PRIOR_KEY = "view_prior"
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
@@ -65,10 +74,11 @@ class VolumetricFusionNet(nn.Module):
         num_classes: background + foreground classes, as in plans.json and the probability maps.
         use_image: False builds the no-image variant of the paper's ablation (3·C inputs).
         features: widths [w0, w1, w2, w3]; w3 is the bottleneck.
+        view_prior: add the logits of the views' mean to the output (see the module's notes).
     """
 
     def __init__(self, num_image_channels: int, num_classes: int, use_image: bool = True,
-                 features: Sequence[int] = DEFAULT_FEATURES):
+                 features: Sequence[int] = DEFAULT_FEATURES, view_prior: bool = False):
         super().__init__()
         features = [int(f) for f in features]
         if len(features) != NUM_STAGES + 1:
@@ -94,16 +104,33 @@ class VolumetricFusionNet(nn.Module):
         self.up = nn.ModuleList(_deconv_bn_relu(features[k + 1], features[k]) for k in scales)
         self.highway = nn.ModuleList(_conv_bn_relu(features[k + 1], features[k], 1) for k in scales)
         self.head = nn.Conv3d(features[0], self.out_channels, 1)
+        self.view_prior = bool(view_prior)
+        if self.view_prior:
+            # an untrained prior VFN is mean fusion; the buffer marks the checkpoints
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+            self.register_buffer(PRIOR_KEY + "_marker", torch.ones(()))
 
     def view_channels(self, view_index: int) -> list[int]:
         """Input channels holding foreground classes 1..C of view ``VIEWS[view_index]``."""
         first = (self.num_image_channels if self.use_image else 0) + view_index * (self.num_classes - 1)
         return list(range(first, first + self.num_classes - 1))
 
+    def prior_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the views' mean probabilities: logit(m) for one organ, log(m_c) (background
+        1 − Σ m_c) for several; (N, out_channels, z, y, x) from the VFN input ``x``."""
+        maps = torch.stack([x[:, self.view_channels(v)] for v in range(len(VIEWS))]).float().mean(dim=0)
+        if self.out_channels == 1:
+            maps = maps.clamp(PRIOR_EPSILON, 1 - PRIOR_EPSILON)
+            return torch.log(maps) - torch.log1p(-maps)
+        background = 1 - maps.sum(dim=1, keepdim=True)
+        return torch.log(torch.cat([background, maps], dim=1).clamp(PRIOR_EPSILON, 1.0))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, z, y, x) in [0, 1] → logits (N, out_channels, z, y, x)."""
         if x.shape[1] != self.in_channels:
             raise ValueError(f"VFN expects {self.in_channels} input channels, got {x.shape[1]}")
+        prior = self.prior_logits(x) if self.view_prior else None
         shape = x.shape[2:]
         pad = [(-s) % DIVISOR for s in shape]
         if any(pad):
@@ -115,20 +142,30 @@ class VolumetricFusionNet(nn.Module):
             x = self.pool(x)
         for up, highway, skip in zip(self.up, self.highway, reversed(skips)):
             x = up(x) + highway(skip)
-        x = self.head(x)
-        return x[:, :, :shape[0], :shape[1], :shape[2]]
+        x = self.head(x)[:, :, :shape[0], :shape[1], :shape[2]]
+        return x if prior is None else x + prior.to(x.dtype)
 
 
-def build_vfn(plan, num_image_channels: int, num_classes: int, use_image: bool = True) -> VolumetricFusionNet:
-    """The VFN of a plan (``plan["vfn"]["features"]``).
+def build_vfn(plan, num_image_channels: int, num_classes: int, use_image: bool = True,
+              view_prior: bool | None = None) -> VolumetricFusionNet:
+    """The VFN of a plan (``plan["vfn"]["features"]`` and ``["view_prior"]``).
 
     Args:
         plan: a :class:`vfnet.plans.Plan` or the plans.json dict.
         num_image_channels: M image channels.
         num_classes: background + foreground classes.
         use_image: False for the no-image ablation.
+        view_prior: override the plan's choice (a checkpoint's own, when loading one); plans
+            written before the prior existed have none and get the paper's network.
     """
-    return VolumetricFusionNet(num_image_channels, num_classes, use_image, plan["vfn"]["features"])
+    if view_prior is None:
+        view_prior = bool(plan["vfn"].get("view_prior", False))
+    return VolumetricFusionNet(num_image_channels, num_classes, use_image, plan["vfn"]["features"], view_prior)
+
+
+def state_has_view_prior(state: dict) -> bool:
+    """Whether a VFN state dict was saved from a network with the view prior."""
+    return PRIOR_KEY + "_marker" in state
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
