@@ -28,9 +28,14 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04
 PRESET = "quick"
 
 
-def _setup(work: Path, data: Path) -> None:
+def use_work_folders(work: Path) -> None:
+    """Point vfnet's three folders into ``work`` (also on a rerun that skips the set-up)."""
     for var, sub in (("vfnet_raw", "raw"), ("vfnet_preprocessed", "pre"), ("vfnet_results", "res")):
         os.environ[var] = str(work / sub)
+
+
+def _setup(work: Path, data: Path) -> None:
+    use_work_folders(work)
     from dataset_conversion.msd import convert_msd
     from vfnet import paths
     from vfnet.planning import plan_and_preprocess
@@ -93,6 +98,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
+    use_work_folders(args.work)
     timed("plan_and_preprocess", _setup, args.work, args.data)
     from vfnet import paths
     from vfnet.data import PreprocessedDataset
@@ -135,7 +141,7 @@ def main() -> None:
     body = f"""
 4-fold cross-cross-augmentation on the {len(data.all_cases)} shared Hippocampus cases (MRI, 3 classes), preset
 `{PRESET}`, CPU only. {len(units_2d)} 2D units (median {statistics.median(units_2d):.0f} s each, with held-out
-prediction) and {len(units_vfn)} VFN units (median {statistics.median(units_vfn):.0f} s each, fusion set included).
+prediction) and {len(units_vfn)} VFN units (median {statistics.median(units_vfn):.0f} s each, building its fusion set when missing).
 
 | measure | value | target |
 |---|---|---|

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fusion import DEFAULT_DATA, _setup  # plan and preprocess the shared data as fusion.py does
+from fusion import DEFAULT_DATA, _setup, use_work_folders  # plan and preprocess the shared data as fusion.py does
 from machine import write_results
 
 TASK = 4
@@ -68,6 +68,12 @@ class Timings:
 
     def minutes(self) -> float:
         return sum(self.data.values()) / 60
+
+
+def clone_relative(folder: Path) -> Path:
+    """``folder`` relative to the clone (else its name alone): results never carry this machine's paths."""
+    repo, folder = Path(__file__).resolve().parent.parent, Path(folder).resolve()
+    return folder.relative_to(repo) if folder.is_relative_to(repo) else Path(folder.name)
 
 
 def _timings_file(preset: str) -> str:
@@ -228,6 +234,7 @@ def reproduce(args) -> Path:
     from vfnet.plans import Plan
 
     timings = Timings(args.work / _timings_file(args.preset))
+    use_work_folders(args.work)
     timings.run("plan_and_preprocess", _setup, args.work, args.data)
     train_everything(args.preset, args.device, timings, args.iterations_3d)
     start = time.perf_counter()
@@ -281,7 +288,10 @@ the 3D U-Net's time is its recorded sliding-window time per held-out case.
 {crossval_md.split(chr(10), 2)[2]}
 """
     command = "python benchmarks/reproduce.py" + ("" if args.preset == "quick" else f" --preset {args.preset}")
-    body += f"\nCommand: `{command}` (work folder `{args.work}`)\n"
+    command += f" --work {clone_relative(args.work)}"
+    if args.iterations_3d:
+        command += f" --iterations-3d {args.iterations_3d}"
+    body += f"\nCommand: `{command}`\n"
     data_out = {"preset": args.preset, "device": device, "schedules": schedules, "timings_s": timings.data,
                 "view_seconds_per_case": seconds_views, "parameters": params, "costs": costs,
                 "summary": table["summary"], "tests": table["tests"], "best": table["best"],
@@ -330,6 +340,7 @@ def check_start(args) -> Path:
     from vfnet.views import VIEWS
 
     timings = Timings(args.work / _timings_file("quick"))
+    use_work_folders(args.work)
     timings.run("plan_and_preprocess", _setup, args.work, args.data)
     quick_set = fusion_set_dir(paths.preprocessed_dataset(TASK), "quick", "0")
     if not (quick_set / "manifest.json").is_file():
@@ -372,7 +383,7 @@ def check_start(args) -> Path:
         for net, c in checks.items())
     body = f"""
 The {args.preset} preset's schedules started on `{args.device}` for {n} iterations each (fold 0 of Task04
-Hippocampus; the VFN reads the quick preset's fold-0 fusion set, staged under `{args.work / f'{args.preset}_check'}`).
+Hippocampus; the VFN reads the quick preset's fold-0 fusion set, staged under `{clone_relative(args.work) / f'{args.preset}_check'}`).
 Iterations per second come from the trainer's own interval time (one validation batch included).
 
 | network | schedule (iterations × batch) | iterations run | it/s | patches/s | data wait | projected full schedule \
@@ -380,7 +391,7 @@ Iterations per second come from the trainer's own interval time (one validation 
 |---|---|---:|---:|---:|---:|---:|---:|
 {rows}
 
-Command: `python benchmarks/reproduce.py --preset {args.preset} --check-start --check-iterations {n}`
+Command: `python benchmarks/reproduce.py --preset {args.preset} --check-start --check-iterations {n} --work {clone_relative(args.work)}`
 """
     return write_results(f"reproduce_{args.preset}_check",
                          f"{args.preset} preset: does training start? (Task04 Hippocampus)", body,

@@ -176,3 +176,29 @@ def test_cli_export(vfnet_env, tmp_path):
     assert "Exported 13 unit(s) of Task07_Tiny" in result.output and zipfile.is_zipfile(tmp_path / "m.zip")
     result = CliRunner().invoke(export_model_entry, ["-o", str(tmp_path / "m.zip"), "--preset", "default"])
     assert result.exit_code == 2 and "vfnet_train 2d axial 0" in result.output
+
+
+def test_one_fold_prediction_uses_that_folds_own_vfn_when_trained(vfnet_env):
+    # -f k pairs fold unit k with the VFN of test fold k (the pair cross-validation scored); else the VFN 'all'
+    from vfnet.inference.models import own_fold_vfn
+
+    results = fake_results()
+    plan = Plan(_plan("cca"))
+    assert own_fold_vfn(results, PRESET, "vfn", plan, ["0"]) is None  # not trained: the caller falls back to 'all'
+    folder = paths.unit_dir(results, PRESET, "vfn", "0")
+    folder.mkdir(parents=True)
+    torch.save({"network": build_vfn(plan, 1, 2).state_dict()}, folder / "checkpoint_final.pth")
+    assert own_fold_vfn(results, PRESET, "vfn", plan, ["0"]) == "0"
+    assert own_fold_vfn(results, PRESET, "vfn_noimage", plan, ["0"]) is None
+    assert own_fold_vfn(results, PRESET, "vfn", plan, ["0", "1"]) is None
+    assert own_fold_vfn(results, PRESET, "vfn", plan, ["all"]) is None
+
+
+def test_trained_3d_units_travel_with_the_model(vfnet_env, tmp_path):
+    results = fake_results()
+    _unit(results, "3d", "0", 9)  # only fold 0 of the 3D baseline is trained
+    manifest = read_manifest(export_model(NAME, tmp_path / "model.zip", preset=PRESET))
+    units = {(u["network"], u["unit"]) for u in manifest["units"]}
+    assert ("3d", "0") in units and ("3d", "1") not in units
+    assert "quick/3d/0/checkpoint_final.pth" in manifest["files"]
+    assert not any(rel.startswith("quick/3d/0/predictions") for rel in manifest["files"])

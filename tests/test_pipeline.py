@@ -19,6 +19,7 @@ from vfnet import paths
 from vfnet.atomic import read_json
 from vfnet.deployment import export_model, install_model
 from vfnet.fusion.leakage import find_leaks
+from vfnet.imageio import read_image
 from vfnet.planning import plan_and_preprocess
 from vfnet.training.train2d import train_2d_unit
 from vfnet.training.train_vfn import train_vfn_unit
@@ -121,6 +122,31 @@ def test_predict_keeps_geometry_names_corrupt_case_and_leaves_input_alone(traine
     assert "Skipped 3" in again.output
     inside = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(inputs / "x"), "--preset", PRESET])
     assert inside.exit_code == 2 and "inside the input" in inside.output
+
+
+@pytest.mark.realdata
+def test_predict_real_ct_and_its_dicom_series_in_their_own_geometry(trained, shared_data, tmp_path):
+    # the check: the real CT, its DICOM series (file names not in slice order) and a corrupt file
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(shared_data / "ct_example" / "abdomen_ct_3mm.nii.gz", inputs / "abdomen_ct_3mm.nii.gz")
+    shutil.copytree(shared_data / "ct_example" / "dicom", inputs / "series")
+    (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
+    before = _digest(inputs)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(out), "--preset", PRESET, "-q",
+                                                "--fusion", "majority"])
+    assert result.exit_code == 1
+    assert "corrupt" in result.output and "Traceback" not in result.output
+    assert _digest(inputs) == before
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["abdomen_ct_3mm.nii.gz", "series.nii.gz"]
+    for source, written in ((inputs / "abdomen_ct_3mm.nii.gz", out / "abdomen_ct_3mm.nii.gz"),
+                            (inputs / "series", out / "series.nii.gz")):
+        image, label = read_image(source), sitk.ReadImage(str(written))
+        assert label.GetSize() == image.GetSize()
+        np.testing.assert_allclose(label.GetSpacing(), image.GetSpacing(), atol=1e-5)
+        np.testing.assert_allclose(label.GetOrigin(), image.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(label.GetDirection(), image.GetDirection(), atol=1e-6)
 
 
 def test_predictions_evaluate_against_the_test_labels(trained, tmp_path):

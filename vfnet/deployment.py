@@ -58,7 +58,8 @@ def deployment_unit_list(plan: Plan, results: Path, preset: str, include_all_fol
     Required: the 2D units that ``vfnet_predict`` ensembles per view (the K fold units in CCA
     mode, or ``all`` when ``include_all_folds`` is False; ``holdout`` in holdout mode) and
     the VFN that fuses them. Optional, exported when trained: the no-image VFN of the same
-    unit and, next to a fold ensemble, the per-view 2D units ``all`` (for ``-f all``).
+    unit, next to a fold ensemble the per-view 2D units ``all`` (for ``-f all``), and the 3D
+    U-Net baseline's units (for ``vfnet_predict --model 3d``).
     """
     units_2d, vfn_unit = deployment_units(plan, None if include_all_folds else ["all"])
     required = [(f"2d_{view}", unit) for unit in units_2d for view in VIEWS] + [("vfn", vfn_unit)]
@@ -67,6 +68,7 @@ def deployment_unit_list(plan: Plan, results: Path, preset: str, include_all_fol
         alls = [(f"2d_{view}", "all") for view in VIEWS]
         if all(_unit_complete(paths.unit_dir(results, preset, n, u)) for n, u in alls):
             optional = alls + optional
+    optional += [("3d", unit["name"]) for unit in plan["units"].get("3d", [])]
     return required, optional
 
 

@@ -57,6 +57,7 @@ class DeployedModels:
     view_networks: dict[str, list[torch.nn.Module]] = field(default_factory=dict)
     vfn_models: dict[str, torch.nn.Module] = field(default_factory=dict)
     batch_size: int = 64
+    vfn_unit: str | None = None  # the VFN unit loaded, when the fusion is a VFN
 
     def view_probabilities(self, image: np.ndarray, tta: bool = False) -> dict[str, np.ndarray]:
         """Per view, the mean over the fold ensemble (and mirrorings with ``tta``) of the softmax maps."""
@@ -90,6 +91,15 @@ def _train_hint(dataset: str, preset: str, network: str, unit: str) -> str:
             f"vfnet_train vfn {unit}{flag} -d {dataset} --preset {preset}")
 
 
+def own_fold_vfn(results: Path, preset: str, network: str, plan: Plan, units: list[str]) -> str | None:
+    """With one fold unit k, the VFN of test fold k when it is trained (it fused exactly unit k's
+    maps in the cross-validation and never saw fold k); else None, and the deployment VFN is used."""
+    if len(units) != 1 or units[0] not in plan["fold_names"]:
+        return None
+    own = units[0]
+    return own if (paths.unit_dir(results, preset, network, own) / FINAL_CHECKPOINT).is_file() else None
+
+
 def load_deployed_models(dataset: str | int | None, preset: str = "default", folds: list[str] | None = None,
                          fusion: str | None = None, device: str = "auto") -> DeployedModels:
     """Load what ``vfnet_predict`` needs from ``$vfnet_results/TaskXX_Name`` alone."""
@@ -115,11 +125,14 @@ def load_deployed_models(dataset: str | int | None, preset: str = "default", fol
             models.view_networks[view].append(load_unit_network(unit_dir, plan, view, torch_device))
     if method.startswith("vfn"):
         network = "vfn" if method == "vfn" else "vfn_noimage"
+        own = own_fold_vfn(results, preset, network, plan, units)
+        vfn_unit = own or vfn_unit
         unit_dir = paths.unit_dir(results, preset, network, vfn_unit)
         if not (unit_dir / FINAL_CHECKPOINT).is_file():
             raise ModelNotFoundError(f"no trained {network} model '{vfn_unit}' in {unit_dir}; train it with: "
                                      f"{_train_hint(name, preset, network, vfn_unit)} (or use --fusion majority)")
         models.vfn_models[method] = load_vfn(unit_dir, plan, method == "vfn", torch_device)
+        models.vfn_unit = vfn_unit
     return models
 
 

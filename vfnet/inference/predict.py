@@ -142,7 +142,8 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
                                      "error": report.failed.get(case.case_id)}))
     with open(target / "vfnet_predict.log", "a") as log:
         log.write(json.dumps({"model": model, "fusion": fusion, "postprocess": postprocess, "tta": tta,
-                              "folds": models.folds, "preset": preset, "device": str(models.device)}) + "\n")
+                              "folds": models.folds, "vfn_unit": getattr(models, "vfn_unit", None),
+                              "preset": preset, "device": str(models.device)}) + "\n")
         log.write("\n".join(log_lines) + ("\n" if log_lines else ""))
     return report
 
