@@ -24,6 +24,7 @@ from vfnet.fusion import (
     staple_fusion,
     vfn_input,
 )
+from vfnet.fusion.methods import sliding_window_probabilities
 from vfnet.fusion.roi import window_grid, window_weights
 from vfnet.networks.vfn import build_vfn, init_as_view_average
 from vfnet.plans import plan_vfn
@@ -198,8 +199,30 @@ def test_vfn_sliding_window_inside_roi_majority_outside(weighting, batch_size):
     assert fused[18:22, 14:17, 15:20].all() and not fused[3, 3, 3]
     assert not majority[18:22, 14:17, 15:20].all()
     roi_shape = tuple(s.stop - s.start for s in roi)
-    assert sum(w[0] for w in model.windows) == len(window_grid(roi_shape, config.patch_size, config.stride)) > 1
+    count = len(window_grid(roi_shape, config.patch_size, config.stride))
+    assert count > 1
+    # every window once; a chunk of a single window runs with its mirror image beside it
+    chunks = [min(batch_size, count - first) for first in range(0, count, batch_size)]
+    assert [w[0] for w in model.windows] == [2 if c == 1 else c for c in chunks]
     assert all(w[1:] == (4, 16, 16, 16) for w in model.windows)  # image + three views
+
+
+class XRamp(torch.nn.Module):
+    """Logits that rise along x whatever the input: not mirror-symmetric."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-3, 3, x.shape[-1])
+        return ramp.expand(x.shape[0], 1, *x.shape[2:]).clone()
+
+
+def test_single_window_is_averaged_with_its_mirror():
+    volume = np.zeros((4, 16, 16, 16), dtype=np.float32)
+    one = sliding_window_probabilities(XRamp(), volume, VfnConfig([16, 16, 16], [8, 8, 8], [0, 0, 0]))
+    # sigmoid(a) and sigmoid(-a) average to one half everywhere
+    np.testing.assert_allclose(one[1], 0.5, atol=1e-6)
+    two = sliding_window_probabilities(XRamp(), np.zeros((4, 16, 16, 24), dtype=np.float32),
+                                       VfnConfig([16, 16, 16], [8, 8, 8], [0, 0, 0], batch_size=2))
+    assert two[1, :, :, -1].min() > 0.9  # two windows in one batch: no mirroring
 
 
 def test_vfn_on_volume_smaller_than_patch():

