@@ -131,9 +131,11 @@ def main() -> None:
     unet_params = count_parameters(build_unet3d(plan, plan.num_channels, plan.num_classes))
     speed = _inference_times(plan, data, results, data.fold_cases(["0"])[:20])
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # the work folder's timings may also hold reproduce.py's steps (3D units, VFN 'all'): count only this run's
+    vfn_keys = {f"vfn {k}{suffix}" for k in folds for suffix in ("", " noimage")}
     units_2d = [v for k, v in timings.items() if k.startswith("2d ")]
-    units_vfn = [v for k, v in timings.items() if k.startswith("vfn ")]
-    total_min = sum(timings.values()) / 60
+    units_vfn = [v for k, v in timings.items() if k in vfn_keys]
+    total_min = (timings["plan_and_preprocess"] + sum(units_2d) + sum(units_vfn) + timings["crossval"]) / 60
     summary = table["summary"]
     vfn, majority = summary["vfn"]["overall"], summary["majority"]["overall"]
     test = table["tests"]["vfn vs majority"]["overall"]
