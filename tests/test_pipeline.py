@@ -89,6 +89,16 @@ def test_crossval_table_has_every_method_and_records_the_best(trained):
     assert "| majority |" in (folder / "crossval.md").read_text()
 
 
+def _predict_with_one_bad_case(inputs: Path, out: Path, fusion: str, bad_name: str) -> None:
+    """vfnet_predict over ``inputs``: exit 1 naming the bad case, no traceback, the input folder untouched."""
+    before = _digest(inputs)
+    result = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(out), "--preset", PRESET, "-q",
+                                                "--fusion", fusion])
+    assert result.exit_code == 1
+    assert bad_name in result.output and "Traceback" not in result.output
+    assert _digest(inputs) == before
+
+
 def test_predict_keeps_geometry_names_corrupt_case_and_leaves_input_alone(trained, tmp_path):
     _, raw = trained
     inputs = tmp_path / "in"
@@ -98,13 +108,8 @@ def test_predict_keeps_geometry_names_corrupt_case_and_leaves_input_alone(traine
     flipped = sitk.DICOMOrient(image, "RAI")
     sitk.WriteImage(flipped, str(inputs / "turned_0000.nii.gz"))
     (inputs / "broken_0000.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
-    before = _digest(inputs)
     out = tmp_path / "out"
-    result = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(out), "--preset", PRESET, "-q",
-                                                "--fusion", "vfn"])
-    assert result.exit_code == 1
-    assert "broken" in result.output and "Traceback" not in result.output
-    assert _digest(inputs) == before
+    _predict_with_one_bad_case(inputs, out, "vfn", "broken")
     for case in ("demo_009", "demo_010", "turned"):
         source = sitk.ReadImage(str(inputs / f"{case}_0000.nii.gz"))
         label = sitk.ReadImage(str(out / f"{case}.nii.gz"))
@@ -132,13 +137,8 @@ def test_predict_real_ct_and_its_dicom_series_in_their_own_geometry(trained, sha
     shutil.copy(shared_data / "ct_example" / "abdomen_ct_3mm.nii.gz", inputs / "abdomen_ct_3mm.nii.gz")
     shutil.copytree(shared_data / "ct_example" / "dicom", inputs / "series")
     (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
-    before = _digest(inputs)
     out = tmp_path / "out"
-    result = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(out), "--preset", PRESET, "-q",
-                                                "--fusion", "majority"])
-    assert result.exit_code == 1
-    assert "corrupt" in result.output and "Traceback" not in result.output
-    assert _digest(inputs) == before
+    _predict_with_one_bad_case(inputs, out, "majority", "corrupt")
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["abdomen_ct_3mm.nii.gz", "series.nii.gz"]
     for source, written in ((inputs / "abdomen_ct_3mm.nii.gz", out / "abdomen_ct_3mm.nii.gz"),
                             (inputs / "series", out / "series.nii.gz")):
