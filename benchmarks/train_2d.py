@@ -35,8 +35,9 @@ from vfnet.networks.unet2d import build_unet2d
 from vfnet.plans import Plan
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
 from vfnet.training.losses import DiceCELoss
-from vfnet.training.train2d import split_validation, train_2d_unit
+from vfnet.training.train2d import train_2d_unit
 from vfnet.training.trainer import Trainer, TrainingConfig, load_checkpoint_weights
+from vfnet.training.units import split_validation
 from vfnet.views import VIEWS
 
 CALIBRATION_ITERATIONS = 30

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from vfnet import paths
 
@@ -51,3 +52,12 @@ def demo_preprocessed(demo_raw) -> Path:
 
     plan_and_preprocess(None, num_processes=1, quiet=True)
     return paths.preprocessed_root() / demo_raw.name
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Training tests run on one torch thread (steadier on shared CI cores); the count is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,20 +19,16 @@ from vfnet.networks.unet2d import UNet2D
 from vfnet.plans import Plan
 from vfnet.training.data2d import fixed_batches, load_view_volumes, make_train_loader, slice_stacks
 from vfnet.training.losses import DiceCELoss, SoftDiceLoss
-from vfnet.training.train2d import split_validation, train_2d_unit
+from vfnet.training.train2d import train_2d_unit
 from vfnet.training.trainer import StepLR, Trainer, TrainingConfig
+from vfnet.training.units import split_validation
 from vfnet.views import VIEWS
 from vfnet_cli.train import train_all_entry, train_entry
 
 TINY = {"iterations": 4, "val_every": 2, "batch_size": 4, "num_workers": 0, "val_batches": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trainer(folder, out_dir, iterations=40, val_every=10, seed=0):

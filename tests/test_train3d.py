@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from click.testing import CliRunner
 
 from vfnet import paths
@@ -28,12 +27,7 @@ TINY = {"iterations": 4, "val_every": 2, "batch_size": 2, "num_workers": 0, "val
 TASK = "Task099_DemoOrgans"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_crop_pads_outside_the_volume():

@@ -32,10 +32,10 @@ MAX_PATCH_3D = 128
 # Training schedules per preset. Presets change only these, never preprocessing.
 SCHEDULES = {
     "quick": {
-        # Measured on the shared Hippocampus, 2 CPU cores: about 90 s per unit with held-out prediction.
+        # Measured on the shared Hippocampus, 2 CPU cores: 76-139 s per unit with held-out prediction (median 96 s).
         "2d": {"iterations": 300, "batch_size": 16, "lr": 0.001, "optimizer": "adam", "val_every": 50,
                "num_workers": 1},
-        # About a minute per VFN unit on 2 CPU cores for Hippocampus (0.24 s per iteration of 2 patches).
+        # About a minute per VFN unit on 2 CPU cores for Hippocampus (about 0.3 s per iteration of 2 patches).
         "vfn": {"iterations": 200, "batch_size": 2, "lr": 0.001, "optimizer": "adam", "val_every": 50,
                 "num_workers": 1},
         "3d": {"iterations": 250, "batch_size": 2, "lr": 0.001, "optimizer": "adam", "val_every": 50,

@@ -24,7 +24,8 @@ from vfnet_cli.common import command, dataset_option, preset_option, quiet_optio
               help="vfnet: the three views fused; 3d: the 3D U-Net baseline (vfnet_train 3d) instead.")
 @click.option("-f", "--folds", multiple=True,
               help="Fold units whose predictions are averaged (default: all K folds, or holdout; 'all' uses the "
-                   "units trained on every case). Several at once: -f 0 1 2 3.")
+                   "units trained on every case). Several at once: -f 0 1 2 3. With one fold k, the VFN of "
+                   "test fold k fuses when it is trained, else the VFN 'all'.")
 @click.option("--fusion", type=click.Choice(list(METHODS)), default=None,
               help="Fusion method of --model vfnet (default: the one vfnet_crossval found best, else vfn).")
 @click.option("--postprocess/--no-postprocess", default=None,

@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +38,25 @@ def load_unit_network(unit_dir: Path, plan: Mapping, view: str, device: str | to
     The network is rebuilt from the constructor arguments stored in the checkpoint (so a
     width override used at training time is honoured), else from the plan's view spec.
     """
-    path = Path(unit_dir) / checkpoint
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path} not found; train the unit first (vfnet_train 2d {view} "
-                                 f"{Path(unit_dir).name})")
+    return restore_network(Path(unit_dir) / checkpoint,
+                           lambda config: unet2d_from_config(config) if config else build_unet2d(plan, view),
+                           device, f"vfnet_train 2d {view} {Path(unit_dir).name}")
+
+
+def restore_network(path: Path, build: Callable[[dict | None], torch.nn.Module], device: str | torch.device,
+                    train_hint: str) -> torch.nn.Module:
+    """A trained network from checkpoint ``path``, in eval mode on ``device``.
+
+    ``build`` makes the empty network from the constructor arguments the trainer stored in the
+    checkpoint's metadata (``network_config``), or from the plan when it gets None.
+
+    Raises:
+        ModelNotFoundError: no checkpoint; the message names ``train_hint``, the command that trains it.
+    """
+    if not Path(path).is_file():
+        raise ModelNotFoundError(f"{path} not found; train the unit first with: {train_hint}")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    config = state.get("metadata", {}).get("network_config")
-    network = unet2d_from_config(config) if config else build_unet2d(plan, view)
+    network = build(state.get("metadata", {}).get("network_config"))
     network.load_state_dict(state["network"])
     return network.to(device).eval()
 

@@ -3,7 +3,8 @@
 The volume is padded to at least one patch, covered by windows of the planned patch at half
 a patch's stride (nnU-Net's overlap), and the softmax outputs of overlapping windows are
 averaged with Gaussian weights, by the same sliding window as the VFN
-(:func:`vfnet.fusion.methods.sliding_window_probabilities`).
+(:func:`vfnet.fusion.methods.sliding_window_probabilities`; like the VFN's, a batch holding a
+single window also runs its mirror image and averages the two).
 
 Example:
     >>> net = load_unit_network_3d(unit_dir, plan, "cpu")
@@ -24,10 +25,9 @@ from tqdm import tqdm
 
 from vfnet.atomic import write_json
 from vfnet.data import PreprocessedDataset
-from vfnet.errors import ModelNotFoundError
 from vfnet.fusion.methods import VfnConfig, sliding_window_probabilities
 from vfnet.fusion.roi import pad_to_size
-from vfnet.inference.predict2d import per_class_dice, save_probabilities
+from vfnet.inference.predict2d import per_class_dice, restore_network, save_probabilities
 from vfnet.networks.unet3d import UNet3D, build_unet3d
 
 FINAL_CHECKPOINT = "checkpoint_final.pth"
@@ -52,18 +52,10 @@ def load_unit_network_3d(unit_dir: Path, plan: Mapping, device: str | torch.devi
         checkpoint: file name inside ``unit_dir``.
         hint: the command that trains the unit, for the error message.
     """
-    path = Path(unit_dir) / checkpoint
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path} not found; train the unit first with: "
-                                 f"{hint or f'vfnet_train 3d {Path(unit_dir).name}'}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    config = state.get("metadata", {}).get("network_config")
-    if config:
-        network = UNet3D(**config)
-    else:
-        network = build_unet3d(plan, len(plan["channel_names"]), int(plan["num_classes"]))
-    network.load_state_dict(state["network"])
-    return network.to(device).eval()
+    return restore_network(Path(unit_dir) / checkpoint,
+                           lambda config: UNet3D(**config) if config else build_unet3d(
+                               plan, len(plan["channel_names"]), int(plan["num_classes"])),
+                           device, hint or f"vfnet_train 3d {Path(unit_dir).name}")
 
 
 def window_config(patch_size: Sequence[int], device: str | torch.device | None = None, batch_size: int = 2,

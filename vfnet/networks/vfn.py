@@ -19,7 +19,7 @@ of the views' mean probability to the head's output and starts the head at zero,
 untrained VFN is exactly mean fusion and training learns a correction to it. Without it,
 short CPU schedules left the VFN below majority voting and let a small class collapse;
 ``"view_prior": false`` in plans.json gives the paper's network exactly. A model with the
-prior carries a ``view_prior`` buffer, so its checkpoints say which network they hold.
+prior carries a ``view_prior_marker`` buffer, so its checkpoints say which network they hold.
 
 Example:
     >>> net = build_vfn(plan, num_image_channels=1, num_classes=3)

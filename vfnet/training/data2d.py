@@ -163,8 +163,13 @@ def make_train_loader(volumes: list[ViewVolume], patch_size: Sequence[int], cont
     Background workers keep the network from waiting for data; in-process loading is for
     tests and debugging. Call ``loader._finish()`` (or :func:`close_loader`) when done.
     """
-    sampler = SliceSampler(volumes, patch_size, context, batch_size)
-    transform = augmentation_2d(patch_size) if augment else None
+    return start_loader(SliceSampler(volumes, patch_size, context, batch_size),
+                        augmentation_2d(patch_size) if augment else None, num_workers, seed)
+
+
+def start_loader(sampler, transform, num_workers: int, seed: int = 0):
+    """Batches of ``sampler`` through ``transform``, in ``num_workers`` background processes (0: in-process),
+    each worker seeded from ``seed``. The 2D and 3D training loaders both start here."""
     if num_workers <= 0:
         return SingleThreadedAugmenter(sampler, transform)
     seeds = [seed * 1000 + i for i in range(num_workers)]
@@ -175,10 +180,15 @@ def make_train_loader(volumes: list[ViewVolume], patch_size: Sequence[int], cont
 def fixed_batches(volumes: list[ViewVolume], patch_size: Sequence[int], context: int, batch_size: int,
                   num_batches: int, seed: int = 0) -> list[dict]:
     """The same validation batches at every validation (no augmentation), drawn once with ``seed``."""
+    return seeded_batches(SliceSampler(volumes, patch_size, context, batch_size), num_batches, seed)
+
+
+def seeded_batches(sampler, num_batches: int, seed: int) -> list[dict]:
+    """``num_batches`` batches of ``sampler`` drawn with numpy's global RNG seeded by ``seed``, which is
+    restored afterwards (the samplers use the global RNG, as batchgenerators' workers seed it)."""
     state = np.random.get_state()
     np.random.seed(seed % 2**32)
     try:
-        sampler = SliceSampler(volumes, patch_size, context, batch_size)
         return [sampler.generate_train_batch() for _ in range(num_batches)]
     finally:
         np.random.set_state(state)

@@ -21,8 +21,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.transforms.abstract_transforms import Compose
 from batchgenerators.transforms.color_transforms import (
     BrightnessMultiplicativeTransform,
@@ -35,7 +33,7 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform
 from vfnet.data import PreprocessedDataset
 
 # One volume type for 2D and 3D sampling: a 3D volume is a ViewVolume in the canonical layout.
-from vfnet.training.data2d import ViewVolume, _foreground_points, _window_start
+from vfnet.training.data2d import ViewVolume, _foreground_points, _window_start, seeded_batches, start_loader
 
 
 def load_volumes(dataset: PreprocessedDataset, cases: Sequence[str], with_foreground: bool = True) -> list[ViewVolume]:
@@ -121,22 +119,11 @@ def make_train_loader_3d(volumes: list[ViewVolume], patch_size: Sequence[int], b
 
     Stop the workers with :func:`vfnet.training.data2d.close_loader` when done.
     """
-    sampler = PatchSampler3D(volumes, patch_size, batch_size)
-    transform = augmentation_3d() if augment else None
-    if num_workers <= 0:
-        return SingleThreadedAugmenter(sampler, transform)
-    seeds = [seed * 1000 + i for i in range(num_workers)]
-    return NonDetMultiThreadedAugmenter(sampler, transform, num_workers, num_cached=max(2, 2 * num_workers),
-                                        seeds=seeds)
+    return start_loader(PatchSampler3D(volumes, patch_size, batch_size), augmentation_3d() if augment else None,
+                        num_workers, seed)
 
 
 def fixed_batches_3d(volumes: list[ViewVolume], patch_size: Sequence[int], batch_size: int, num_batches: int,
                      seed: int = 0) -> list[dict]:
     """The same validation batches at every validation (no augmentation), drawn once with ``seed``."""
-    state = np.random.get_state()
-    np.random.seed(seed % 2**32)
-    try:
-        sampler = PatchSampler3D(volumes, patch_size, batch_size)
-        return [sampler.generate_train_batch() for _ in range(num_batches)]
-    finally:
-        np.random.set_state(state)
+    return seeded_batches(PatchSampler3D(volumes, patch_size, batch_size), num_batches, seed)

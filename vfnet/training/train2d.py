@@ -7,48 +7,31 @@ them. Results go to ``$vfnet_results/TaskXX_Name/<preset>/2d_<view>/<unit>/``.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from vfnet.atomic import write_json
 from vfnet.data import PreprocessedDataset
-from vfnet.errors import PlanError, VfnetError
+from vfnet.errors import VfnetError
 from vfnet.inference.predict2d import load_unit_network, predict_held_out
 from vfnet.networks.unet2d import build_unet2d
 from vfnet.plans import Plan
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
 from vfnet.training.losses import DiceCELoss
 from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
-from vfnet.training.units import prepare_unit
+from vfnet.training.units import (
+    SEED,
+    clear_previous_run,
+    held_out_split,
+    prepare_unit,
+    unit_finished,
+)
 from vfnet.views import VIEWS
 
-SEED = 12345
-VALIDATION_FRACTION = 0.15
 VALIDATION_BATCHES = 5
 PREDICT_BATCH = 64
-
-
-def split_validation(cases: Sequence[str], key: str, fraction: float = VALIDATION_FRACTION) -> tuple[list, list]:
-    """(train, validation) cases: a seeded ``fraction`` (at least one case) of the unit's own training cases.
-
-    With a single training case it serves as its own validation case (nothing else is allowed).
-    """
-    cases = sorted(cases)
-    if len(cases) < 2:
-        return cases, list(cases)
-    rng = np.random.default_rng(SEED + zlib.crc32(key.encode()))
-    count = min(len(cases) - 1, max(1, round(fraction * len(cases))))
-    val = sorted(cases[i] for i in rng.choice(len(cases), count, replace=False))
-    return [c for c in cases if c not in val], val
-
-
-def unit_finished(unit_dir: Path) -> bool:
-    """A unit is finished when its final checkpoint and its summary exist."""
-    return (Path(unit_dir) / "checkpoint_final.pth").is_file() and (Path(unit_dir) / "summary.json").is_file()
 
 
 def _check_view(view: str) -> str:
@@ -86,10 +69,7 @@ def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str =
         return out
 
     data = PreprocessedDataset(preprocessed)
-    train_cases, val_cases = split_validation(data.fold_cases(spec["train_folds"]), key=str(unit))
-    predict_cases = data.fold_cases(spec["predict_folds"])
-    if set(predict_cases) & set(train_cases + val_cases):
-        raise PlanError(f"unit {unit}: training and predicted cases overlap; check splits.json and plans.json")
+    train_cases, val_cases, predict_cases = held_out_split(data, spec, key=str(unit), label=f"unit {unit}")
     record = {"network": network_name, "unit": str(unit), "preset": preset, "view": view,
               "train_folds": spec["train_folds"], "predict_folds": spec["predict_folds"],
               "train_cases": train_cases, "val_cases": val_cases, "predict_cases": predict_cases}
@@ -97,8 +77,7 @@ def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str =
 
     if not (resume and (out / "checkpoint_final.pth").is_file()):
         if not resume:
-            for stale in ("checkpoint_final.pth", "summary.json", "checkpoint_latest.pth", "checkpoint_best.pth"):
-                (out / stale).unlink(missing_ok=True)
+            clear_previous_run(out)
         _train(plan, data, view, train_cases, val_cases, schedule, out, torch_device, num_threads, resume, quiet,
                features, {"network": network_name, "unit": str(unit), "preset": preset,
                           "dataset": preprocessed.name})

@@ -18,7 +18,6 @@ import torch
 
 from vfnet.atomic import write_json
 from vfnet.data import PreprocessedDataset
-from vfnet.errors import PlanError
 from vfnet.inference.predict3d import load_unit_network_3d, predict_held_out_3d, unet3d_config
 from vfnet.networks.unet3d import UNet3D, build_unet3d
 from vfnet.networks.vfn import count_parameters
@@ -26,11 +25,9 @@ from vfnet.plans import Plan
 from vfnet.training.data2d import close_loader
 from vfnet.training.data3d import fixed_batches_3d, load_volumes, make_train_loader_3d
 from vfnet.training.losses import DiceCELoss
-from vfnet.training.train2d import split_validation, unit_finished
 from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
-from vfnet.training.units import prepare_unit
+from vfnet.training.units import SEED, clear_previous_run, held_out_split, prepare_unit, unit_finished
 
-SEED = 12345
 NETWORK = "3d"
 VALIDATION_BATCHES = 5
 
@@ -69,10 +66,7 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
         return out
 
     data = PreprocessedDataset(preprocessed)
-    train_cases, val_cases = split_validation(data.fold_cases(spec["train_folds"]), key=f"3d-{unit}")
-    predict_cases = data.fold_cases(spec["predict_folds"])
-    if set(predict_cases) & set(train_cases + val_cases):
-        raise PlanError(f"3d unit {unit}: training and predicted cases overlap; check splits.json and plans.json")
+    train_cases, val_cases, predict_cases = held_out_split(data, spec, key=f"3d-{unit}", label=f"3d unit {unit}")
     metadata = {"network": NETWORK, "unit": str(unit), "preset": preset, "dataset": preprocessed.name}
     write_json(out / "unit.json", {**metadata, "train_folds": spec["train_folds"],
                                    "predict_folds": spec["predict_folds"], "train_cases": train_cases,
@@ -80,8 +74,7 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
 
     if not (resume and (out / "checkpoint_final.pth").is_file()):
         if not resume:
-            for stale in ("checkpoint_final.pth", "summary.json", "checkpoint_latest.pth", "checkpoint_best.pth"):
-                (out / stale).unlink(missing_ok=True)
+            clear_previous_run(out)
         trainer = _train(plan, data, train_cases, val_cases, schedule, out, torch_device, num_threads, resume,
                          quiet, features, metadata, stop_at)
         if trainer.iteration < trainer.config.iterations:

@@ -19,7 +19,6 @@ from vfnet.fusion.fusion_set import build_fusion_set, fusion_set_dir, load_manif
 from vfnet.networks.vfn import build_vfn, count_parameters
 from vfnet.training.data_vfn import VfnPatchSampler, load_fusion_samples
 from vfnet.training.losses import DiceCELoss, SoftDiceLoss
-from vfnet.training.train2d import split_validation, unit_finished
 from vfnet.training.trainer import (
     StepLR,
     Trainer,
@@ -27,9 +26,8 @@ from vfnet.training.trainer import (
     saved_iteration,
     seed_everything,
 )
-from vfnet.training.units import prepare_unit
+from vfnet.training.units import SEED, clear_previous_run, prepare_unit, split_validation, unit_finished
 
-SEED = 12345
 VALIDATION_BATCHES = 4
 
 
@@ -73,8 +71,7 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
         "train_folds": spec["train_folds"], "predict_folds": spec["predict_folds"],
         "train_cases": train_cases, "val_cases": val_cases, "fusion_set": str(folder)})
     if not resume:
-        for stale in ("checkpoint_final.pth", "summary.json", "checkpoint_latest.pth", "checkpoint_best.pth"):
-            (out / stale).unlink(missing_ok=True)
+        clear_previous_run(out)
 
     seed_everything(SEED)
     model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image)

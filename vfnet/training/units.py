@@ -1,16 +1,27 @@
-"""What every training unit starts with: its dataset, plan entry, schedule, device and folder."""
+"""What every training unit starts with: its dataset, plan entry, schedule, device and folder,
+its training / validation / held-out cases, and a clean folder for a fresh run."""
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vfnet import paths
+from vfnet.data import PreprocessedDataset
+from vfnet.errors import PlanError
 from vfnet.planning import copy_dataset_files
 from vfnet.plans import Plan
 from vfnet.training.trainer import resolve_device
+
+SEED = 12345
+VALIDATION_FRACTION = 0.15
+# what a finished or interrupted run leaves; a fresh (not resumed) run removes them first
+RUN_FILES = ("checkpoint_final.pth", "summary.json", "checkpoint_latest.pth", "checkpoint_best.pth")
 
 
 @dataclass
@@ -41,3 +52,41 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
     out = paths.unit_dir(results, preset, network, str(unit))
     out.mkdir(parents=True, exist_ok=True)
     return UnitSetup(preprocessed, plan, spec, schedule, torch_device, out)
+
+
+def split_validation(cases: Sequence[str], key: str, fraction: float = VALIDATION_FRACTION) -> tuple[list, list]:
+    """(train, validation) cases: a seeded ``fraction`` (at least one case) of the unit's own training cases.
+
+    With a single training case it serves as its own validation case (nothing else is allowed).
+    """
+    cases = sorted(cases)
+    if len(cases) < 2:
+        return cases, list(cases)
+    rng = np.random.default_rng(SEED + zlib.crc32(key.encode()))
+    count = min(len(cases) - 1, max(1, round(fraction * len(cases))))
+    val = sorted(cases[i] for i in rng.choice(len(cases), count, replace=False))
+    return [c for c in cases if c not in val], val
+
+
+def held_out_split(data: PreprocessedDataset, spec: dict, key: str, label: str) -> tuple[list, list, list]:
+    """(train, validation, predicted) cases of a unit whose plan entry is ``spec``.
+
+    Raises:
+        PlanError: a predicted case is also a training or validation case (``label`` names the unit).
+    """
+    train_cases, val_cases = split_validation(data.fold_cases(spec["train_folds"]), key=key)
+    predict_cases = data.fold_cases(spec["predict_folds"])
+    if set(predict_cases) & set(train_cases + val_cases):
+        raise PlanError(f"{label}: training and predicted cases overlap; check splits.json and plans.json")
+    return train_cases, val_cases, predict_cases
+
+
+def unit_finished(unit_dir: Path) -> bool:
+    """A unit is finished when its final checkpoint and its summary exist."""
+    return (Path(unit_dir) / "checkpoint_final.pth").is_file() and (Path(unit_dir) / "summary.json").is_file()
+
+
+def clear_previous_run(unit_dir: Path) -> None:
+    """Remove the checkpoints and summary of an earlier run before a fresh (not resumed) one."""
+    for name in RUN_FILES:
+        (Path(unit_dir) / name).unlink(missing_ok=True)
