@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from itertools import combinations
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from vfnet.views import VIEWS, view_shape
 
 SCHEMA_VERSION = 1
 PRESETS = ("quick", "default", "paper")
+# Presets that are a wall-time budget (see vfnet.training.budget): quick, and budget<N> for N minutes.
+BUDGET_PRESETS = {"quick": 60}
+_BUDGET_NAME = re.compile(r"^budget(\d+(?:\.\d+)?)$")
 NETWORKS_2D = tuple(f"2d_{v}" for v in VIEWS)
 DEFAULT_FOLDS = 4
 CCA_MAX_CASES = 250  # below this many cases the plan uses cross-cross-augmentation, else holdout
@@ -52,6 +56,28 @@ SCHEDULES = {
         "3d": {"iterations": 250000, "batch_size": 2, "lr": 0.01, "val_every": 1000, "num_workers": 6},
     },
 }
+
+
+def budget_minutes(preset: str) -> float | None:
+    """Wall minutes of a budgeted preset (``quick`` = 60, ``budget30`` = 30); None for a fixed schedule."""
+    if preset in BUDGET_PRESETS:
+        return float(BUDGET_PRESETS[preset])
+    match = _BUDGET_NAME.match(str(preset))
+    return float(match.group(1)) if match else None
+
+
+def budget_preset(minutes: float) -> str:
+    """The preset (and results folder) of a budget in minutes: ``budget30``."""
+    if not minutes > 0:
+        raise PlanError(f"--budget must be a positive number of minutes, got {minutes:g}")
+    return f"budget{minutes:g}"
+
+
+def check_preset(preset: str) -> str:
+    """``preset`` when it is quick, default, paper or budget<N>; else a PlanError naming them."""
+    if preset in PRESETS or budget_minutes(preset) is not None:
+        return preset
+    raise PlanError(f"unknown preset '{preset}'; expected quick, default, paper or budget<minutes> (e.g. budget30)")
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -248,6 +274,9 @@ class Plan:
         raise PlanError(f"unknown {network} unit '{name}'; the plan's units are: {names}")
 
     def schedule(self, preset: str, network: str) -> dict:
+        """The preset's fixed schedule; a budget preset gives quick's, whose iterations the budget replaces."""
+        if preset not in self.data["presets"] and budget_minutes(preset) is not None:
+            preset = "quick"
         if preset not in self.data["presets"]:
             raise PlanError(f"unknown preset '{preset}'; expected one of {', '.join(self.data['presets'])}")
         key = "2d" if network.startswith("2d") else ("vfn" if network.startswith("vfn") else network)

@@ -56,9 +56,41 @@ def command(func):
 dataset_option = click.option(
     "-d", "--dataset", default=None,
     help="Dataset id or name: 4, Task04 or Task04_Hippocampus. May be left out when only one exists.")
+class PresetType(click.ParamType):
+    """quick, default, paper or budget<N> (a budget of N wall minutes on this device)."""
+
+    name = "PRESET"
+
+    def convert(self, value, param, ctx):
+        from vfnet.errors import PlanError
+        from vfnet.plans import check_preset
+
+        try:
+            return check_preset(str(value))
+        except PlanError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 preset_option = click.option(
-    "--preset", type=click.Choice(["quick", "default", "paper"]), default="default", show_default=True,
-    help="Training schedule: quick (CPU checks), default, paper (the paper's GPU schedule).")
+    "--preset", type=PresetType(), default="default", show_default=True,
+    help="Training schedule: quick (= a 60-minute budget on this device), budget<N> (N minutes, as "
+         "--budget N trains it), default, or paper (the paper's GPU schedule).")
+budget_option = click.option(
+    "--budget", type=float, default=None, metavar="MINUTES",
+    help="Plan the schedule from a wall-time budget on this device (calibrated in seconds): every unit of "
+         "the plan, fusion sets, VFNs and crossval fit in MINUTES. Results go to preset budget<MINUTES>; "
+         "--preset quick is --budget 60 in its own folder.")
+
+
+def resolve_preset(preset: str, budget: float | None) -> str:
+    """``--budget N`` names the preset ``budgetN``; combined with another preset than the default it is an error."""
+    if budget is None:
+        return preset
+    from vfnet.plans import budget_preset
+
+    if preset not in ("default", budget_preset(budget)):
+        raise click.UsageError(f"--budget {budget:g} and --preset {preset} contradict each other; give one")
+    return budget_preset(budget)
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 processes_option = click.option("-np", "--num-processes", type=int, default=2, show_default=True,
                                  help="Worker processes for reading and preprocessing.")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
+from vfnet.training.budget import ALLOCATIONS
 from vfnet.training.jobs import STAGE_ORDER, job_commands, train_all
 from vfnet.training.train2d import train_2d_unit
 from vfnet.training.train3d import train_3d_unit
 from vfnet.training.train_vfn import train_vfn_unit
 from vfnet.views import VIEWS
-from vfnet_cli.common import command, dataset_option, preset_option, quiet_option
+from vfnet_cli.common import budget_option, command, dataset_option, preset_option, quiet_option, resolve_preset
 
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                              show_default=True, help="auto: CUDA (mixed precision) when available, else CPU.")
@@ -50,6 +51,7 @@ NETWORKS = {"2d": ("VIEW UNIT", _train_2d), "vfn": ("UNIT", _train_vfn), "3d": (
 @click.argument("arguments", nargs=-1)
 @dataset_option
 @preset_option
+@budget_option
 @device_option
 @threads_option
 @click.option("--continue", "resume", is_flag=True,
@@ -57,7 +59,7 @@ NETWORKS = {"2d": ("VIEW UNIT", _train_2d), "vfn": ("UNIT", _train_vfn), "3d": (
 @click.option("--no-image", is_flag=True,
               help="vfn only: the paper's ablation without the image channel (results in vfn_noimage/).")
 @quiet_option
-def train_entry(network, arguments, dataset, preset, device, num_threads, resume, no_image, quiet):
+def train_entry(network, arguments, dataset, preset, budget, device, num_threads, resume, no_image, quiet):
     """Train one unit of a network and predict the folds it leaves out.
 
     \b
@@ -77,12 +79,17 @@ def train_entry(network, arguments, dataset, preset, device, num_threads, resume
                                (trains on the other folds, predicts k), holdout, or all.
     Example: vfnet_train 3d 0 -d 4 --preset quick
 
+    Budgeted presets (quick = 60 minutes, --budget N) take the unit's schedule from the budget of
+    the whole plan (<preset>/budget.json, calibrated on this device the first time), exactly as
+    vfnet_train_all plans it; --continue keeps the schedule the unit started with.
+
     Writes $vfnet_results/TaskXX_Name/<preset>/<network>/<unit>/: checkpoint_{latest,best,final}.pth,
-    training.log, progress.png, unit.json (the cases it trained on), predictions/<case>.npz and
-    summary.json (Dice of the held-out cases).
+    training.log, progress.png, unit.json (the cases and the schedule it trained with),
+    predictions/<case>.npz and summary.json (Dice of the held-out cases).
     """
     if no_image and network != "vfn":
         raise click.UsageError("--no-image applies to vfn only")
+    preset = resolve_preset(preset, budget)
     out = NETWORKS[network][1](arguments, dataset=dataset, preset=preset, device=device,
                                num_threads=num_threads, resume=resume, no_image=no_image, quiet=quiet)
     click.echo(f"Done: {out}")
@@ -91,6 +98,10 @@ def train_entry(network, arguments, dataset, preset, device, num_threads, resume
 @command
 @dataset_option
 @preset_option
+@budget_option
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None,
+              help="With a budget: equal time for every unit of a view (equal, the default) or time in "
+                   "proportion to each unit's training cases (epochs).")
 @click.option("--stage", type=click.Choice([*STAGE_ORDER, "all"]), default="all", show_default=True,
               help="Which networks to train; all runs the stages in order.")
 @click.option("--views", multiple=True, help=f"Views to train (repeat or comma-separate; default: {', '.join(VIEWS)}).")
@@ -99,16 +110,29 @@ def train_entry(network, arguments, dataset, preset, device, num_threads, resume
 @device_option
 @threads_option
 @quiet_option
-def train_all_entry(dataset, preset, stage, views, print_jobs, device, num_threads, quiet):
-    """Train every unfinished unit of the plan, in order, continuing those that were interrupted.
+def train_all_entry(dataset, preset, budget, allocation, stage, views, print_jobs, device, num_threads, quiet):
+    """Train every unfinished unit of the plan, in order, continuing those that were interrupted,
+    then cross-validate every fusion method (vfnet_crossval).
 
-    Example: vfnet_train_all -d 4 --preset quick --print-jobs | parallel -j 2
+    \b
+    With a budget (--budget MINUTES, or --preset quick = 60 minutes) a calibration of a few
+    seconds measures each network on this device; every 2D unit, fusion set, VFN and crossval
+    are then planned to fit the budget: resolution and patch per view, iterations per unit. A
+    budget too small for a minimum useful schedule is refused with the smallest that works.
+    After each unit the units not yet started are re-planned with the measured speed. The
+    plan is in <preset>/budget.json. The 3D baseline and the VFN's no-image ablation are not
+    part of a budget (--stage 3d trains the baseline with its fixed schedule).
+
+    Examples:
+      vfnet_train_all -d 4 --budget 60
+      vfnet_train_all -d 4 --preset default --print-jobs | parallel -j 2
     """
+    preset = resolve_preset(preset, budget)
     view_list = [v.strip() for text in views for v in text.split(",") if v.strip()] or None
     if print_jobs:
         for line in job_commands(dataset, preset, stage, view_list):
             click.echo(line)
         return
-    done = train_all(dataset, preset, stage, view_list, log=click.echo, device=device, num_threads=num_threads,
-                     quiet=quiet)
+    done = train_all(dataset, preset, stage, view_list, log=click.echo, allocation=allocation, device=device,
+                     num_threads=num_threads, quiet=quiet)
     click.echo(f"Trained {len(done)} unit(s).")

@@ -2,7 +2,9 @@
 
 Slices are taken along the view in batches, each with its planned context (the same
 :func:`vfnet.training.data2d.slice_stacks` as in training), and the softmax maps are
-restacked into the canonical (z, y, x) layout with :func:`vfnet.views.from_view`. Slices
+restacked into the canonical (z, y, x) layout with :func:`vfnet.views.from_view`. A unit
+trained on downsampled volumes (``input_downsample`` in its checkpoint) predicts at that
+resolution and its maps are upsampled to the input's grid (:mod:`vfnet.resolution`). Slices
 of any size are fine: :class:`vfnet.networks.unet2d.UNet2D` pads them to a multiple of
 2^poolings inside its forward pass and crops the logits back.
 
@@ -27,6 +29,7 @@ from vfnet.data import PreprocessedDataset
 from vfnet.errors import ModelNotFoundError
 from vfnet.evaluation.metrics import dice
 from vfnet.networks.unet2d import UNet2D, build_unet2d, unet2d_from_config
+from vfnet.resolution import downsample_image, normalise_factor, upsample_probabilities
 from vfnet.training.data2d import slice_stacks
 from vfnet.views import from_view, to_view
 
@@ -56,8 +59,11 @@ def restore_network(path: Path, build: Callable[[dict | None], torch.nn.Module],
     if not Path(path).is_file():
         raise ModelNotFoundError(f"{path} not found; train the unit first with: {train_hint}")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    network = build(state.get("metadata", {}).get("network_config"))
+    metadata = state.get("metadata", {})
+    network = build(metadata.get("network_config"))
     network.load_state_dict(state["network"])
+    # the resolution the unit trained at travels with its weights (see vfnet.resolution)
+    network.input_downsample = normalise_factor(metadata.get("input_downsample"))
     return network.to(device).eval()
 
 
@@ -75,7 +81,9 @@ def predict_volume_2d(network: torch.nn.Module, image: np.ndarray, view: str, co
         batch_size: slices per forward pass.
     """
     device = torch.device(device)
-    image_view = np.ascontiguousarray(to_view(np.asarray(image, dtype=np.float32), view))
+    image = np.asarray(image, dtype=np.float32)
+    factor = normalise_factor(getattr(network, "input_downsample", None))
+    image_view = np.ascontiguousarray(to_view(downsample_image(image, factor), view))
     num_slices = image_view.shape[1]
     network.eval()
     out = None
@@ -88,7 +96,7 @@ def predict_volume_2d(network: torch.nn.Module, image: np.ndarray, view: str, co
         if out is None:
             out = np.empty((probs.shape[1], num_slices, *probs.shape[2:]), dtype=np.float32)
         out[:, begin:begin + len(indices)] = probs.swapaxes(0, 1)
-    return np.ascontiguousarray(from_view(out, view))
+    return np.ascontiguousarray(upsample_probabilities(from_view(out, view), image.shape[1:]))
 
 
 def per_class_dice(probabilities: np.ndarray, label: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:

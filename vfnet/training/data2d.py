@@ -30,6 +30,7 @@ from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
 from vfnet.data import PreprocessedDataset
+from vfnet.resolution import IDENTITY, downsample_image, downsample_label, normalise_factor
 from vfnet.views import context_indices, to_view
 
 MAX_FOREGROUND_POINTS = 20000  # per class and case: enough to sample centres, small in RAM
@@ -58,12 +59,20 @@ def _foreground_points(label: np.ndarray, rng: np.random.Generator) -> dict[int,
 
 
 def load_view_volumes(dataset: PreprocessedDataset, cases: Sequence[str], view: str,
-                      with_foreground: bool = True) -> list[ViewVolume]:
-    """Read ``cases`` into RAM in ``view``'s layout (contiguous, so slicing a stack is cheap)."""
+                      with_foreground: bool = True, downsample: Sequence[int] | None = None) -> list[ViewVolume]:
+    """Read ``cases`` into RAM in ``view``'s layout (contiguous, so slicing a stack is cheap).
+
+    ``downsample`` shrinks each canonical axis by its factor first (see :mod:`vfnet.resolution`);
+    prediction applies the same factor, read from the unit's checkpoint.
+    """
     rng = np.random.default_rng(0)
     volumes = []
     for case in cases:
         image, label = dataset.load(case, mmap=False)
+        if normalise_factor(downsample) != IDENTITY:
+            label = np.asarray(label)
+            image = downsample_image(np.asarray(image), downsample)
+            label = downsample_label(label, downsample, int(label.max()) + 1)
         label_view = np.ascontiguousarray(to_view(label, view))
         volumes.append(ViewVolume(case, np.ascontiguousarray(to_view(image, view), dtype=np.float32), label_view,
                                   _foreground_points(label_view, rng) if with_foreground else {}))

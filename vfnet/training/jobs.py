@@ -12,11 +12,13 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vfnet import paths
+from vfnet.atomic import read_json
 from vfnet.errors import VfnetError
 from vfnet.plans import Plan
 from vfnet.views import VIEWS
@@ -39,6 +41,15 @@ class TrainingJob:
     arguments: list[str]
     unit_dir: Path
     run: Callable = field(repr=False)
+
+    @property
+    def network(self) -> str:
+        """``2d_<view>``, ``vfn``, ``vfn_noimage`` or ``3d``: the folder above the unit's."""
+        return self.unit_dir.parent.name
+
+    @property
+    def unit(self) -> str:
+        return self.unit_dir.name
 
     @property
     def finished(self) -> bool:
@@ -138,25 +149,81 @@ def dataset_jobs(dataset: str | int | None, preset: str, stage: str = "all",
 def job_commands(dataset: str | int | None, preset: str = "default", stage: str = "all",
                  views: Sequence[str] | None = None, include_finished: bool = False) -> list[str]:
     """One shell command per unfinished unit (all units with ``include_finished``)."""
+    from vfnet.plans import budget_minutes
+
     name, jobs = dataset_jobs(dataset, preset, stage, views)
+    if budget_minutes(preset) is not None:
+        jobs = budgeted_jobs(jobs, stage)
     return [job.command(name, preset) for job in jobs if include_finished or not job.finished]
 
 
+def budgeted_jobs(jobs: list[TrainingJob], stage: str) -> list[TrainingJob]:
+    """The jobs a budget covers: the 2D views and the VFN with image (the no-image ablation and the
+    3D baseline are left out, unless ``--stage 3d`` asks for the baseline with its fixed schedule)."""
+    if stage == "3d":
+        return jobs
+    return [job for job in jobs if job.stage in ("2d", "vfn") and job.network != "vfn_noimage"]
+
+
 def train_all(dataset: str | int | None, preset: str = "default", stage: str = "all",
-              views: Sequence[str] | None = None, log: Callable[[str], None] = print, **options) -> list[Path]:
-    """Run every unfinished unit in order, continuing those with a latest checkpoint.
+              views: Sequence[str] | None = None, log: Callable[[str], None] = print, allocation: str | None = None,
+              run_crossval: bool = True, **options) -> list[Path]:
+    """Run every unfinished unit in order, continuing those with a latest checkpoint, then crossval.
+
+    A budgeted preset (quick, budget<N>) first calibrates this device and plans every unit's
+    schedule to fit the budget (refusing a budget that is too small), then re-plans the units not
+    yet started after each unit with the measured speed (:mod:`vfnet.training.budget`).
 
     Args:
+        allocation: how a budget shares time between units (``equal`` or ``epochs``).
+        run_crossval: with ``stage='all'``, run vfnet_crossval once every unit is trained.
         options: passed to each stage's training function (``device``, ``num_threads``, ``quiet``).
 
     Returns:
         The unit folders trained in this call.
     """
+    from vfnet.plans import budget_minutes
+    from vfnet.training.budget import load_or_plan_budget
+    from vfnet.training.trainer import resolve_device
+
     name, jobs = dataset_jobs(dataset, preset, stage, views)
+    preprocessed = paths.preprocessed_dataset(name)
+    results = paths.results_root() / name
+    budget = None
+    if budget_minutes(preset) is not None:
+        jobs = budgeted_jobs(jobs, stage)
+        if stage != "3d":
+            if options.get("num_threads"):
+                import torch
+
+                torch.set_num_threads(int(options["num_threads"]))
+            budget = load_or_plan_budget(preprocessed, results, preset, resolve_device(options.get("device", "auto")),
+                                         allocation, quiet=options.get("quiet", False))
+            for line in budget.summary_lines():
+                log(line)
     pending = [job for job in jobs if not job.finished]
     log(f"{name}: {len(jobs) - len(pending)} of {len(jobs)} unit(s) already finished, {len(pending)} to train")
     done = []
     for number, job in enumerate(pending, 1):
         log(f"[{number}/{len(pending)}] {job.command(name, preset)}")
+        start = time.perf_counter()
         done.append(job.run(name, preset, job.started, **options))
+        if budget is not None:
+            budget.record(job.network, job.unit, time.perf_counter() - start)
+            started = {f"{j.network}/{j.unit}" for j in jobs if j.started or j.finished}
+            recorded = sum(u.get("actual_s", 0.0) for u in budget.data["units"].values())
+            budget.replan(Plan.load(preprocessed), read_json(preprocessed / "splits.json"),
+                          budget.data["calibration"]["seconds"] + recorded, started)
+    if run_crossval and stage == "all" and set(_check_views(views)) == set(VIEWS) and all(j.finished for j in jobs):
+        from vfnet.fusion.crossval import crossval
+
+        log(f"vfnet_crossval -d {name} --preset {preset}")
+        start = time.perf_counter()
+        result = crossval(name, preset, device=options.get("device", "auto"), quiet=options.get("quiet", False))
+        best = result["best"]
+        log(f"crossval: {time.perf_counter() - start:.0f} s; best fusion {best['method']}"
+            f"{' + post-processing' if best['postprocess'] else ''}: mean Dice {100 * best['mean_dice']:.2f} %")
+        if budget is not None:
+            budget.data["crossval_actual_s"] = round(time.perf_counter() - start, 1)
+            budget.save()
     return done

@@ -18,6 +18,7 @@ from vfnet.errors import VfnetError
 from vfnet.inference.predict2d import load_unit_network, predict_held_out
 from vfnet.networks.unet2d import build_unet2d
 from vfnet.plans import Plan
+from vfnet.resolution import normalise_factor
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
 from vfnet.training.losses import DiceCELoss
 from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
@@ -62,7 +63,7 @@ def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str =
     """
     _check_view(view)
     network_name = f"2d_{view}"
-    setup = prepare_unit(dataset, "2d", network_name, unit, preset, device, schedule_overrides)
+    setup = prepare_unit(dataset, "2d", network_name, unit, preset, device, schedule_overrides, resume)
     preprocessed, plan, spec, schedule, torch_device, out = (
         setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
     if resume and unit_finished(out):
@@ -72,7 +73,8 @@ def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str =
     train_cases, val_cases, predict_cases = held_out_split(data, spec, key=str(unit), label=f"unit {unit}")
     record = {"network": network_name, "unit": str(unit), "preset": preset, "view": view,
               "train_folds": spec["train_folds"], "predict_folds": spec["predict_folds"],
-              "train_cases": train_cases, "val_cases": val_cases, "predict_cases": predict_cases}
+              "train_cases": train_cases, "val_cases": val_cases, "predict_cases": predict_cases,
+              "schedule": schedule}
     write_json(out / "unit.json", record)
 
     if not (resume and (out / "checkpoint_final.pth").is_file()):
@@ -95,11 +97,15 @@ def _train(plan: Plan, data: PreprocessedDataset, view: str, train_cases: list[s
            schedule: dict, out: Path, device: torch.device, num_threads: int | None, resume: bool, quiet: bool,
            features: Sequence[int] | None, metadata: dict) -> None:
     spec = plan["views"][view]
-    patch, context, batch_size = spec["patch_size"], spec["context_slices"], int(schedule["batch_size"])
+    # a budgeted schedule may train at a coarser resolution with its own patch and widths
+    patch = schedule.get("patch_size", spec["patch_size"])
+    context, batch_size = spec["context_slices"], int(schedule["batch_size"])
+    downsample = schedule.get("input_downsample")
     seed_everything(SEED)
-    network = build_unet2d(plan, view, features)
-    volumes = load_view_volumes(data, train_cases, view)
-    val_batches = fixed_batches(load_view_volumes(data, val_cases, view), patch, context, batch_size,
+    network = build_unet2d(plan, view, features if features is not None else schedule.get("features"))
+    volumes = load_view_volumes(data, train_cases, view, downsample=downsample)
+    val_batches = fixed_batches(load_view_volumes(data, val_cases, view, downsample=downsample), patch, context,
+                                batch_size,
                                 int(schedule.get("val_batches", VALIDATION_BATCHES)), seed=SEED)
     # Workers are re-seeded from the resumed iteration so a continued run does not replay old batches.
     start = saved_iteration(out) if resume else 0
@@ -109,6 +115,7 @@ def _train(plan: Plan, data: PreprocessedDataset, view: str, train_cases: list[s
     trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, out, device=device,
                       num_threads=num_threads, quiet=quiet,
                       metadata={**metadata, "view": view, "network_config": network.config(),
+                                "input_downsample": list(normalise_factor(downsample)),
                                 "train_cases": train_cases, "val_cases": val_cases})
     if resume:
         trainer.resume()

@@ -59,7 +59,7 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
     Returns:
         The unit's results folder.
     """
-    setup = prepare_unit(dataset, NETWORK, NETWORK, unit, preset, device, schedule_overrides)
+    setup = prepare_unit(dataset, NETWORK, NETWORK, unit, preset, device, schedule_overrides, resume)
     preprocessed, plan, spec, schedule, torch_device, out = (
         setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
     if resume and unit_finished(out):
@@ -70,7 +70,7 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
     metadata = {"network": NETWORK, "unit": str(unit), "preset": preset, "dataset": preprocessed.name}
     write_json(out / "unit.json", {**metadata, "train_folds": spec["train_folds"],
                                    "predict_folds": spec["predict_folds"], "train_cases": train_cases,
-                                   "val_cases": val_cases, "predict_cases": predict_cases})
+                                   "val_cases": val_cases, "predict_cases": predict_cases, "schedule": schedule})
 
     if not (resume and (out / "checkpoint_final.pth").is_file()):
         if not resume:

@@ -53,7 +53,7 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
         The unit's results folder (``<results>/<preset>/vfn/<unit>`` or ``vfn_noimage``).
     """
     network_name = vfn_network_name(use_image)
-    setup = prepare_unit(dataset, "vfn", network_name, unit, preset, device, schedule_overrides)
+    setup = prepare_unit(dataset, "vfn", network_name, unit, preset, device, schedule_overrides, resume)
     preprocessed, plan, spec, schedule, torch_device, out = (
         setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
     if resume and unit_finished(out):
@@ -69,7 +69,7 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
     write_json(out / "unit.json", {
         "network": network_name, "unit": str(unit), "preset": preset, "use_image": use_image,
         "train_folds": spec["train_folds"], "predict_folds": spec["predict_folds"],
-        "train_cases": train_cases, "val_cases": val_cases, "fusion_set": str(folder)})
+        "train_cases": train_cases, "val_cases": val_cases, "fusion_set": str(folder), "schedule": schedule})
     if not resume:
         clear_previous_run(out)
 

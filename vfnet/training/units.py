@@ -12,10 +12,12 @@ import numpy as np
 import torch
 
 from vfnet import paths
+from vfnet.atomic import read_json
 from vfnet.data import PreprocessedDataset
 from vfnet.errors import PlanError
 from vfnet.planning import copy_dataset_files
-from vfnet.plans import Plan
+from vfnet.plans import Plan, budget_minutes
+from vfnet.training.budget import load_or_plan_budget
 from vfnet.training.trainer import resolve_device
 
 SEED = 12345
@@ -37,20 +39,33 @@ class UnitSetup:
 
 
 def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str, preset: str, device: str,
-                 schedule_overrides: dict | None = None) -> UnitSetup:
+                 schedule_overrides: dict | None = None, resume: bool = False) -> UnitSetup:
     """Resolve a unit of ``stage`` (``2d``, ``vfn``, ``3d``) and create its results folder.
 
-    Also copies plans, dataset.json and fingerprint beside the models so results are self-contained.
+    The schedule is the preset's; a budgeted preset (quick, budget<N>) takes the unit's
+    iterations and, for 2D, its resolution and patch from the budget (calibrated on this
+    device the first time; see :mod:`vfnet.training.budget`). A resumed unit keeps the
+    schedule its ``unit.json`` recorded when it started. Also copies plans, dataset.json and
+    fingerprint beside the models so results are self-contained.
     """
     preprocessed = paths.preprocessed_dataset(dataset)
     plan = Plan.load(preprocessed)
     spec = plan.unit(stage, unit)
-    schedule = {**plan.schedule(preset, stage), **(schedule_overrides or {})}
     torch_device = resolve_device(device)
     results = paths.results_root() / preprocessed.name
     copy_dataset_files(preprocessed, results)
     out = paths.unit_dir(results, preset, network, str(unit))
     out.mkdir(parents=True, exist_ok=True)
+    overrides = dict(schedule_overrides or {})
+    recorded = read_json(out / "unit.json").get("schedule") if (out / "unit.json").is_file() else None
+    if resume and recorded and (out / "checkpoint_latest.pth").is_file():
+        schedule = {**recorded, **overrides}
+    else:
+        schedule = plan.schedule(preset, stage)
+        if budget_minutes(preset) is not None and stage in ("2d", "vfn") and "iterations" not in overrides:
+            budget = load_or_plan_budget(preprocessed, results, preset, torch_device)
+            schedule.update(budget.schedule("vfn" if stage == "vfn" else network, str(unit)))
+        schedule.update(overrides)
     return UnitSetup(preprocessed, plan, spec, schedule, torch_device, out)
 
 

@@ -1,0 +1,151 @@
+"""A whole budgeted run from a fresh work folder: ``vfnet_train_all --budget N`` on a shared MSD task.
+
+Converts and plans the dataset (4-fold CCA), then times one call of the installed command
+``vfnet_train_all -d <Task> --budget N`` (calibration, every 2D unit, fusion sets, VFNs and
+crossval) and writes ``results/budget_<Task>.md`` and ``.json``: the calibration, planned and
+actual minutes per stage, and the cross-validation table (Dice per label and overall).
+
+Usage: python benchmarks/budget.py --dataset Task04_Hippocampus --budget 60 [--allocation equal]
+       [--work benchmarks/work/budget_Task04_Hippocampus] [--name budget_Task04_Hippocampus]
+Targets (2 CPU cores, alone): wall time of train_all within ±10 % of the budget; Hippocampus best
+fusion ≥ 86.5 % Dice; Task20_CHAOST2 mean over organs ≥ 80 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import write_results
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _stage_minutes(budget: dict) -> dict:
+    """Planned and measured minutes per network (2d_<view>, vfn), calibration and crossval."""
+    stages: dict[str, dict] = {"calibration": {"planned_min": budget["calibration"]["seconds"] / 60,
+                                               "actual_min": budget["calibration"]["seconds"] / 60}}
+    for key, unit in budget["units"].items():
+        network = key.split("/", 1)[0]
+        entry = stages.setdefault(network, {"planned_min": 0.0, "actual_min": 0.0, "units": 0, "iterations": []})
+        entry["planned_min"] += unit["planned_s"] / 60
+        entry["actual_min"] += unit.get("actual_s", 0.0) / 60
+        entry["units"] += 1
+        entry["iterations"].append(unit["iterations"])
+    stages["crossval"] = {"planned_min": budget["crossval_s"] / 60,
+                          "actual_min": budget.get("crossval_actual_s", 0.0) / 60}
+    return stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="a task folder name under ../shared/data")
+    parser.add_argument("--budget", type=float, default=60.0, help="wall minutes for vfnet_train_all")
+    parser.add_argument("--allocation", default=None, help="equal (default) or epochs")
+    parser.add_argument("--data", type=Path, default=None, help="the MSD task folder (default: ../shared/data/<dataset>)")
+    parser.add_argument("--work", type=Path, default=None, help="a fresh work folder (removed first)")
+    parser.add_argument("--name", default=None, help="results file name (default: budget_<dataset>)")
+    args = parser.parse_args()
+    data = args.data or SHARED / args.dataset
+    name = args.name or f"budget_{args.dataset}"
+    work = (args.work or Path(__file__).resolve().parent / "work" / name).resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    env = dict(os.environ)
+    for var, sub in (("vfnet_raw", "raw"), ("vfnet_preprocessed", "pre"), ("vfnet_results", "res")):
+        env[var] = str(work / sub)
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / "vfnet_train_all"), "-d", args.dataset, "--budget", f"{args.budget:g}"]
+    if args.allocation:
+        command += ["--allocation", args.allocation]
+
+    def run(cmd: list[str], log: Path) -> float:
+        print("$ " + " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd)), flush=True)
+        start = time.perf_counter()
+        with open(log, "w") as handle:
+            subprocess.run(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True)
+        return time.perf_counter() - start
+
+    prepare_s = run([str(bin_dir / "vfnet_convert_msd"), "-i", str(data)], work / "convert.log")
+    prepare_s += run([str(bin_dir / "vfnet_plan_and_preprocess"), "-d", args.dataset, "--split", "cca"],
+                     work / "plan.log")
+    wall_s = run(command, work / "train_all.log")
+    results = next((work / "res").iterdir())
+    preset = f"budget{args.budget:g}"
+    budget = json.loads((results / preset / "budget.json").read_text())
+    crossval = json.loads((results / preset / "crossval" / "crossval.json").read_text())
+    crossval_md = (results / preset / "crossval" / "crossval.md").read_text()
+    best = crossval["best"]
+    best_key = best["method"] + ("+pp" if best["postprocess"] else "")
+    best_key = best_key if best_key in crossval["summary"] else next(
+        m for m in crossval["summary"] if m.split("+")[0] == best["method"] and ("+" in m) == best["postprocess"])
+    per_label = {label: 100 * stats["mean"] for label, stats in crossval["summary"][best_key].items()
+                 if isinstance(stats, dict) and label != "overall"}
+    stages = _stage_minutes(budget)
+    rows = "\n".join(
+        f"| {stage} | {s.get('units', '')} | "
+        f"{(str(min(s['iterations'])) + '-' + str(max(s['iterations']))) if s.get('iterations') else ''} | "
+        f"{s['planned_min']:.1f} | {s['actual_min']:.1f} |" for stage, s in stages.items())
+    views = "\n".join(f"| {view} | {v['input_downsample']} | {v['patch_size']} | {v['features']} | "
+                      f"{v['step_s']:.3f} | {1000 * v['slice_s']:.1f} |" for view, v in budget["views"].items())
+    per_method = "\n".join(f"| {m} | {100 * s['overall']['mean']:.2f} |" for m, s in crossval["summary"].items())
+    body = f"""
+Command: `python benchmarks/budget.py --dataset {args.dataset} --budget {args.budget:g}`
+{'(allocation ' + args.allocation + ')' if args.allocation else ''}
+Fresh work folder; conversion and planning ({prepare_s:.0f} s) are outside the budget. The timed call:
+`{' '.join([Path(command[0]).name] + command[1:])}`
+
+| measure | value | target |
+|---|---|---|
+| budget | {args.budget:g} min | |
+| wall time of vfnet_train_all | {wall_s / 60:.1f} min | {0.9 * args.budget:.0f}-{1.1 * args.budget:.0f} min |
+| best fusion method (crossval) | {best_key} | |
+| its mean Dice over labels | {100 * best['mean_dice']:.2f} % | |
+| re-plans after measured units | {budget.get('replanned', 0)} (final speed factor {budget.get('speed', 1.0):.2f}) | |
+
+## Calibration ({budget['calibration']['seconds']:.0f} s on {budget['calibration']['device']}, \
+{budget['calibration']['threads']} threads) and the chosen view settings
+
+| view | downsample (z, y, x) | patch | widths | s per step (batch 16) | ms per slice |
+|---|---|---|---|---|---|
+{views}
+
+VFN: {budget['calibration']['vfn']['step_s']:.3f} s per step (batch 2), allocation `{budget['allocation']}`.
+
+## Minutes per stage
+
+| stage | units | iterations | planned min | actual min |
+|---|---|---|---|---|
+{rows}
+
+## Cross-validation (mean Dice %, overall)
+
+| method | Dice |
+|---|---|
+{per_method}
+
+{crossval_md.split(chr(10), 2)[2]}
+"""
+    path = write_results(name, f"Budgeted run: {args.dataset}, {args.budget:g} minutes", body, {
+        "command": " ".join(["python", "benchmarks/budget.py", "--dataset", args.dataset, "--budget",
+                             f"{args.budget:g}"] + (["--allocation", args.allocation] if args.allocation else [])),
+        "budget_min": args.budget, "wall_min": wall_s / 60, "prepare_s": prepare_s,
+        "best_method": best_key, "best_dice": 100 * best["mean_dice"], "per_label": per_label,
+        "methods": {m: {"overall": 100 * s["overall"]["mean"],
+                        "per_label": {k: 100 * v["mean"] for k, v in s.items() if isinstance(v, dict)}}
+                    for m, s in crossval["summary"].items()},
+        "stages": stages, "calibration": budget["calibration"], "views": budget["views"],
+        "allocation": budget["allocation"]})
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Budgeted schedules: calibration, allocation, refusal, re-planning, resume, and training at a coarser resolution."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vfnet import paths
+from vfnet.atomic import read_json, write_json
+from vfnet.errors import PlanError
+from vfnet.inference.predict2d import predict_volume_2d
+from vfnet.networks.unet2d import UNet2D
+from vfnet.plans import Plan, budget_minutes, check_preset
+from vfnet.resolution import downsample_image, downsample_label, upsample_probabilities
+from vfnet.training.budget import (
+    MIN_ITERATIONS,
+    Budget,
+    UnitCost,
+    allocate,
+    candidate_factors,
+    plan_budget,
+    unit_costs,
+)
+from vfnet.training.units import prepare_unit
+from vfnet.views import VIEWS
+from vfnet_cli.train import train_all_entry
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _calibration(step_2d=(0.2, 0.05), vfn_step=0.1, seconds=5.0) -> dict:
+    """A calibration as :func:`calibrate` writes it: two resolutions per view, finest first."""
+    views = {}
+    for view in VIEWS:
+        views[view] = [{"input_downsample": [1, f, f], "patch_size": [64 // f, 64 // f], "num_poolings": 2,
+                        "features": [8, 16, 32], "slices_per_case": 20, "slice_shape": [64 // f, 64 // f],
+                        "step_s": step, "slice_s": 0.001} for f, step in zip((1, 2), step_2d)]
+    return {"device": "cpu", "threads": 1, "views": views, "vfn": {"step_s": vfn_step, "window_s": 0.01},
+            "seconds": seconds}
+
+
+def test_budget_preset_names():
+    assert budget_minutes("quick") == 60 and budget_minutes("budget30") == 30 and budget_minutes("budget7.5") == 7.5
+    assert budget_minutes("default") is None and budget_minutes("paper") is None
+    assert check_preset("budget15") == "budget15"
+    with pytest.raises(PlanError, match="unknown preset 'fast'"):
+        check_preset("fast")
+
+
+def test_candidate_factors_only_shrink_large_axes():
+    assert candidate_factors([36, 50, 35]) == [(1, 1, 1)]
+    assert candidate_factors([36, 256, 256]) == [(1, 1, 1), (1, 2, 2), (1, 4, 4)]
+    assert candidate_factors([200, 160, 60]) == [(1, 1, 1), (2, 2, 1), (4, 4, 1)]
+
+
+def test_allocation_fills_the_budget_and_shares_it():
+    costs = [UnitCost("2d_axial", str(k), 10.0, 0.2, 1.0, 100) for k in range(4)]
+    costs += [UnitCost("2d_coronal", str(k), 10.0, 0.1, 1.0, 100) for k in range(4)]
+    costs += [UnitCost("vfn", str(k), 5.0, 0.5, 1.0, 100) for k in range(2)]
+    iterations = allocate(costs, 1200.0)
+    planned = sum(c.fixed_s + iterations[(c.network, c.unit)] * c.step_s for c in costs)
+    assert 0.97 * 1200 <= planned <= 1200
+    # equal time per view: the faster view gets twice the steps
+    assert iterations[("2d_coronal", "0")] > 1.6 * iterations[("2d_axial", "0")]
+    vfn_time = sum(iterations[(c.network, c.unit)] * c.step_s for c in costs if c.network == "vfn")
+    step_time = sum(iterations[(c.network, c.unit)] * c.step_s for c in costs)
+    assert 0.15 <= vfn_time / step_time <= 0.3
+    # measured twice as slow: half the steps
+    slower = allocate(costs, 1200.0, speed=2.0)
+    assert slower[("2d_axial", "0")] < 0.5 * iterations[("2d_axial", "0")]
+    with pytest.raises(PlanError):
+        allocate(costs, 100.0)
+
+
+def test_epochs_allocation_follows_training_cases(demo_preprocessed):
+    plan = Plan.load(demo_preprocessed)
+    splits = read_json(demo_preprocessed / "splits.json")
+    calibration = _calibration()
+    settings = {v: calibration["views"][v][0] for v in VIEWS}
+    costs = unit_costs(plan, splits, calibration, settings, "epochs", ["2d_axial"])
+    iterations = allocate(costs, 3000.0)
+    # 4 folds of 2 cases: a fold unit trains on 3 folds, a CCA unit on 2, "all" on 4
+    assert iterations[("2d_axial", "all")] > iterations[("2d_axial", "0")] > iterations[("2d_axial", "cca_0_1")]
+
+
+def test_too_small_budget_is_refused_with_the_smallest_that_works(demo_preprocessed):
+    plan = Plan.load(demo_preprocessed)
+    splits = read_json(demo_preprocessed / "splits.json")
+    with pytest.raises(PlanError) as refused:
+        plan_budget(plan, splits, 2.0, _calibration())
+    match = re.search(r"smallest budget that works is (\d+) min", str(refused.value))
+    assert match, str(refused.value)
+    smallest = int(match.group(1))
+    assert smallest > 2
+    body = plan_budget(plan, splits, float(smallest), _calibration())
+    assert all(u["iterations"] >= MIN_ITERATIONS["2d"] for u in body["units"].values())
+    assert body["planned_total_s"] <= smallest * 60
+
+
+def test_views_coarsen_only_when_the_budget_is_short(demo_preprocessed):
+    plan = Plan.load(demo_preprocessed)
+    splits = read_json(demo_preprocessed / "splits.json")
+    roomy = plan_budget(plan, splits, 600.0, _calibration())
+    assert {tuple(v["input_downsample"]) for v in roomy["views"].values()} == {(1, 1, 1)}
+    tight = plan_budget(plan, splits, 45.0, _calibration())
+    assert {tuple(v["input_downsample"]) for v in tight["views"].values()} == {(1, 2, 2)}
+    assert abs(tight["planned_total_s"] - 45 * 60) < 0.05 * 45 * 60
+
+
+def test_replan_uses_measured_speed_and_keeps_started_units(demo_preprocessed, tmp_path):
+    plan = Plan.load(demo_preprocessed)
+    splits = read_json(demo_preprocessed / "splits.json")
+    budget = Budget(tmp_path / "budget.json", plan_budget(plan, splits, 200.0, _calibration()))
+    before = {k: u["iterations"] for k, u in budget.data["units"].items()}
+    first = "2d_axial/0"
+    budget.record("2d_axial", "0", 2 * budget.data["units"][first]["planned_s"])  # twice as slow as planned
+    elapsed = budget.data["calibration"]["seconds"] + budget.data["units"][first]["actual_s"]
+    budget.replan(plan, splits, elapsed, frozen={"2d_axial/1"})
+    after = {k: u["iterations"] for k, u in budget.data["units"].items()}
+    assert budget.speed() == pytest.approx(2.0)
+    assert after["2d_axial/1"] == before["2d_axial/1"]  # started: unchanged
+    assert after[first] == before[first]
+    assert after["2d_coronal/0"] < before["2d_coronal/0"]
+    assert read_json(tmp_path / "budget.json")["replanned"] == 1
+
+
+def test_unit_takes_budget_schedule_and_resume_keeps_its_own(demo_preprocessed):
+    results = paths.results_root() / demo_preprocessed.name
+    body = plan_budget(Plan.load(demo_preprocessed), read_json(demo_preprocessed / "splits.json"), 300.0,
+                       _calibration())
+    write_json(results / "budget300" / "budget.json", body)
+    setup = prepare_unit(None, "2d", "2d_coronal", "cca_0_1", "budget300", "cpu")
+    assert setup.schedule["iterations"] == body["units"]["2d_coronal/cca_0_1"]["iterations"]
+    assert setup.schedule["patch_size"] == body["views"]["coronal"]["patch_size"]
+    assert setup.schedule["lr"] == 0.001  # the rest comes from the quick schedule of the plan
+    # a unit that started with another schedule continues it unchanged
+    write_json(setup.out / "unit.json", {"schedule": {**setup.schedule, "iterations": 7}})
+    (setup.out / "checkpoint_latest.pth").write_bytes(b"x")
+    assert prepare_unit(None, "2d", "2d_coronal", "cca_0_1", "budget300", "cpu", resume=True).schedule[
+        "iterations"] == 7
+    assert prepare_unit(None, "2d", "2d_coronal", "cca_0_1", "budget300", "cpu").schedule["iterations"] == \
+        body["units"]["2d_coronal/cca_0_1"]["iterations"]
+
+
+def test_train_all_refuses_a_budget_too_small(demo_preprocessed):
+    result = CliRunner().invoke(train_all_entry, ["--budget", "0.5", "-q"])
+    assert result.exit_code == 2, result.output
+    assert re.search(r"budget of 0.5 min cannot give every unit .* smallest budget that works is \d+ min",
+                     result.output)
+    calibration = read_json(paths.results_root() / demo_preprocessed.name / "budget0.5" / "budget.json") \
+        if (paths.results_root() / demo_preprocessed.name / "budget0.5" / "budget.json").is_file() else None
+    assert calibration is None  # nothing half-written
+    print_jobs = CliRunner().invoke(train_all_entry, ["--preset", "quick", "--print-jobs"])
+    assert "--no-image" not in print_jobs.output and "vfnet_train 3d" not in print_jobs.output
+    assert "vfnet_train vfn 0 -d" in print_jobs.output
+    contradiction = CliRunner().invoke(train_all_entry, ["--budget", "10", "--preset", "paper", "--print-jobs"])
+    assert contradiction.exit_code == 2 and "contradict" in contradiction.output
+
+
+def test_resolution_round_trip():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 6, 16, 18)).astype(np.float32)
+    small = downsample_image(image, (1, 2, 2))
+    assert small.shape == (1, 6, 8, 9)
+    assert small[0, 0, 0, 0] == pytest.approx(image[0, 0, :2, :2].mean(), rel=1e-5)
+    label = np.zeros((6, 16, 18), np.uint8)
+    label[:, 4:12, 4:12] = 2
+    small_label = downsample_label(label, (1, 2, 2), 3)
+    assert small_label.shape == (6, 8, 9) and (small_label == 2).sum() == 6 * 16
+    probabilities = np.stack([1.0 - (small_label == 2), (small_label == 2) * 1.0]).astype(np.float32)
+    up = upsample_probabilities(probabilities, label.shape)
+    assert up.shape == (2, 6, 16, 18)
+    np.testing.assert_allclose(up.sum(0), 1.0, atol=1e-5)
+    assert ((up[1] > 0.5) == (label == 2)).mean() > 0.97
+
+
+def test_prediction_uses_the_resolution_the_unit_trained_at():
+    torch.manual_seed(0)
+    network = UNet2D(3, 2, [4, 8]).eval()
+    image = np.random.default_rng(1).normal(size=(1, 5, 16, 20)).astype(np.float32)
+    full = predict_volume_2d(network, image, "axial", 3)
+    network.input_downsample = (1, 2, 2)
+    coarse = predict_volume_2d(network, image, "axial", 3)
+    assert coarse.shape == full.shape == (2, 5, 16, 20)
+    expected = upsample_probabilities(predict_volume_2d(UNet2DWrapper(network), downsample_image(image, (1, 2, 2)),
+                                                        "axial", 3), image.shape[1:])
+    np.testing.assert_allclose(coarse, expected, atol=1e-5)
+
+
+class UNet2DWrapper(torch.nn.Module):
+    """The same weights without the recorded resolution."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.inner = network
+
+    def forward(self, x):
+        return self.inner(x)

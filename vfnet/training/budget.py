@@ -1,0 +1,442 @@
+"""Training schedules planned from a wall-time budget on this device.
+
+A budgeted preset (``quick`` = 60 minutes, or ``budget<N>`` = N minutes, as
+``vfnet_train_all --budget N`` names it) does not fix iteration counts. Instead:
+
+1. **Calibration** (seconds): each view's 2D U-Net and the VFN take a few training steps on
+   this device at the candidate resolutions (the planned one and, for large axes, in-plane
+   downsampling by 2 and 4), and a forward pass over full slices times prediction.
+2. **Allocation**: after the fixed costs (loading, held-out prediction, fusion sets,
+   crossval) and every unit's minimum are set aside, the 2D units share :data:`SHARE_2D` of
+   the time left and the VFN units the rest. Each view trains at the finest resolution that still gives its units
+   :data:`TARGET_ITERATIONS_2D` steps. Within a view the units get equal time (``equal``) or
+   time in proportion to their training cases (``epochs``).
+3. **Refusal**: a budget that cannot give every unit :data:`MIN_ITERATIONS` is refused in one
+   sentence naming the smallest budget that works.
+4. **Re-planning**: ``vfnet_train_all`` records each finished unit's wall time and re-plans
+   the units not yet started with the measured speed, so the whole run lands on its budget.
+
+Everything is kept in ``<results>/<Task>/<preset>/budget.json``; a unit's schedule is copied
+into its ``unit.json`` when it starts, and ``--continue`` resumes that schedule unchanged.
+
+Example:
+    >>> budget = load_or_plan_budget(preprocessed, results, "quick", device)
+    >>> budget.schedule("2d_axial", "0")["iterations"]
+    812
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vfnet.atomic import read_json, write_json
+from vfnet.errors import PlanError
+from vfnet.plans import Plan, budget_minutes, plan_2d_view
+from vfnet.resolution import downsampled_shape
+from vfnet.views import VIEWS, view_shape
+
+BUDGET_VERSION = 1
+SHARE_2D = 0.8  # of the time left for training steps; the VFN units share the rest
+MIN_ITERATIONS = {"2d": 100, "vfn": 100}
+TARGET_ITERATIONS_2D = 500  # a view trains at the finest resolution giving each of its units this many steps
+BATCH = {"2d": 16, "vfn": 2}
+DOWNSAMPLE_FACTORS = (1, 2, 4)
+DOWNSAMPLE_MIN_EXTENT = 128  # only canonical axes longer than this (median voxels) are ever downsampled
+VALIDATIONS_PER_UNIT = 6
+LOADER_SHARE = 0.5  # share of a batch's sampling and augmentation time that adds to a training step
+UNIT_OVERHEAD_S = 4.0  # starting a unit: imports, data workers, checkpoints and plots
+CROSSVAL_VOXEL_S = 5e-6  # crossval seconds per voxel and case (every fusion method and the metrics)
+ALLOCATIONS = ("equal", "epochs")
+DEFAULT_ALLOCATION = "equal"
+CALIBRATION_STEPS = 3
+
+
+def network_stage(network: str) -> str:
+    return "2d" if network.startswith("2d") else ("vfn" if network.startswith("vfn") else network)
+
+
+# ----------------------------------------------------------------------------- calibration
+def _time_steps(step: Callable[[], None], repeats: int) -> float:
+    step()  # warm-up: allocator, lazy initialisation
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats
+
+
+def _train_step_seconds(network: torch.nn.Module, shape: Sequence[int], num_classes: int,
+                        device: torch.device, repeats: int) -> float:
+    from vfnet.training.losses import DiceCELoss
+
+    network = network.to(device).train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
+    loss = DiceCELoss()
+    data = torch.randn(*shape, device=device)
+    target = torch.randint(0, num_classes, (shape[0], 1, *shape[2:]), device=device).float()
+    amp = device.type == "cuda"
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=amp):
+            value = loss(network(data), target)
+        value.backward()
+        optimizer.step()
+        if amp:
+            torch.cuda.synchronize()
+
+    return _time_steps(step, repeats)
+
+
+@torch.no_grad()
+def _forward_seconds(network: torch.nn.Module, shape: Sequence[int], device: torch.device, repeats: int) -> float:
+    network = network.to(device).eval()
+    data = torch.randn(*shape, device=device)
+    amp = device.type == "cuda"
+
+    def step():
+        with torch.autocast(device.type, enabled=amp):
+            network(data)
+        if amp:
+            torch.cuda.synchronize()
+
+    return _time_steps(step, repeats)
+
+
+def _batch_seconds(setting: dict, num_channels: int, context: int, repeats: int) -> float:
+    """Seconds to sample and augment one training batch of a view setting (synthetic volume, in-process)."""
+    from vfnet.training.data2d import SliceSampler, ViewVolume, augmentation_2d
+
+    rng = np.random.default_rng(0)
+    slices, (height, width) = setting["slices_per_case"], setting["slice_shape"]
+    label = np.zeros((slices, height, width), np.uint8)
+    label[:, height // 4:3 * height // 4, width // 4:3 * width // 4] = 1
+    volume = ViewVolume("calibration", rng.normal(size=(num_channels, slices, height, width)).astype(np.float32),
+                        label, {1: np.argwhere(label == 1)[:2000].astype(np.int32)})
+    sampler = SliceSampler([volume], setting["patch_size"], context, BATCH["2d"])
+    transform = augmentation_2d(setting["patch_size"])
+    return _time_steps(lambda: transform(**sampler.generate_train_batch()), repeats)
+
+
+def candidate_factors(median_shape: Sequence[int]) -> list[tuple[int, int, int]]:
+    """In-plane downsampling factors worth trying: only axes longer than :data:`DOWNSAMPLE_MIN_EXTENT`."""
+    large = [s > DOWNSAMPLE_MIN_EXTENT for s in median_shape]
+    if not any(large):
+        return [(1, 1, 1)]
+    return [tuple(f if big else 1 for big in large) for f in DOWNSAMPLE_FACTORS
+            if min(s // f for s, big in zip(median_shape, large) if big) >= 32]
+
+
+def view_setting(plan: Plan, view: str, factor: Sequence[int]) -> dict:
+    """Patch, depth and widths of ``view``'s U-Net on volumes downsampled by ``factor``."""
+    shape = downsampled_shape(plan["median_shape"], factor)
+    spec = plan_2d_view(tuple(shape), view, plan.num_channels)
+    return {"input_downsample": [int(f) for f in factor], "patch_size": spec["patch_size"],
+            "num_poolings": spec["num_poolings"], "features": spec["features"],
+            "slices_per_case": int(view_shape(shape, view)[0]), "slice_shape": list(view_shape(shape, view)[1:])}
+
+
+def calibrate(plan: Plan, device: torch.device, max_step_s: float = float("inf"), repeats: int = CALIBRATION_STEPS,
+              quiet: bool = True) -> dict:
+    """Seconds per training step and per predicted slice of each view at candidate resolutions, and of the VFN.
+
+    Each view is measured from its coarsest candidate towards the planned resolution and stops
+    at the first one slower than ``max_step_s`` (finer ones would only be slower still), so
+    calibration takes seconds even where full-resolution steps take many.
+    """
+    from vfnet.networks.unet2d import UNet2D
+    from vfnet.networks.vfn import build_vfn
+
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    views = {}
+    for view in VIEWS:
+        settings = []
+        channels = plan["views"][view]["in_channels"]
+        for factor in reversed(candidate_factors(plan["median_shape"])):
+            setting = view_setting(plan, view, factor)
+            network = UNet2D(channels, plan.num_classes, setting["features"])
+            network_s = _train_step_seconds(network, (BATCH["2d"], channels, *setting["patch_size"]),
+                                            plan.num_classes, device, repeats)
+            setting["batch_s"] = _batch_seconds(setting, plan.num_channels, plan["views"][view]["context_slices"],
+                                                repeats)
+            # the loader's worker shares the cores with the network: half its time adds to a step
+            setting["step_s"] = network_s + LOADER_SHARE * setting["batch_s"]
+            setting["slice_s"] = _forward_seconds(network, (BATCH["2d"], channels, *setting["slice_shape"]),
+                                                  device, 1) / BATCH["2d"]
+            settings.insert(0, setting)  # finest first
+            if not quiet:
+                print(f"  calibration {view} x{list(factor)}: {setting['step_s']:.3f} s/step "
+                      f"({setting['batch_s']:.3f} s/batch to load), "
+                      f"{1000 * setting['slice_s']:.1f} ms/slice", flush=True)
+            if setting["step_s"] > max_step_s:
+                break
+        views[view] = settings
+    vfn = build_vfn(plan, plan.num_channels, plan.num_classes)
+    patch = plan["vfn"]["patch_size"]
+    vfn_step = _train_step_seconds(vfn, (BATCH["vfn"], vfn.in_channels, *patch), plan.num_classes, device, repeats)
+    vfn_window = _forward_seconds(vfn, (2, vfn.in_channels, *patch), device, 1) / 2
+    return {"device": str(device), "threads": torch.get_num_threads(), "views": views,
+            "vfn": {"step_s": vfn_step, "window_s": vfn_window},
+            "seconds": time.perf_counter() - start}
+
+
+# ------------------------------------------------------------------------------ allocation
+@dataclass
+class UnitCost:
+    """What one unit costs: ``fixed_s`` whatever its length, plus ``step_s`` per iteration."""
+
+    network: str
+    unit: str
+    fixed_s: float
+    step_s: float
+    weight: float
+    min_iterations: int
+
+
+def _case_voxels(plan: Plan) -> float:
+    return float(np.prod(plan["median_shape"]))
+
+
+def _fold_sizes(plan: Plan, splits: dict) -> dict[str, int]:
+    return {fold: len(cases) for fold, cases in splits["folds"].items()}
+
+
+def unit_costs(plan: Plan, splits: dict, calibration: dict, settings: dict[str, dict], allocation: str,
+               networks: Sequence[str]) -> list[UnitCost]:
+    """Cost model of every unit of ``networks`` (``2d_<view>``, ``vfn``) at the chosen view settings."""
+    sizes = _fold_sizes(plan, splits)
+    costs = []
+    voxels = _case_voxels(plan)
+    for network in networks:
+        stage = network_stage(network)
+        for spec in plan.units(stage):
+            train = sum(sizes[f] for f in spec["train_folds"])
+            predicted = sum(sizes[f] for f in spec["predict_folds"])
+            weight = float(train) if allocation == "epochs" else 1.0
+            if stage == "2d":
+                setting = settings[network[3:]]
+                validation = VALIDATIONS_PER_UNIT * 5 * setting["step_s"] / 3  # forward ≈ a third of a step
+                load = (train + predicted) * voxels * 2e-8
+                predict = predicted * setting["slices_per_case"] * setting["slice_s"]
+                costs.append(UnitCost(network, spec["name"], UNIT_OVERHEAD_S + validation + load + predict,
+                                      setting["step_s"], weight, MIN_ITERATIONS["2d"]))
+            else:
+                vfn = calibration["vfn"]
+                fusion_set = train * voxels * 1e-7  # reading three views' maps per case
+                validation = VALIDATIONS_PER_UNIT * 4 * vfn["step_s"] / 3
+                costs.append(UnitCost(network, spec["name"], UNIT_OVERHEAD_S + fusion_set + validation,
+                                      vfn["step_s"], weight, MIN_ITERATIONS["vfn"]))
+    return costs
+
+
+def crossval_seconds(plan: Plan, splits: dict, calibration: dict) -> float:
+    """Estimated time of vfnet_crossval: every fusion method and the metrics on every held-out case."""
+    cases = sum(len(c) for c in splits["folds"].values())
+    if plan["split_mode"] == "holdout":
+        cases = len(splits["folds"]["C"])
+    windows = max(1.0, _case_voxels(plan) / float(np.prod(plan["vfn"]["patch_size"])))
+    return cases * (_case_voxels(plan) * CROSSVAL_VOXEL_S + 4 * windows * calibration["vfn"]["window_s"])
+
+
+def allocate(costs: Sequence[UnitCost], seconds: float, speed: float = 1.0) -> dict[tuple[str, str], int]:
+    """Iterations per (network, unit) so that the units' planned time fills ``seconds``.
+
+    Every unit first gets its minimum; the time left is shared: :data:`SHARE_2D` to the 2D
+    units, the rest to the VFN units (all of it when only one kind is left), an equal part per
+    network (view), and within a network by each unit's weight. ``speed`` multiplies every
+    cost (measured wall time over planned time of finished units).
+
+    Raises:
+        PlanError: ``seconds`` cannot give every unit its minimum iterations.
+    """
+    fixed = sum(c.fixed_s for c in costs) * speed
+    minimum = sum(c.min_iterations * c.step_s for c in costs) * speed
+    if fixed + minimum > seconds:
+        raise PlanError(f"needs {fixed + minimum:.0f} s")
+    extra = seconds - fixed - minimum
+    kinds = {network_stage(c.network) for c in costs}
+    shares = {"2d": SHARE_2D, "vfn": 1 - SHARE_2D} if kinds == {"2d", "vfn"} else {k: 1.0 for k in kinds}
+    iterations = {}
+    for kind, share in shares.items():
+        per_network: dict[str, list[UnitCost]] = {}
+        for cost in costs:
+            if network_stage(cost.network) == kind:
+                per_network.setdefault(cost.network, []).append(cost)
+        for units in per_network.values():
+            part = extra * share / len(per_network)
+            total_weight = sum(c.weight for c in units)
+            for cost in units:
+                steps = int(part * cost.weight / total_weight / (cost.step_s * speed))
+                iterations[(cost.network, cost.unit)] = cost.min_iterations + steps
+    return iterations
+
+
+def smallest_budget_minutes(costs: Sequence[UnitCost], reserved_s: float) -> int:
+    """The smallest whole number of minutes that gives every unit its minimum."""
+    need = reserved_s + sum(c.fixed_s + c.min_iterations * c.step_s for c in costs)
+    return math.ceil(need * 1.05 / 60)
+
+
+# ----------------------------------------------------------------------------- the budget
+class Budget:
+    """``budget.json`` of one preset: calibration, view settings, planned and measured unit times."""
+
+    def __init__(self, path: Path, data: dict):
+        self.path, self.data = Path(path), data
+
+    @property
+    def minutes(self) -> float:
+        return float(self.data["budget_min"])
+
+    def schedule(self, network: str, unit: str) -> dict:
+        """The schedule a unit trains with: iterations, batch, validation interval and, for 2D, the view setting."""
+        key = f"{network}/{unit}"
+        planned = self.data["units"].get(key)
+        if planned is None:
+            raise PlanError(f"{self.path}: no budgeted schedule for {network} unit {unit}")
+        iterations = int(planned["iterations"])
+        stage = network_stage(network)
+        schedule = {"iterations": iterations, "batch_size": BATCH[stage],
+                    "val_every": max(10, math.ceil(iterations / VALIDATIONS_PER_UNIT)),
+                    "budget_min": self.minutes}
+        if stage == "2d":
+            setting = self.data["views"][network[3:]]
+            schedule.update({k: setting[k] for k in ("input_downsample", "patch_size", "features")})
+        return schedule
+
+    def record(self, network: str, unit: str, seconds: float) -> None:
+        """Store a finished unit's measured wall time."""
+        self.data["units"][f"{network}/{unit}"]["actual_s"] = round(float(seconds), 1)
+
+    def speed(self, network: str | None = None) -> float:
+        """Measured over planned time of finished units (of ``network`` when it has some), within [0.5, 3]."""
+        units = self.data["units"].items()
+        done = [u for k, u in units if "actual_s" in u and (network is None or k.startswith(network + "/"))]
+        if not done:
+            return 1.0 if network is None else self.speed()
+        return float(np.clip(sum(u["actual_s"] for u in done) / sum(u["planned_s"] for u in done), 0.5, 3.0))
+
+    def replan(self, plan: Plan, splits: dict, elapsed_s: float, frozen: set[str]) -> None:
+        """Re-plan the units not yet started (not in ``frozen``) to fill what is left of the budget."""
+        pending = [k for k, u in self.data["units"].items() if "actual_s" not in u and k not in frozen]
+        if not pending:
+            return
+        costs = [c for c in unit_costs(plan, splits, self.data["calibration"], self.data["views"],
+                                       self.data["allocation"], self.data["networks"])
+                 if f"{c.network}/{c.unit}" in pending]
+        # each network's costs scaled by its own measured speed (the global one before it has finished units)
+        speeds = {network: self.speed(network) for network in self.data["networks"]}
+        scaled = [UnitCost(c.network, c.unit, c.fixed_s * speeds[c.network], c.step_s * speeds[c.network], c.weight,
+                           c.min_iterations) for c in costs]
+        left = self.minutes * 60 - elapsed_s - self.data["crossval_s"] * self.speed()
+        try:
+            iterations = allocate(scaled, left)
+        except PlanError:  # behind schedule: every pending unit falls back to its minimum
+            iterations = {(c.network, c.unit): c.min_iterations for c in costs}
+        for cost in costs:
+            entry = self.data["units"][f"{cost.network}/{cost.unit}"]
+            entry["iterations"] = iterations[(cost.network, cost.unit)]
+            # in calibrated seconds, so that measured / planned stays the speed of the device
+            entry["planned_s"] = round(cost.fixed_s + entry["iterations"] * cost.step_s, 1)
+        self.data["replanned"] = self.data.get("replanned", 0) + 1
+        self.data["speed"] = {network: round(v, 3) for network, v in speeds.items()}
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable plan: resolution and iterations per network."""
+        lines = [(f"budget {self.minutes:g} min on {self.data['calibration']['device']} "
+                 f"(calibration {self.data['calibration']['seconds']:.0f} s, allocation '{self.data['allocation']}', "
+                 f"planned {self.data['planned_total_s'] / 60:.1f} min)")]
+        for network in self.data["networks"]:
+            units = {k.split("/", 1)[1]: v for k, v in self.data["units"].items() if k.startswith(network + "/")}
+            its = sorted({v["iterations"] for v in units.values()})
+            extra = ""
+            if network.startswith("2d_"):
+                view = self.data["views"][network[3:]]
+                extra = f", downsample {view['input_downsample']}, patch {view['patch_size']}"
+            lines.append(f"  {network}: {len(units)} unit(s), {its[0]}-{its[-1]} iterations{extra}")
+        return lines
+
+
+def budget_path(results: Path, preset: str) -> Path:
+    return Path(results) / preset / "budget.json"
+
+
+def plan_budget(plan: Plan, splits: dict, minutes: float, calibration: dict, allocation: str = DEFAULT_ALLOCATION,
+                networks: Sequence[str] | None = None) -> dict:
+    """A new ``budget.json`` body: choose each view's resolution, then iterations per unit.
+
+    Raises:
+        PlanError: the budget is too small; the message names the smallest that works.
+    """
+    if allocation not in ALLOCATIONS:
+        raise PlanError(f"allocation '{allocation}' unknown; expected one of {', '.join(ALLOCATIONS)}")
+    networks = list(networks or [f"2d_{v}" for v in VIEWS] + ["vfn"])
+    seconds = minutes * 60 - calibration["seconds"]
+    crossval_s = crossval_seconds(plan, splits, calibration)
+    # start from the finest resolution; coarsen a view while its units would get too few steps
+    choice = {view: 0 for view in VIEWS}
+    while True:
+        settings = {v: calibration["views"][v][choice[v]] for v in VIEWS}
+        costs = unit_costs(plan, splits, calibration, settings, allocation, networks)
+        try:
+            iterations = allocate(costs, seconds - crossval_s)
+        except PlanError:
+            iterations = None
+        coarser = [v for v in VIEWS if choice[v] + 1 < len(calibration["views"][v]) and (
+            iterations is None or min(n for (net, _), n in iterations.items() if net == f"2d_{v}")
+            < TARGET_ITERATIONS_2D) and f"2d_{v}" in networks]
+        if not coarser:
+            break
+        for view in coarser:
+            choice[view] += 1
+    if iterations is None:
+        smallest = smallest_budget_minutes(costs, crossval_s + calibration["seconds"])
+        raise PlanError(f"a budget of {minutes:g} min cannot give every unit {MIN_ITERATIONS['2d']} iterations "
+                        f"on this device; the smallest budget that works is {smallest} min")
+    units = {}
+    for cost in costs:
+        n = iterations[(cost.network, cost.unit)]
+        units[f"{cost.network}/{cost.unit}"] = {"iterations": n, "planned_s": round(cost.fixed_s + n * cost.step_s, 1)}
+    return {"version": BUDGET_VERSION, "budget_min": minutes, "allocation": allocation, "networks": networks,
+            "calibration": calibration, "views": settings, "crossval_s": round(crossval_s, 1),
+            "planned_total_s": round(calibration["seconds"] + crossval_s + sum(u["planned_s"] for u in units.values()),
+                                     1),
+            "units": units}
+
+
+def load_or_plan_budget(preprocessed: Path, results: Path, preset: str, device: torch.device,
+                        allocation: str | None = None, quiet: bool = True) -> Budget:
+    """The preset's budget: read from ``budget.json``, else calibrated on ``device`` and planned now.
+
+    Raises:
+        PlanError: the preset is not a budget, or the budget is too small for this device.
+    """
+    minutes = budget_minutes(preset)
+    if minutes is None:
+        raise PlanError(f"preset '{preset}' has a fixed schedule, not a budget")
+    path = budget_path(results, preset)
+    if path.is_file():
+        data = read_json(path)
+        if data.get("version") == BUDGET_VERSION and (allocation is None or data["allocation"] == allocation):
+            return Budget(path, data)
+    plan = Plan.load(preprocessed)
+    splits = read_json(Path(preprocessed) / "splits.json")
+    if not quiet:
+        print(f"Calibrating {preset} ({minutes:g} min) on {device}...", flush=True)
+    units_2d = len(plan.units("2d")) * len(VIEWS)
+    calibration = calibrate(plan, device, minutes * 60 * SHARE_2D / units_2d / TARGET_ITERATIONS_2D, quiet=quiet)
+    budget = Budget(path, plan_budget(plan, splits, minutes, calibration, allocation or DEFAULT_ALLOCATION))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    budget.save()
+    return budget
