@@ -136,7 +136,7 @@ def test_unit_takes_budget_schedule_and_resume_keeps_its_own(demo_preprocessed):
     setup = prepare_unit(None, "2d", "2d_coronal", "cca_0_1", "budget300", "cpu")
     assert setup.schedule["iterations"] == body["units"]["2d_coronal/cca_0_1"]["iterations"]
     assert setup.schedule["patch_size"] == body["views"]["coronal"]["patch_size"]
-    assert setup.schedule["lr"] == 0.001  # the rest comes from the quick schedule of the plan
+    assert setup.schedule["lr"] == 0.003 and setup.schedule["optimizer"] == "adam"  # with the quick schedule's optimizer
     # a unit that started with another schedule continues it unchanged
     write_json(setup.out / "unit.json", {"schedule": {**setup.schedule, "iterations": 7}})
     (setup.out / "checkpoint_latest.pth").write_bytes(b"x")

@@ -148,9 +148,14 @@ class SliceSampler(SlimDataLoaderBase):
         return {"data": np.stack([s[0] for s in samples]), "target": np.stack([s[1] for s in samples])}
 
 
-def augmentation_2d(patch_size: Sequence[int]) -> Compose:
-    """Rotation, scaling, Gaussian noise, brightness, contrast, gamma and mirroring of 2D batches."""
-    return Compose([
+def augmentation_2d(patch_size: Sequence[int], mirror_axes: Sequence[int] = ()) -> Compose:
+    """Rotation, scaling, Gaussian noise, brightness, contrast, gamma and, along ``mirror_axes`` of the
+    slice (0: height, 1: width), mirroring of 2D batches.
+
+    Volumes are LPS-oriented, so anatomy always faces the same way; mirroring would swap the sides
+    of lateral labels (left and right kidney) and anterior/posterior ones, so the plan mirrors none.
+    """
+    transforms = [
         SpatialTransform(list(patch_size), patch_center_dist_from_border=None, do_elastic_deform=False,
                          do_rotation=True, angle_x=(-np.pi / 6, np.pi / 6), do_scale=True, scale=(0.85, 1.25),
                          border_mode_data="constant", border_cval_data=0, order_data=3,
@@ -161,19 +166,22 @@ def augmentation_2d(patch_size: Sequence[int]) -> Compose:
         BrightnessMultiplicativeTransform((0.75, 1.25), per_channel=False, p_per_sample=0.15, data_key="data"),
         ContrastAugmentationTransform((0.75, 1.25), per_channel=False, p_per_sample=0.15, data_key="data"),
         GammaTransform((0.7, 1.5), per_channel=False, retain_stats=True, p_per_sample=0.15, data_key="data"),
-        MirrorTransform(axes=(0, 1), data_key="data", label_key="target"),
-    ])
+    ]
+    if mirror_axes:
+        transforms.append(MirrorTransform(axes=tuple(int(a) for a in mirror_axes), data_key="data",
+                                          label_key="target"))
+    return Compose(transforms)
 
 
 def make_train_loader(volumes: list[ViewVolume], patch_size: Sequence[int], context: int, batch_size: int,
-                      num_workers: int, seed: int = 0, augment: bool = True):
+                      num_workers: int, seed: int = 0, augment: bool = True, mirror_axes: Sequence[int] = ()):
     """Augmented training batches, made by ``num_workers`` background processes (0: in-process).
 
     Background workers keep the network from waiting for data; in-process loading is for
     tests and debugging. Call ``loader._finish()`` (or :func:`close_loader`) when done.
     """
     return start_loader(SliceSampler(volumes, patch_size, context, batch_size),
-                        augmentation_2d(patch_size) if augment else None, num_workers, seed)
+                        augmentation_2d(patch_size, mirror_axes) if augment else None, num_workers, seed)
 
 
 def start_loader(sampler, transform, num_workers: int, seed: int = 0):

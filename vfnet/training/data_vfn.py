@@ -1,9 +1,16 @@
-"""Patches for the VFN from a fusion set, with the paper's 90° rotations and flips.
+"""Patches for the VFN from a fusion set: random crops, optionally with the paper's 90° rotations and flips.
 
-Rotations swap two spatial axes, so the view channels swap with them: a map made by
-slicing along axis i always sits in the channel of the view that slices axis i
-(axial ↔ z, coronal ↔ y, sagittal ↔ x). Axes are only swapped where the patch extent and
-the voxel spacing along both are equal; otherwise only flips and 180° turns are used.
+The planned default (``plan["vfn"]["augmentation"] == "none"``) only crops: every channel
+keeps its view identity and the anatomy keeps its sides. Swapping axes exchanges the
+axial and sagittal channels (views with different error patterns) and flips exchange
+anterior and posterior, so the VFN cannot learn which view to trust where.
+``"paper"`` restores the paper's augmentation: rotations swap two spatial axes, so the
+view channels swap with them (a map made by slicing along axis i always sits in the
+channel of the view that slices axis i: axial ↔ z, coronal ↔ y, sagittal ↔ x); axes are
+only swapped where the patch extent and the voxel spacing along both are equal.
+
+Validation uses :func:`tile_batches`: every validation case is covered by whole tiles, so
+every case is scored at every validation.
 """
 
 from __future__ import annotations
@@ -13,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vfnet.fusion.roi import sliding_window_starts
 from vfnet.views import VIEWS
+
+AUGMENTATIONS = ("none", "paper")
 
 
 def load_fusion_samples(folder: Path, cases: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -102,6 +112,30 @@ class VfnPatchSampler:
             data.append(x if self.use_image else x[self.num_image:])
             target.append(y[None])
         return {"data": np.stack(data), "target": np.stack(target).astype(np.int64)}
+
+    def tiles(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Non-overlapping patch tiles (the last one per axis shifted inside) covering every sample."""
+        out = []
+        for inputs, label in self.samples:
+            x_all = inputs if self.use_image else inputs[self.num_image:]
+            if any(s < p for s, p in zip(label.shape, self.patch)):
+                pad = [(0, max(0, p - s)) for s, p in zip(label.shape, self.patch)]
+                x_all, label = np.pad(x_all, [(0, 0)] + pad), np.pad(label, pad)
+            starts = [sliding_window_starts(int(s), p, p) for s, p in zip(label.shape, self.patch)]
+            for a in starts[0]:
+                for b in starts[1]:
+                    for c in starts[2]:
+                        window = tuple(slice(o, o + p) for o, p in zip((a, b, c), self.patch))
+                        out.append((x_all[(slice(None), *window)].astype(np.float32), label[window][None]))
+        return out
+
+
+def tile_batches(sampler: VfnPatchSampler, batch_size: int) -> list[dict]:
+    """Validation batches that score every case of ``sampler`` whole (see :meth:`VfnPatchSampler.tiles`)."""
+    tiles = sampler.tiles()
+    return [{"data": np.stack([t[0] for t in tiles[i:i + batch_size]]),
+             "target": np.stack([t[1] for t in tiles[i:i + batch_size]]).astype(np.int64)}
+            for i in range(0, len(tiles), batch_size)]
 
 
 def view_channel_names(num_image_channels: int, foreground: list[str]) -> list[str]:

@@ -110,7 +110,7 @@ def _train(plan: Plan, data: PreprocessedDataset, view: str, train_cases: list[s
     # Workers are re-seeded from the resumed iteration so a continued run does not replay old batches.
     start = saved_iteration(out) if resume else 0
     loader = make_train_loader(volumes, patch, context, batch_size, int(schedule.get("num_workers", 0)),
-                               seed=SEED + start)
+                               seed=SEED + start, mirror_axes=spec.get("mirror_axes", ()))
     config = TrainingConfig.from_schedule(schedule, seed=SEED)
     trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, out, device=device,
                       num_threads=num_threads, quiet=quiet,

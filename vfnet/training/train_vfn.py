@@ -1,10 +1,13 @@
 """``vfnet_train vfn UNIT`` as a library call: train the Volumetric Fusion Net on a fusion set.
 
 The VFN of test fold k trains on the fusion set of fold k (built by vfnet_build_fusion_set),
-with patches sampled inside each case's region of interest, the paper's 90° rotations and
-flips (view channels move with their axes), Dice loss, and SGD at lr 0.01 divided by 10 at
-2/3 and 5/6 of the iterations. It shares the trainer (checkpoints, resume, log,
-progress.png, mixed precision on CUDA) with the 2D views.
+with patches cropped inside each case's region of interest (planned: crops only, so each
+channel keeps its view and the anatomy its sides; ``"augmentation": "paper"`` adds the
+paper's rotations and flips), Dice (+ cross-entropy for several classes), and the preset's
+optimizer with the learning rate divided by 10 at 2/3 and 5/6 of the iterations. Every
+validation case is scored whole at every validation, iteration 0 included (the untrained
+VFN is mean fusion), and prediction uses the checkpoint that validated best. It shares the
+trainer (checkpoints, resume, log, progress.png, mixed precision on CUDA) with the 2D views.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from pathlib import Path
 import torch
 
 from vfnet.atomic import write_json
+from vfnet.errors import PlanError
 from vfnet.fusion.fusion_set import build_fusion_set, fusion_set_dir, load_manifest
 from vfnet.networks.vfn import build_vfn, count_parameters
-from vfnet.training.data_vfn import VfnPatchSampler, load_fusion_samples
+from vfnet.training.data_vfn import AUGMENTATIONS, VfnPatchSampler, load_fusion_samples, tile_batches
 from vfnet.training.losses import DiceCELoss, SoftDiceLoss
 from vfnet.training.trainer import (
     StepLR,
@@ -28,7 +32,7 @@ from vfnet.training.trainer import (
 )
 from vfnet.training.units import SEED, clear_previous_run, prepare_unit, split_validation, unit_finished
 
-VALIDATION_BATCHES = 4
+VALIDATION_TILE_BATCH = 4  # tiles per validation forward pass
 
 
 def vfn_network_name(use_image: bool) -> str:
@@ -81,15 +85,20 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
               "num_image_channels": plan.num_channels, "num_foreground": plan.num_classes - 1,
               "batch_size": int(schedule["batch_size"]), "use_image": use_image}
     start_iteration = saved_iteration(out) if resume else 0
-    train_batches = VfnPatchSampler(load_fusion_samples(folder, train_cases), augment=True,
+    augmentation = vfn.get("augmentation", "none")
+    if augmentation not in AUGMENTATIONS:
+        raise PlanError(f"plans.json: vfn augmentation '{augmentation}' unknown; expected one of "
+                        f"{', '.join(AUGMENTATIONS)}")
+    train_batches = VfnPatchSampler(load_fusion_samples(folder, train_cases), augment=augmentation == "paper",
                                     seed=SEED + start_iteration, **common)
+    # every validation case, whole, at every validation (iteration 0 included)
     validation = VfnPatchSampler(load_fusion_samples(folder, val_cases), augment=False, seed=SEED, **common)
-    val_batches = [next(validation) for _ in range(int(schedule.get("val_batches", VALIDATION_BATCHES)))]
+    val_batches = tile_batches(validation, VALIDATION_TILE_BATCH)
     iterations = int(schedule["iterations"])
     # the paper's SGD unless the preset names an optimizer (the CPU preset uses Adam to learn in fewer steps)
     paper_sgd = {} if "optimizer" in schedule else {"optimizer": sgd_momentum}
     config = TrainingConfig.from_schedule(schedule, seed=SEED, lr_schedule=StepLR(iterations), grad_clip=None,
-                                          **paper_sgd)
+                                          validate_at_start=True, **paper_sgd)
     # Dice alone (the paper, one organ) left the multi-class softmax VFN predicting a foreground class over
     # the whole ROI on Hippocampus after a short schedule; cross-entropy anchors the background.
     loss = SoftDiceLoss() if plan.num_classes == 2 else DiceCELoss()
@@ -99,7 +108,8 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
                                 "use_image": use_image, "parameters": parameters,
                                 "train_cases": train_cases, "val_cases": val_cases})
     trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, "
-                f"{model.in_channels} input channels, patch {vfn['patch_size']}, "
+                f"{model.in_channels} input channels, patch {vfn['patch_size']}, augmentation {augmentation}, "
+                f"{len(val_batches)} validation batches, "
                 f"{len(train_cases)} training / {len(val_cases)} validation cases")
     if resume:
         trainer.resume()
@@ -110,5 +120,7 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
     write_json(out / "summary.json", {
         "network": network_name, "unit": str(unit), "preset": preset, "parameters": parameters,
         "iterations": iterations, "best_val_pseudo_dice": trainer.best_dice,
+        "best_iteration": max(trainer.history, key=lambda h: h["val_dice"])["iteration"] if trainer.history else None,
+        "start_val_pseudo_dice": trainer.history[0]["val_dice"] if trainer.history else None,
         "seconds_this_run": round(time.perf_counter() - start, 1), "data_wait_share": trainer.data_wait_share()})
     return out

@@ -86,6 +86,8 @@ class TrainingConfig:
             schedule names it (``"sgd"`` or ``"adam"``, see :data:`OPTIMIZERS`).
         grad_clip: max gradient norm, None for no clipping.
         seed: seeds python, numpy and torch when the trainer is made.
+        validate_at_start: also validate (and keep a best checkpoint) before the first step, so
+            an untrained network that is already good (the VFN's view prior) can win.
     """
 
     iterations: int
@@ -95,6 +97,7 @@ class TrainingConfig:
     optimizer: Callable | None = None
     grad_clip: float | None = 12.0
     seed: int = 12345
+    validate_at_start: bool = False
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -340,6 +343,8 @@ class Trainer:
         self.network.train()
         losses: list[float] = []
         interval_start, step_seconds, wait_seconds = time.perf_counter(), 0.0, 0.0
+        if self.iteration == 0 and self.config.validate_at_start and not self.history:
+            interval_start = self._end_interval(losses, interval_start, 0.0, 0.0)
         bar = tqdm(total=total, initial=self.iteration, disable=self.quiet, desc="training", unit="it",
                    dynamic_ncols=True)
         try:
