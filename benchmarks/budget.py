@@ -6,7 +6,7 @@ crossval) and writes ``results/budget_<Task>.md`` and ``.json``: the calibration
 actual minutes per stage, and the cross-validation table (Dice per label and overall).
 
 Usage: python benchmarks/budget.py --dataset Task04_Hippocampus --budget 60 [--allocation equal]
-       [--work benchmarks/work/budget_Task04_Hippocampus] [--name budget_Task04_Hippocampus]
+       [--work benchmarks/work/budget_Task04_Hippocampus]
 Targets (2 CPU cores, alone): wall time of train_all within ±10 % of the budget; Hippocampus best
 fusion ≥ 86.5 % Dice; Task20_CHAOST2 mean over organs ≥ 80 %.
 """
@@ -44,24 +44,59 @@ def _stage_minutes(budget: dict) -> dict:
     return stages
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def budget_arguments(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, help="a task folder name under ../shared/data")
     parser.add_argument("--budget", type=float, default=60.0, help="wall minutes for vfnet_train_all")
     parser.add_argument("--allocation", default=None, help="equal (default) or epochs")
     parser.add_argument("--data", type=Path, default=None, help="the MSD task folder (default: ../shared/data/<dataset>)")
     parser.add_argument("--work", type=Path, default=None, help="a fresh work folder (removed first)")
-    parser.add_argument("--name", default=None, help="results file name (default: budget_<dataset>)")
-    args = parser.parse_args()
+    parser.add_argument("--from-work", type=Path, default=None,
+                        help="do not train: write the results of a finished run whose work folder this is (its "
+                             "train_all.log, budget.json and units); the results file says so")
+    return parser
+
+
+def finished_run(args: argparse.Namespace) -> dict:
+    """What :func:`run_budgeted` returns, for a run that trained in ``args.from_work`` before.
+
+    The wall time of vfnet_train_all is read from its log file: created when the command
+    started (birth time) and last written when it ended.
+    """
+    work = args.from_work.resolve()
+    log = work / "train_all.log"
+    started = subprocess.run(["stat", "-c", "%W", str(log)], capture_output=True, text=True, check=True).stdout
+    prepare = work / "convert.log"
+    wall_s = log.stat().st_mtime - float(started)
+    prepare_s = float(started) - float(subprocess.run(["stat", "-c", "%W", str(prepare)], capture_output=True,
+                                                       text=True, check=True).stdout)
+    for var, sub in (("vfnet_raw", "raw"), ("vfnet_preprocessed", "pre"), ("vfnet_results", "res")):
+        os.environ[var] = str(work / sub)
+    results = next((work / "res").iterdir())
+    preset = f"budget{args.budget:g}"
+    trained = (work / "trained_with_commit.txt").read_text().strip() if (work / "trained_with_commit.txt").is_file() \
+        else "unknown"
+    return {"work": work, "results": results, "preset": preset, "prepare_s": prepare_s, "wall_s": wall_s,
+            "command": [str(Path(sys.executable).parent / "vfnet_train_all"), "-d", args.dataset, "--budget",
+                        f"{args.budget:g}"] + (["--allocation", args.allocation] if args.allocation else []),
+            "invocation": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", "--dataset", args.dataset,
+                                    "--budget", f"{args.budget:g}"]
+                                   + (["--allocation", args.allocation] if args.allocation else [])
+                                   + ["--from-work", "WORK"]),
+            "resumed": f"Written afterwards with `--from-work` from the work folder of a run that trained with commit "
+                       f"{trained}; the wall time comes from the timestamps of that run's train_all.log. "}
+
+
+def run_budgeted(args: argparse.Namespace, name: str) -> dict:
+    """Convert, plan and time ``vfnet_train_all --budget`` in a fresh work folder; what the later steps need."""
     data = args.data or SHARED / args.dataset
-    name = args.name or f"budget_{args.dataset}"
     work = (args.work or Path(__file__).resolve().parent / "work" / name).resolve()
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     env = dict(os.environ)
     for var, sub in (("vfnet_raw", "raw"), ("vfnet_preprocessed", "pre"), ("vfnet_results", "res")):
-        env[var] = str(work / sub)
+        env[var] = os.environ[var] = str(work / sub)
     bin_dir = Path(sys.executable).parent
     command = [str(bin_dir / "vfnet_train_all"), "-d", args.dataset, "--budget", f"{args.budget:g}"]
     if args.allocation:
@@ -77,9 +112,23 @@ def main() -> None:
     prepare_s = run([str(bin_dir / "vfnet_convert_msd"), "-i", str(data)], work / "convert.log")
     prepare_s += run([str(bin_dir / "vfnet_plan_and_preprocess"), "-d", args.dataset, "--split", "cca"],
                      work / "plan.log")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
+                            cwd=Path(__file__).parent).stdout.strip()
+    (work / "trained_with_commit.txt").write_text(commit + "\n")
     wall_s = run(command, work / "train_all.log")
     results = next((work / "res").iterdir())
     preset = f"budget{args.budget:g}"
+    return {"work": work, "results": results, "preset": preset, "prepare_s": prepare_s, "wall_s": wall_s,
+            "command": command, "resumed": "",
+            "invocation": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", "--dataset", args.dataset,
+                                    "--budget", f"{args.budget:g}"]
+                                   + (["--allocation", args.allocation] if args.allocation else []))}
+
+
+def write_budget_results(args: argparse.Namespace, run: dict, name: str) -> Path:
+    """``results/<name>.md`` and ``.json`` of a budgeted run."""
+    results, preset, prepare_s, wall_s, command = (run["results"], run["preset"], run["prepare_s"], run["wall_s"],
+                                                   run["command"])
     budget = json.loads((results / preset / "budget.json").read_text())
     crossval = json.loads((results / preset / "crossval" / "crossval.json").read_text())
     crossval_md = (results / preset / "crossval" / "crossval.md").read_text()
@@ -98,8 +147,9 @@ def main() -> None:
                       f"{v['step_s']:.3f} | {1000 * v['slice_s']:.1f} |" for view, v in budget["views"].items())
     per_method = "\n".join(f"| {m} | {100 * s['overall']['mean']:.2f} |" for m, s in crossval["summary"].items())
     body = f"""
-Command: `python benchmarks/budget.py --dataset {args.dataset} --budget {args.budget:g}`
-{'(allocation ' + args.allocation + ')' if args.allocation else ''}
+Command: `{run['invocation']}`
+{run['resumed']}
+
 Fresh work folder; conversion and planning ({prepare_s:.0f} s) are outside the budget. The timed call:
 `{' '.join([Path(command[0]).name] + command[1:])}`
 
@@ -109,7 +159,8 @@ Fresh work folder; conversion and planning ({prepare_s:.0f} s) are outside the b
 | wall time of vfnet_train_all | {wall_s / 60:.1f} min | {0.9 * args.budget:.0f}-{1.1 * args.budget:.0f} min |
 | best fusion method (crossval) | {best_key} | |
 | its mean Dice over labels | {100 * best['mean_dice']:.2f} % | |
-| re-plans after measured units | {budget.get('replanned', 0)} (final speed factor {budget.get('speed', 1.0):.2f}) | |
+| re-plans after measured units | {budget.get('replanned', 0)} (measured / planned time per network: \
+{', '.join(f'{k} {v:.2f}' for k, v in budget.get('speed', {}).items())}) | |
 
 ## Calibration ({budget['calibration']['seconds']:.0f} s on {budget['calibration']['device']}, \
 {budget['calibration']['threads']} threads) and the chosen view settings
@@ -135,8 +186,7 @@ VFN: {budget['calibration']['vfn']['step_s']:.3f} s per step (batch 2), allocati
 {crossval_md.split(chr(10), 2)[2]}
 """
     path = write_results(name, f"Budgeted run: {args.dataset}, {args.budget:g} minutes", body, {
-        "command": " ".join(["python", "benchmarks/budget.py", "--dataset", args.dataset, "--budget",
-                             f"{args.budget:g}"] + (["--allocation", args.allocation] if args.allocation else [])),
+        "command": run["invocation"], "resumed": run["resumed"] or None,
         "budget_min": args.budget, "wall_min": wall_s / 60, "prepare_s": prepare_s,
         "best_method": best_key, "best_dice": 100 * best["mean_dice"], "per_label": per_label,
         "methods": {m: {"overall": 100 * s["overall"]["mean"],
@@ -144,7 +194,14 @@ VFN: {budget['calibration']['vfn']['step_s']:.3f} s per step (batch 2), allocati
                     for m, s in crossval["summary"].items()},
         "stages": stages, "calibration": budget["calibration"], "views": budget["views"],
         "allocation": budget["allocation"]})
-    print(path.read_text())
+    return path
+
+
+def main() -> None:
+    args = budget_arguments(__doc__).parse_args()
+    name = f"budget_{args.dataset}"
+    run = finished_run(args) if args.from_work else run_budgeted(args, name)
+    print(write_budget_results(args, run, name).read_text())
 
 
 if __name__ == "__main__":

@@ -1,29 +1,33 @@
-"""Full 4-fold cross-cross-augmentation on the shared Hippocampus with the quick preset, on CPU.
+"""The whole 4-fold CCA fusion comparison on a shared MSD task, from a fresh work folder, with a budget.
 
-Trains the 30 2D units (4 fold + 6 CCA units per view) and 8 VFNs (with and without image,
-one per test fold), fold by fold so the first VFN is scored early, then runs vfnet_crossval
-and measures parameters and inference times. Resumable: rerun to continue.
+One command runs ``vfnet_train_all -d <Task> --budget N`` (the budgeted schedules: every 2D unit,
+fusion sets, VFNs, the stack weights and crossval) and writes two results:
+``results/fusion_<Task>.md/.json`` (per method: Dice per label and overall with per-case values;
+paired Wilcoxon and t-test p of vfn vs mean, majority and stack; VFN parameters and time against
+the views; the CCA units' maps against the fold units' maps on the same cases) and
+``results/budget_<Task>.md/.json`` (what benchmarks/budget.py writes for the same run).
 
-Usage: python benchmarks/fusion.py [--data ../shared/data/Task04_Hippocampus] [--work benchmarks/work/fusion]
-Targets: at most 60 minutes on 2 cores; VFN parameters at most 10% of the planned 3D U-Net's;
-VFN inference at most 15% of the three views' time per case; VFN at least 1 Dice point above
-majority with p < 0.01.
+Usage: python benchmarks/fusion.py --dataset Task20_CHAOST2 [--budget 60] [--work DIR]
+Targets (2 CPU cores): VFN − mean ≥ +1 Dice point with Wilcoxon p < 0.01 on one dataset and never
+below −0.2; VFN parameters ≤ 10 % of the planned 3D U-Net's; VFN time ≤ 15 % of the three views'.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import resource
-import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from budget import budget_arguments, finished_run, run_budgeted, write_budget_results
 from machine import write_results
 
+TIMED_CASES = 10
+# Shared with reproduce.py and compare_nnunet.py: the shared Hippocampus in a work folder, planned as CCA.
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"
 PRESET = "quick"
 
@@ -45,21 +49,26 @@ def _setup(work: Path, data: Path) -> None:
     plan_and_preprocess(4, num_processes=2, split_mode="cca", quiet=True)
 
 
-def _inference_times(plan, data, results, cases: list[str]) -> dict:
-    """Seconds per case: the three views (one fold model each) and the VFN fusion after them."""
-    import numpy as np
+def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
+    """Median seconds per case of the three views (fold 0's networks) and of the VFN fusion after them."""
     import torch
 
     from vfnet import paths
+    from vfnet.data import PreprocessedDataset
     from vfnet.fusion.methods import VfnConfig, fuse
     from vfnet.inference.models import load_vfn
     from vfnet.inference.predict2d import load_unit_network, predict_volume_2d
+    from vfnet.plans import Plan
     from vfnet.views import VIEWS
 
-    networks = {v: load_unit_network(paths.unit_dir(results, PRESET, f"2d_{v}", "0"), plan, v) for v in VIEWS}
-    vfn = load_vfn(paths.unit_dir(results, PRESET, "vfn", "0"), plan)
+    preprocessed = paths.preprocessed_dataset(dataset)
+    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
+    results = paths.results_root() / preprocessed.name
+    fold = plan["fold_names"][0]
+    networks = {v: load_unit_network(paths.unit_dir(results, preset, f"2d_{v}", fold), plan, v) for v in VIEWS}
+    vfn = load_vfn(paths.unit_dir(results, preset, "vfn", fold), plan)
     config = VfnConfig.from_plan(plan, device="cpu")
-    views_s, vfn_s, majority_s = [], [], []
+    views_s, vfn_s = [], []
     with torch.inference_mode():
         for case in cases:
             image, _ = data.load(case, mmap=False)
@@ -68,104 +77,125 @@ def _inference_times(plan, data, results, cases: list[str]) -> dict:
                     for v in VIEWS}
             views_s.append(time.perf_counter() - start)
             start = time.perf_counter()
-            fuse("majority", maps)
-            majority_s.append(time.perf_counter() - start)
-            start = time.perf_counter()
             fuse("vfn", maps, image, model=vfn, vfn_config=config)
             vfn_s.append(time.perf_counter() - start)
-    return {"views_s": float(np.median(views_s)), "majority_s": float(np.median(majority_s)),
-            "vfn_s": float(np.median(vfn_s)), "cases": len(cases)}
+    return {"views_s": float(np.median(views_s)), "vfn_s": float(np.median(vfn_s)), "cases": len(cases)}
+
+
+def _cca_gap(dataset: str, preset: str) -> dict:
+    """Per view: Dice and predicted/true volume of the fold unit's maps and of the CCA units' maps, same cases."""
+    from vfnet import paths
+    from vfnet.data import PreprocessedDataset
+    from vfnet.plans import Plan
+    from vfnet.views import VIEWS
+
+    preprocessed = paths.preprocessed_dataset(dataset)
+    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
+    results = paths.results_root() / preprocessed.name
+    cca_units = [u for u in plan.units("2d") if u["kind"] == "cca"]
+    out = {}
+    for view in VIEWS:
+        rows = {"fold": {"dice": [], "volume_ratio": []}, "cca": {"dice": [], "volume_ratio": []}}
+        for fold in plan["fold_names"]:
+            sources = [("fold", fold)] + [("cca", u["name"]) for u in cca_units if fold in u["predict_folds"]]
+            for case in data.fold_cases([fold]):
+                _, label = data.load(case)
+                label = np.asarray(label)
+                for kind, unit in sources:
+                    unit_dir = paths.unit_dir(results, preset, f"2d_{view}", unit)
+                    summary = json.loads((unit_dir / "summary.json").read_text())
+                    rows[kind]["dice"].append(summary["cases"][case]["mean"])
+                    with np.load(unit_dir / "predictions" / f"{case}.npz") as archive:
+                        predicted = np.argmax(archive["probabilities"], axis=0)
+                    rows[kind]["volume_ratio"].append(float((predicted > 0).sum() / max(1, (label > 0).sum())))
+        out[view] = {kind: {"dice": 100 * float(np.mean(r["dice"])), "volume_ratio": float(np.mean(r["volume_ratio"])),
+                            "maps": len(r["dice"])} for kind, r in rows.items()}
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "work" / "fusion")
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    timings_path = args.work / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    args = budget_arguments(__doc__).parse_args()
+    name = f"fusion_{args.dataset}"
+    if args.from_work:
+        # a finished run: its units are kept; crossval is run again with this code (stack, paired tests)
+        run = finished_run(args)
+        from vfnet.fusion.crossval import crossval
 
-    def timed(key: str, func, *a, **k):
-        if key in timings:
-            return
         start = time.perf_counter()
-        func(*a, **k)
-        timings[key] = time.perf_counter() - start
-        timings_path.write_text(json.dumps(timings, indent=1))
-        print(f"[{sum(timings.values()) / 60:6.1f} min] {key}: {timings[key]:.0f} s", flush=True)
-
-    import torch
-
-    torch.set_num_threads(2)
-    use_work_folders(args.work)
-    timed("plan_and_preprocess", _setup, args.work, args.data)
-    from vfnet import paths
+        crossval(args.dataset, run["preset"], device="cpu", quiet=True)
+        run["resumed"] += (f"The cross-validation below was run again by this command with its own code "
+                           f"({time.perf_counter() - start:.0f} s), on the units that run trained. ")
+        budget_path = Path(__file__).resolve().parent / "results" / f"budget_{args.dataset}.md"
+    else:
+        run = run_budgeted(args, name)
+        budget_path = write_budget_results(args, run, f"budget_{args.dataset}")
     from vfnet.data import PreprocessedDataset
-    from vfnet.fusion.crossval import crossval
     from vfnet.networks.unet3d import build_unet3d
     from vfnet.networks.vfn import build_vfn, count_parameters
     from vfnet.plans import Plan
-    from vfnet.training.train2d import train_2d_unit
-    from vfnet.training.train_vfn import train_vfn_unit
-    from vfnet.views import VIEWS
 
-    preprocessed = paths.preprocessed_dataset(4)
-    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
-    results = paths.results_root() / preprocessed.name
-    folds = plan["fold_names"]
-    for k in folds:
-        needed = [k] + [f"cca_{a}_{b}" for a, b in (sorted((k, j), key=folds.index) for j in folds if j != k)]
-        for unit in needed:
-            for view in VIEWS:
-                timed(f"2d {view} {unit}", train_2d_unit, 4, view, unit, PRESET, device="cpu", resume=True,
-                      quiet=True)
-        for use_image in (True, False):
-            timed(f"vfn {k}{'' if use_image else ' noimage'}", train_vfn_unit, 4, k, PRESET, use_image=use_image,
-                  device="cpu", resume=True, quiet=True)
-    start = time.perf_counter()
-    table = crossval(4, PRESET, device="cpu", quiet=True)
-    timings["crossval"] = time.perf_counter() - start
-    timings_path.write_text(json.dumps(timings, indent=1))
+    crossval = json.loads((run["results"] / run["preset"] / "crossval" / "crossval.json").read_text())
+    crossval_md = (run["results"] / run["preset"] / "crossval" / "crossval.md").read_text()
+    plan = Plan.load(run["results"])
     vfn_params = count_parameters(build_vfn(plan, plan.num_channels, plan.num_classes))
     unet_params = count_parameters(build_unet3d(plan, plan.num_channels, plan.num_classes))
-    speed = _inference_times(plan, data, results, data.fold_cases(["0"])[:20])
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # the work folder's timings may also hold reproduce.py's steps (3D units, VFN 'all'): count only this run's
-    vfn_keys = {f"vfn {k}{suffix}" for k in folds for suffix in ("", " noimage")}
-    units_2d = [v for k, v in timings.items() if k.startswith("2d ")]
-    units_vfn = [v for k, v in timings.items() if k in vfn_keys]
-    total_min = (timings["plan_and_preprocess"] + sum(units_2d) + sum(units_vfn) + timings["crossval"]) / 60
-    summary = table["summary"]
-    vfn, majority = summary["vfn"]["overall"], summary["majority"]["overall"]
-    test = table["tests"]["vfn vs majority"]["overall"]
-    crossval_md = (results / PRESET / "crossval" / "crossval.md").read_text()
+    preprocessed = run["work"] / "pre" / run["results"].name
+    cases = PreprocessedDataset(preprocessed).fold_cases([plan["fold_names"][0]])[:TIMED_CASES]
+    speed = _inference_times(args.dataset, run["preset"], cases)
+    gap = _cca_gap(args.dataset, run["preset"])
+    labels = list(crossval["labels"])
+    methods = {m: {"overall": 100 * s["overall"]["mean"],
+                   "per_label": {lab: 100 * s[lab]["mean"] for lab in labels},
+                   "seconds_per_case": s["seconds_per_case"],
+                   "cases": {case: {k: 100 * v for k, v in entry["dice"][m].items()}
+                             for case, entry in crossval["cases"].items()}}
+               for m, s in crossval["summary"].items()}
+    tests = {}
+    for rival in ("mean", "majority", "stack"):
+        test = crossval["tests"].get(f"vfn vs {rival}", {}).get("overall")
+        if test:
+            tests[f"vfn_vs_{rival}"] = {"difference": 100 * test["mean_difference"], "wilcoxon_p": test["wilcoxon_p"],
+                                        "t_test_p": test["t_test_p"]}
+    test_rows = "\n".join(f"| {k.replace('_', ' ')} | {t['difference']:+.2f} | {t['t_test_p']:.3g} | "
+                          f"{t['wilcoxon_p']:.3g} |" for k, t in tests.items())
+    gap_rows = "\n".join(f"| {view} | {g['fold']['dice']:.2f} | {g['cca']['dice']:.2f} | "
+                         f"{g['fold']['dice'] - g['cca']['dice']:+.2f} | {g['fold']['volume_ratio']:.3f} | "
+                         f"{g['cca']['volume_ratio']:.3f} |" for view, g in gap.items())
     body = f"""
-4-fold cross-cross-augmentation on the {len(data.all_cases)} shared Hippocampus cases (MRI, 3 classes), preset
-`{PRESET}`, CPU only. {len(units_2d)} 2D units (median {statistics.median(units_2d):.0f} s each, with held-out
-prediction) and {len(units_vfn)} VFN units (median {statistics.median(units_vfn):.0f} s each, building its fusion set when missing).
+Command: `{run['invocation']}` (the same run's budget results: `{budget_path.name}`).
+{run['resumed']}
+4-fold cross-cross-augmentation, {len(crossval['cases'])} held-out cases, budget {args.budget:g} min:
+`vfnet_train_all` took {run['wall_s'] / 60:.1f} min.
 
 | measure | value | target |
 |---|---|---|
-| total wall time (plan, 2D, VFN, crossval) | {total_min:.1f} min | at most 60 min |
-| VFN parameters | {vfn_params:,} | |
-| planned 3D U-Net parameters | {unet_params:,} | |
-| VFN / 3D U-Net parameters | {100 * vfn_params / unet_params:.1f} % | at most 10 % |
-| three views, seconds per case (one model each, {speed['cases']} cases, median) | {speed['views_s']:.3f} s | |
-| VFN fusion, seconds per case (after the views) | {speed['vfn_s']:.3f} s | |
-| VFN time / views time | {100 * speed['vfn_s'] / speed['views_s']:.1f} % | at most 15 % |
-| majority voting, seconds per case | {speed['majority_s']:.4f} s | |
-| VFN − majority, mean Dice (overall) | {100 * (vfn['mean'] - majority['mean']):+.2f} points | at least +1 |
-| paired t-test / Wilcoxon p (overall) | {test['t_test_p']:.3g} / {test['wilcoxon_p']:.3g} | below 0.01 |
-| peak memory of this process | {peak_mib:.0f} MiB | |
+| VFN − mean, overall Dice | {tests.get('vfn_vs_mean', {}).get('difference', float('nan')):+.2f} points \
+(Wilcoxon p {tests.get('vfn_vs_mean', {}).get('wilcoxon_p', float('nan')):.3g}) | ≥ +1 with p < 0.01 on one dataset; never < −0.2 |
+| VFN parameters / planned 3D U-Net | {vfn_params:,} / {unet_params:,} = {100 * vfn_params / unet_params:.1f} % | ≤ 10 % |
+| three views, s per case (fold-0 networks, {speed['cases']} cases, median) | {speed['views_s']:.3f} s | |
+| VFN fusion after them, s per case | {speed['vfn_s']:.3f} s | |
+| VFN time / views time | {100 * speed['vfn_s'] / speed['views_s']:.1f} % | ≤ 15 % |
 
-## Table 1 (cross-validation)
+## Paired tests over cases (overall Dice)
+
+| comparison | difference (points) | t-test p | Wilcoxon p |
+|---|---|---|---|
+{test_rows}
+
+## CCA units' maps against the fold units' maps, same cases (mean Dice %, predicted / true foreground volume)
+
+| view | fold units | CCA units | gap | volume ratio, fold | volume ratio, CCA |
+|---|---|---|---|---|---|
+{gap_rows}
+
+## Cross-validation table
 
 {crossval_md.split(chr(10), 2)[2]}
 """
-    path = write_results("fusion", "Fusion on Task04 Hippocampus: 4-fold CCA, quick preset, CPU", body,
-                         {"timings_s": timings, "vfn_parameters": vfn_params, "unet3d_parameters": unet_params,
-                          "inference": speed, "summary": summary, "tests": table["tests"], "best": table["best"]})
+    path = write_results(name, f"Fusion on {args.dataset}: 4-fold CCA, budget {args.budget:g} min, CPU", body, {
+        "command": run["invocation"], "resumed": run["resumed"] or None, "budget_min": args.budget, "wall_min": run["wall_s"] / 60,
+        "methods": methods, "tests": tests, "vfn_parameters": vfn_params, "unet3d_parameters": unet_params,
+        "inference": speed, "cca_gap": gap, "best": crossval["best"]})
     print(path.read_text())
 
 

@@ -200,3 +200,21 @@ class UNet2DWrapper(torch.nn.Module):
 
     def forward(self, x):
         return self.inner(x)
+
+
+def test_replan_on_schedule_keeps_the_plan(demo_preprocessed, tmp_path):
+    # a run exactly on plan must not move time between views when one view's units are done first
+    plan = Plan.load(demo_preprocessed)
+    splits = read_json(demo_preprocessed / "splits.json")
+    budget = Budget(tmp_path / "budget.json", plan_budget(plan, splits, 200.0, _calibration()))
+    before = {k: u["iterations"] for k, u in budget.data["units"].items()}
+    axial = [k for k in before if k.startswith("2d_axial/")]
+    elapsed = budget.data["calibration"]["seconds"]
+    for key in axial[:-2]:
+        network, unit = key.split("/")
+        budget.record(network, unit, budget.data["units"][key]["planned_s"])
+        elapsed += budget.data["units"][key]["planned_s"]
+        budget.replan(plan, splits, elapsed, frozen=set())
+    after = {k: u["iterations"] for k, u in budget.data["units"].items()}
+    for key in axial[-2:] + ["2d_coronal/0", "2d_sagittal/all", "vfn/0"]:
+        assert after[key] == pytest.approx(before[key], rel=0.03, abs=2), key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -54,13 +55,13 @@ def fake_results(split_mode: str = "cca", with_vfn: bool = True) -> Path:
     for seed, unit in enumerate(plan["units"]["2d"]):
         for view in VIEWS:
             _unit(results, f"2d_{view}", unit["name"], seed)
-    if with_vfn:
-        vfn_unit = "all" if split_mode == "cca" else "holdout"
-        folder = paths.unit_dir(results, PRESET, "vfn", vfn_unit)
-        folder.mkdir(parents=True)
-        torch.manual_seed(3)
-        torch.save({"network": build_vfn(plan, 1, 2).state_dict()}, folder / "checkpoint_final.pth")
-        write_json(folder / "unit.json", {"network": "vfn", "unit": vfn_unit})
+    if with_vfn:  # the VFN of every test fold (they fuse the fold units' maps) and the VFN 'all'
+        for seed, vfn_unit in enumerate([u["name"] for u in plan["units"]["vfn"]]):
+            folder = paths.unit_dir(results, PRESET, "vfn", vfn_unit)
+            folder.mkdir(parents=True)
+            torch.manual_seed(3 + seed)
+            torch.save({"network": build_vfn(plan, 1, 2).state_dict()}, folder / "checkpoint_final.pth")
+            write_json(folder / "unit.json", {"network": "vfn", "unit": vfn_unit})
     write_json(results / PRESET / "crossval" / "best_method.json", {"method": "vfn", "postprocess": True})
     (results / PRESET / "crossval" / "crossval.md").write_text("| method | overall |\n")
     return results
@@ -78,8 +79,9 @@ def test_export_then_install_reproduces_every_file(vfnet_env, tmp_path, monkeypa
     assert manifest["dataset"] == NAME and manifest["preset"] == PRESET
     assert manifest["fusion"] == {"method": "vfn", "postprocess": True}
     units = {(u["network"], u["unit"]) for u in manifest["units"]}
-    # the K fold units of each view, their 2D 'all' units and the VFN 'all'; no CCA unit
-    assert units == {(f"2d_{v}", u) for v in VIEWS for u in ("0", "1", "2", "all")} | {("vfn", "all")}
+    # the K fold units of each view, their 2D 'all' units, the K fold VFNs and the VFN 'all'; no CCA unit
+    assert units == ({(f"2d_{v}", u) for v in VIEWS for u in ("0", "1", "2", "all")}
+                     | {("vfn", u) for u in ("0", "1", "2", "all")})
 
     _use_results_root(monkeypatch, tmp_path / "other_machine")
     installed = install_model(archive)
@@ -100,9 +102,9 @@ def test_export_then_install_reproduces_every_file(vfnet_env, tmp_path, monkeypa
 
 def test_missing_vfn_names_the_training_command(vfnet_env, tmp_path):
     fake_results(with_vfn=False)
-    with pytest.raises(ModelNotFoundError, match="vfnet_train vfn all") as info:
+    with pytest.raises(ModelNotFoundError, match="vfnet_train vfn 0") as info:
         export_model(NAME, tmp_path / "model.zip", preset=PRESET)
-    assert "vfnet_build_fusion_set -f all" in str(info.value)
+    assert "vfnet_build_fusion_set -f 0" in str(info.value)
     assert not (tmp_path / "model.zip").exists()
 
 
@@ -173,25 +175,32 @@ def test_cli_export(vfnet_env, tmp_path):
     fake_results()
     result = CliRunner().invoke(export_model_entry, ["-d", "Task07", "-o", str(tmp_path / "m.zip"), "--preset", PRESET])
     assert result.exit_code == 0, result.output
-    assert "Exported 13 unit(s) of Task07_Tiny" in result.output and zipfile.is_zipfile(tmp_path / "m.zip")
+    assert "Exported 16 unit(s) of Task07_Tiny" in result.output and zipfile.is_zipfile(tmp_path / "m.zip")
     result = CliRunner().invoke(export_model_entry, ["-o", str(tmp_path / "m.zip"), "--preset", "default"])
     assert result.exit_code == 2 and "vfnet_train 2d axial 0" in result.output
 
 
-def test_one_fold_prediction_uses_that_folds_own_vfn_when_trained(vfnet_env):
-    # -f k pairs fold unit k with the VFN of test fold k (the pair cross-validation scored); else the VFN 'all'
-    from vfnet.inference.models import own_fold_vfn
+def test_prediction_pairs_each_fold_unit_with_its_own_vfn(vfnet_env):
+    # fold k's VFN fuses fold unit k's maps (the pair cross-validation scored); vfn-all is a separate method
+    from vfnet.errors import ModelNotFoundError
+    from vfnet.inference.models import deployment_units, load_deployed_models
 
     results = fake_results()
     plan = Plan(_plan("cca"))
-    assert own_fold_vfn(results, PRESET, "vfn", plan, ["0"]) is None  # not trained: the caller falls back to 'all'
-    folder = paths.unit_dir(results, PRESET, "vfn", "0")
-    folder.mkdir(parents=True)
-    torch.save({"network": build_vfn(plan, 1, 2).state_dict()}, folder / "checkpoint_final.pth")
-    assert own_fold_vfn(results, PRESET, "vfn", plan, ["0"]) == "0"
-    assert own_fold_vfn(results, PRESET, "vfn_noimage", plan, ["0"]) is None
-    assert own_fold_vfn(results, PRESET, "vfn", plan, ["0", "1"]) is None
-    assert own_fold_vfn(results, PRESET, "vfn", plan, ["all"]) is None
+    assert deployment_units(plan, None) == (["0", "1", "2"], ["0", "1", "2"])
+    assert deployment_units(plan, ["1"]) == (["1"], ["1"])
+    assert deployment_units(plan, ["all"]) == (["all"], ["all"])
+    assert deployment_units(Plan(_plan("holdout")), None) == (["holdout"], ["holdout"])
+    with pytest.MonkeyPatch.context() as patch:  # the fake 2D checkpoints hold no real network
+        patch.setattr("vfnet.inference.models.load_unit_network", lambda *a, **k: None)
+        models = load_deployed_models(NAME, PRESET, fusion="vfn", device="cpu")
+        assert models.fusion_units == ["0", "1", "2"] and len(models.fusion_models["vfn"]) == 3
+        assert load_deployed_models(NAME, PRESET, fusion="vfn-all", device="cpu").fusion_units == ["all"]
+        shutil.rmtree(paths.unit_dir(results, PRESET, "vfn", "2"))
+        with pytest.raises(ModelNotFoundError, match="no trained vfn model '2'.*vfnet_train vfn 2"):
+            load_deployed_models(NAME, PRESET, fusion="vfn", device="cpu")
+        with pytest.raises(ModelNotFoundError, match="no stack weights for unit 0.*vfnet_crossval"):
+            load_deployed_models(NAME, PRESET, fusion="stack", device="cpu")
 
 
 def test_trained_3d_units_travel_with_the_model(vfnet_env, tmp_path):

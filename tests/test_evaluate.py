@@ -119,11 +119,13 @@ def test_compare_with_identical_predictions_gives_p_one(folders, tmp_path):
     assert all(t["t_test_p"] == 1.0 and t["wilcoxon_p"] == 1.0 for t in summary["paired_tests"].values())
 
 
-def test_missing_prediction_is_reported_not_fatal(folders):
+def test_missing_prediction_is_reported_and_fails_unless_allowed(folders):
     ref, pred = folders
     (pred / "c2.nii.gz").unlink()
     _write(_reference(), pred / "stray.nii.gz")
-    result = CliRunner().invoke(evaluate_entry, ["-r", str(ref), "-p", str(pred), "-q"])
+    strict = CliRunner().invoke(evaluate_entry, ["-r", str(ref), "-p", str(pred), "-q"])
+    assert strict.exit_code == 1 and "1 prediction(s) missing" in strict.output and "--allow-missing" in strict.output
+    result = CliRunner().invoke(evaluate_entry, ["-r", str(ref), "-p", str(pred), "-q", "--allow-missing"])
     assert result.exit_code == 0, result.output
     assert "missing predictions: c2" in result.output
     summary = _strict_json(pred / "summary.json")
@@ -135,13 +137,17 @@ def test_missing_prediction_is_reported_not_fatal(folders):
     assert "c2 (missing)" in (pred / "summary.md").read_text()
 
 
-def test_size_mismatch_names_both_files(folders):
+def test_size_mismatch_fails_that_case_by_name_and_the_rest_go_on(folders):
     ref, pred = folders
     _write(np.zeros((6, 10, 12), np.uint8), pred / "c0.nii.gz")
     result = CliRunner().invoke(evaluate_entry, ["-r", str(ref), "-p", str(pred), "-q"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
+    assert "FAILED c0" in result.output
     assert str(pred / "c0.nii.gz") in result.output and str(ref / "c0.nii.gz") in result.output
     assert "Traceback" not in result.output
+    summary = _strict_json(pred / "summary.json")
+    assert summary["cases"]["c0"]["mean_dice"] == 0.0 and summary["cases"]["c1"]["mean_dice"] > 0.5
+    assert "c0" in summary["failed"]
 
 
 def test_empty_masks_follow_the_convention(tmp_path):

@@ -77,7 +77,9 @@ def test_fuse_dispatches_with_one_signature():
         fuse("nls", maps, None)
     with pytest.raises(ModelNotFoundError):
         fuse("vfn", maps, np.zeros((1, 1, 1, 4)))
-    assert set(METHODS) == {"majority", "mean", "staple", "vfn", "vfn-noimage"}
+    with pytest.raises(ModelNotFoundError, match="stack"):
+        fuse("stack", maps)
+    assert set(METHODS) == {"majority", "mean", "staple", "stack", "vfn", "vfn-noimage"}
 
 
 def test_views_of_different_shapes_are_rejected():
@@ -201,7 +203,7 @@ def test_vfn_sliding_window_inside_roi_majority_outside(weighting, batch_size):
     roi_shape = tuple(s.stop - s.start for s in roi)
     count = len(window_grid(roi_shape, config.patch_size, config.stride))
     assert count > 1
-    # every window once; a chunk of a single window runs with its mirror image beside it
+    # every window once; a chunk of a single window runs twice (PyTorch's slow one-sample CPU path)
     chunks = [min(batch_size, count - first) for first in range(0, count, batch_size)]
     assert [w[0] for w in model.windows] == [2 if c == 1 else c for c in chunks]
     assert all(w[1:] == (4, 16, 16, 16) for w in model.windows)  # image + three views
@@ -215,14 +217,18 @@ class XRamp(torch.nn.Module):
         return ramp.expand(x.shape[0], 1, *x.shape[2:]).clone()
 
 
-def test_single_window_is_averaged_with_its_mirror():
-    volume = np.zeros((4, 16, 16, 16), dtype=np.float32)
-    one = sliding_window_probabilities(XRamp(), volume, VfnConfig([16, 16, 16], [8, 8, 8], [0, 0, 0]))
-    # sigmoid(a) and sigmoid(-a) average to one half everywhere
-    np.testing.assert_allclose(one[1], 0.5, atol=1e-6)
-    two = sliding_window_probabilities(XRamp(), np.zeros((4, 16, 16, 24), dtype=np.float32),
-                                       VfnConfig([16, 16, 16], [8, 8, 8], [0, 0, 0], batch_size=2))
-    assert two[1, :, :, -1].min() > 0.9  # two windows in one batch: no mirroring
+def test_mirroring_is_explicit_and_independent_of_batching():
+    volume = np.zeros((4, 16, 16, 24), dtype=np.float32)
+    config = VfnConfig([16, 16, 16], [8, 8, 8], [0, 0, 0])
+    lone = sliding_window_probabilities(XRamp(), volume, VfnConfig([16, 16, 16], [8, 8, 8], [0, 0, 0], batch_size=1))
+    batched = sliding_window_probabilities(XRamp(), volume, VfnConfig([16, 16, 16], [8, 8, 8], [0, 0, 0],
+                                                                      batch_size=2))
+    np.testing.assert_allclose(lone, batched, atol=1e-6)  # no hidden test-time augmentation
+    assert lone[1, :, :, -1].min() > 0.9
+    config.mirror = (2,)
+    mirrored = sliding_window_probabilities(XRamp(), volume, config)
+    # sigmoid(a) and sigmoid(-a) average to one half everywhere: asked for, every window is mirrored
+    np.testing.assert_allclose(mirrored[1], 0.5, atol=1e-6)
 
 
 def test_vfn_on_volume_smaller_than_patch():

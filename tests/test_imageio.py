@@ -74,3 +74,26 @@ def test_discover_dicom_folder(shared_data, tmp_path):
     cases = discover_cases(shared_data / "ct_example")
     names = {c.case_id for c in cases}
     assert {"dicom", "abdomen_ct_3mm", "abdomen_ct_3mm_labels"} == names
+
+
+def test_a_write_that_leaves_an_empty_file_is_refused_and_nothing_takes_the_name(tmp_path, monkeypatch):
+    from vfnet import imageio
+    from vfnet.errors import ImageWriteError
+
+    image = sitk.GetImageFromArray(np.ones((3, 4, 5), np.uint8))
+    good = tmp_path / "good.nii.gz"
+    imageio.write_image(image, good)
+    assert imageio.written_image_problem(good, image.GetSize()) is None
+
+    def full_disk(img, name, compress):  # what ITK does on a full disk: an empty file, no error
+        open(name, "wb").close()
+
+    monkeypatch.setattr(imageio.sitk, "WriteImage", full_disk)
+    target = tmp_path / "case.nii.gz"
+    with pytest.raises(ImageWriteError, match="could not write .*case.nii.gz: the file is empty"):
+        imageio.write_image(image, target)
+    assert not target.exists() and list(tmp_path.iterdir()) == [good]
+    # a truncated file is not complete either
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(good.read_bytes()[:20])
+    assert imageio.written_image_problem(truncated) == "the file cannot be read back"

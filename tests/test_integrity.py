@@ -153,11 +153,16 @@ def test_empty_dataset(demo_raw):
     ("{not json", "invalid JSON"),
     (json.dumps({"labels": {"background": 0}}), "channel_names"),
     (json.dumps({"channel_names": {"0": "CT"}}), "'labels'"),
+    (json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}, "numTraining": "eight"}),
+     "'numTraining' must be a whole number, got 'eight'"),
+    (b'{"name": "caf\xe9"}', "not UTF-8 text"),
 ])
 def test_dataset_json_problems(demo_raw, content, expected):
     path = demo_raw / "dataset.json"
     if content is None:
         path.unlink()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
     else:
         path.write_text(content)
     problems = _problems(demo_raw)

@@ -20,6 +20,17 @@ def test_id_short_and_full_names_resolve_to_the_same_dataset(tmp_path):
     assert paths.resolve_dataset("104", tmp_path) == "Task104_Other"
 
 
+def test_nnunet_v2_dataset_names_resolve_both_ways(tmp_path):
+    _make(tmp_path, "Task099_DemoOrgans", "Dataset097_Foo")
+    for query in (99, "Dataset099", "Dataset099_DemoOrgans", "Task099_DemoOrgans"):
+        assert paths.resolve_dataset(query, tmp_path) == "Task099_DemoOrgans"
+    for query in (97, "Task097", "Dataset097_Foo", "foo"):
+        assert paths.resolve_dataset(query, tmp_path) == "Dataset097_Foo"
+    _make(tmp_path, "Task097_Foo")
+    with pytest.raises(DatasetNotFoundError, match="ambiguous.*Dataset097_Foo, Task097_Foo"):
+        paths.resolve_dataset(97, tmp_path)
+
+
 def test_omitted_dataset_needs_exactly_one(tmp_path):
     _make(tmp_path, "Task04_Hippocampus")
     assert paths.resolve_dataset(None, tmp_path) == "Task04_Hippocampus"

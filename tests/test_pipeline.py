@@ -80,12 +80,12 @@ def test_crossval_table_has_every_method_and_records_the_best(trained):
     assert result.exit_code == 0, result.output
     folder = paths.results_root() / raw.name / PRESET / "crossval"
     table = read_json(folder / "crossval.json")
-    for method in ("axial", "coronal", "sagittal", "majority", "mean", "staple", "vfn", "vfn-noimage"):
+    for method in ("axial", "coronal", "sagittal", "majority", "mean", "staple", "stack", "vfn", "vfn-noimage"):
         assert method in table["methods"] and method + "+pp" in table["methods"]
-    assert "vfn vs majority" in table["tests"]
+    assert {"vfn vs majority", "vfn vs mean", "vfn vs stack"} <= set(table["tests"])
     assert set(table["cases"]) == set(read_json(root / "vfnet_preprocessed" / raw.name / "splits.json")["folds"]["C"])
     best = read_json(folder / "best_method.json")
-    assert best["method"] in ("majority", "mean", "staple", "vfn", "vfn-noimage")
+    assert best["method"] in ("majority", "mean", "staple", "stack", "vfn", "vfn-noimage")
     assert "| majority |" in (folder / "crossval.md").read_text()
 
 
@@ -125,6 +125,11 @@ def test_predict_keeps_geometry_names_corrupt_case_and_leaves_input_alone(traine
     # existing outputs are skipped, and the output folder may not sit inside the input
     again = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(out), "--preset", PRESET, "-q"])
     assert "Skipped 3" in again.output
+    # an empty output (a full disk's leftover) is not done: it is predicted again
+    (out / "turned.nii.gz").write_bytes(b"")
+    redo = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(out), "--preset", PRESET, "-q"])
+    assert "Skipped 2" in redo.output and "Wrote 1 case" in redo.output, redo.output
+    assert (out / "turned.nii.gz").stat().st_size > 0
     inside = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(inputs / "x"), "--preset", PRESET])
     assert inside.exit_code == 2 and "inside the input" in inside.output
 
@@ -147,6 +152,18 @@ def test_predict_real_ct_and_its_dicom_series_in_their_own_geometry(trained, sha
         np.testing.assert_allclose(label.GetSpacing(), image.GetSpacing(), atol=1e-5)
         np.testing.assert_allclose(label.GetOrigin(), image.GetOrigin(), atol=1e-4)
         np.testing.assert_allclose(label.GetDirection(), image.GetDirection(), atol=1e-6)
+    # the in-memory predictor gives the same labels for the real CT, as an image and as an array
+    from vfnet.inference.predictor import VfnetPredictor
+
+    predictor = VfnetPredictor(preset=PRESET, fusion="majority", postprocess=False, device="cpu")
+    ct = sitk.ReadImage(str(inputs / "abdomen_ct_3mm.nii.gz"))
+    from_image = predictor.predict_image(ct)
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "abdomen_ct_3mm.nii.gz")))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(from_image), expected)
+    assert from_image.GetSize() == ct.GetSize() and from_image.GetOrigin() == ct.GetOrigin()
+    from_array = predictor.predict_array(sitk.GetArrayFromImage(ct), ct.GetSpacing(), ct.GetOrigin(),
+                                         ct.GetDirection())
+    np.testing.assert_array_equal(from_array, expected)
 
 
 def test_predictions_evaluate_against_the_test_labels(trained, tmp_path):
@@ -180,3 +197,24 @@ def test_export_install_predict_gives_the_same_labels(trained, tmp_path, monkeyp
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(first / f"{case}.nii.gz")))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(second / f"{case}.nii.gz")))
         np.testing.assert_array_equal(a, b)
+
+
+def test_predict_refuses_non_finite_images_and_an_existing_file_as_output(trained, tmp_path):
+    _, raw = trained
+    inputs = tmp_path / "in"
+    shutil.copytree(raw / "imagesTs", inputs)
+    image = sitk.ReadImage(str(inputs / "demo_009_0000.nii.gz"), sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image)
+    array[:] = np.nan
+    nan_image = sitk.GetImageFromArray(array)
+    nan_image.CopyInformation(image)
+    sitk.WriteImage(nan_image, str(inputs / "empty_0000.nii.gz"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(out), "--preset", PRESET, "-q",
+                                                "--fusion", "majority"])
+    assert result.exit_code == 1 and "NaN or infinite" in result.output and "empty_0000" in result.output
+    assert not (out / "empty.nii.gz").exists() and (out / "demo_009.nii.gz").is_file()
+    a_file = tmp_path / "seg.nii.gz"
+    a_file.write_bytes(b"x")
+    refused = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(a_file), "--preset", PRESET, "-q"])
+    assert refused.exit_code == 2 and "is an existing file" in refused.output and "Traceback" not in refused.output

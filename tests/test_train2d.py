@@ -245,3 +245,16 @@ def test_hippocampus_axial_unit_on_a_handful_of_cases(shared_data, vfnet_env):
         assert probs.shape == (3, *data.load(case)[1].shape)
     assert (out / "checkpoint_final.pth").is_file() and (out / "summary.json").is_file()
     assert load_unit_network(out, Plan.load(data.folder), "axial").features == [32, 64, 128, 256]
+
+
+def test_a_finished_unit_is_never_destroyed_by_a_new_run(demo_preprocessed):
+    out = train_2d_unit(None, "axial", "0", preset="quick", quiet=True, schedule_overrides=TINY, features=[4, 8])
+    final = (out / "checkpoint_final.pth").read_bytes()
+    refused = CliRunner().invoke(train_entry, ["2d", "axial", "0", "--preset", "quick", "-q"])
+    assert refused.exit_code == 2 and "already trained" in refused.output and "--overwrite" in refused.output
+    assert (out / "checkpoint_final.pth").read_bytes() == final and (out / "summary.json").is_file()
+    again = train_2d_unit(None, "axial", "0", preset="quick", quiet=True, schedule_overrides={**TINY, "iterations": 6},
+                          features=[4, 8], overwrite=True)
+    assert again == out and not out.with_name("0.overwrite").exists() and not out.with_name("0.old").exists()
+    assert json.loads((out / "unit.json").read_text())["schedule"]["iterations"] == 6
+    assert (out / "summary.json").is_file() and (out / "predictions").is_dir()

@@ -84,6 +84,9 @@ def parse_dataset_json(data: dict, source: str = "dataset.json") -> DatasetInfo:
     if 0 not in labels.values():
         raise VfnetError(f"{source}: 'labels' must declare background as 0")
     num_training = data.get("numTraining", len(data.get("training", [])))
+    if isinstance(num_training, bool) or not (isinstance(num_training, int)
+                                              or (isinstance(num_training, float) and num_training.is_integer())):
+        raise VfnetError(f"{source}: 'numTraining' must be a whole number, got {num_training!r}")
     known = {"name", "channel_names", "modality", "labels", "numTraining", "file_ending", "training", "test"}
     return DatasetInfo(
         name=str(data.get("name", "")),
@@ -101,7 +104,9 @@ def read_dataset_json(path: Path, missing_hint: str = "every dataset folder need
     if not path.is_file():
         raise VfnetError(f"{path}: missing; {missing_hint}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise VfnetError(f"{path}: not UTF-8 text; save it as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise VfnetError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
 

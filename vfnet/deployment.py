@@ -35,7 +35,7 @@ MANIFEST = "vfnet_model.json"
 FORMAT = "vfnet_model"
 FORMAT_VERSION = 1
 DATASET_FILES = ("plans.json", "dataset.json", "fingerprint.json", "splits.json")
-UNIT_FILES = (FINAL_CHECKPOINT, "unit.json", "summary.json")
+UNIT_FILES = (FINAL_CHECKPOINT, "checkpoint_best.pth", "unit.json", "summary.json")
 CROSSVAL_FILES = ("best_method.json", "crossval.json", "crossval.md")
 
 
@@ -61,9 +61,9 @@ def deployment_unit_list(plan: Plan, results: Path, preset: str, include_all_fol
     unit, next to a fold ensemble the per-view 2D units ``all`` (for ``-f all``), and the 3D
     U-Net baseline's units (for ``vfnet_predict --model 3d``).
     """
-    units_2d, vfn_unit = deployment_units(plan, None if include_all_folds else ["all"])
-    required = [(f"2d_{view}", unit) for unit in units_2d for view in VIEWS] + [("vfn", vfn_unit)]
-    optional = [("vfn_noimage", vfn_unit)]
+    units_2d, vfn_units = deployment_units(plan, None if include_all_folds else ["all"])
+    required = [(f"2d_{view}", unit) for unit in units_2d for view in VIEWS] + [("vfn", u) for u in vfn_units]
+    optional = [("vfn_noimage", u) for u in vfn_units] + [("vfn", "all")] * ("all" not in vfn_units)
     if "all" not in units_2d:
         alls = [(f"2d_{view}", "all") for view in VIEWS]
         if all(_unit_complete(paths.unit_dir(results, preset, n, u)) for n, u in alls):
@@ -102,9 +102,12 @@ def export_model(dataset: str | int | None, output_zip: str | Path, preset: str 
     files = [results / f for f in DATASET_FILES if (results / f).is_file()]
     for network, unit in units:
         unit_dir = paths.unit_dir(results, preset, network, unit)
-        files += [unit_dir / f for f in UNIT_FILES if (unit_dir / f).is_file()]
+        # a VFN predicts from the checkpoint that validated best; the other networks from the final one
+        files += [unit_dir / f for f in UNIT_FILES if (unit_dir / f).is_file()
+                  and (f != "checkpoint_best.pth" or network.startswith("vfn"))]
     files += [results / preset / "crossval" / f for f in CROSSVAL_FILES
               if (results / preset / "crossval" / f).is_file()]
+    files += sorted((results / preset / "stack").glob("*/stack.json"))  # the stack fusion's weights per fold
     relative = {f.relative_to(results).as_posix(): f for f in files}
     best_path = results / preset / "crossval" / "best_method.json"
     manifest = {

@@ -30,3 +30,7 @@ class ModelNotFoundError(VfnetError):
 
 class ImageReadError(VfnetError):
     """An image file could not be read."""
+
+
+class ImageWriteError(VfnetError):
+    """An image could not be written completely (full disk, file-size limit, read-only folder)."""

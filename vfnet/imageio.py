@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from vfnet.atomic import atomic_path
-from vfnet.errors import ImageReadError
+from vfnet.errors import ImageReadError, ImageWriteError
 
 CANONICAL_ORIENTATION = "LPS"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -151,11 +151,43 @@ def from_canonical(array: np.ndarray, geometry: Geometry) -> sitk.Image:
 
 
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> None:
-    """Write atomically (temporary name with the same extension, then rename)."""
+    """Write atomically: to a temporary name with the same extension, verified, then renamed.
+
+    ITK does not report every failed write (a full disk or a file-size limit can leave an empty
+    file), so the temporary file is read back (header, and for NIfTI the whole data stream) and
+    must describe an image of the same size before it takes its final name.
+
+    Raises:
+        ImageWriteError: the file could not be written completely; nothing is left under ``path``.
+    """
     path = Path(path)
     suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
     with atomic_path(path, suffix=suffix) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+        try:
+            sitk.WriteImage(image, str(tmp), compress)
+        except RuntimeError:
+            raise ImageWriteError(f"could not write {path}: the image writer failed (is the disk full or "
+                                  "the folder read-only?)") from None
+        problem = written_image_problem(tmp, tuple(image.GetSize()))
+        if problem:
+            raise ImageWriteError(f"could not write {path}: {problem} (is the disk full or a file-size limit set?)")
+
+
+def written_image_problem(path: str | Path, size: tuple[int, ...] | None = None) -> str | None:
+    """Why the image file at ``path`` is not complete (empty, unreadable, truncated, other size), or None."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return "the file is empty"
+        nifti_raw_check(path)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+    except (ImageReadError, RuntimeError, OSError):
+        return "the file cannot be read back"
+    if size is not None and tuple(reader.GetSize()) != tuple(size):
+        return f"the file holds size {reader.GetSize()}, not {size}"
+    return None
 
 
 def write_like(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:

@@ -11,7 +11,8 @@ from vfnet.errors import DatasetNotFoundError
 
 ENV_VARS = ("vfnet_raw", "vfnet_preprocessed", "vfnet_results")
 _DEFAULT_SUBDIRS = {"vfnet_raw": "raw", "vfnet_preprocessed": "preprocessed", "vfnet_results": "results"}
-_TASK_RE = re.compile(r"^Task(\d{2,3})_(.+)$")
+# MSD / nnU-Net v1 folders (TaskXX_Name) and nnU-Net v2 folders (DatasetXXX_Name) alike
+_TASK_RE = re.compile(r"^(?:Task|Dataset)(\d{2,3})_(.+)$")
 _notice_given = False
 
 
@@ -51,20 +52,21 @@ def task_name(task_id: int, name: str) -> str:
 
 
 def parse_task_name(folder_name: str) -> tuple[int, str] | None:
-    """Return (id, name) of a ``TaskXX_Name`` folder name, or None."""
+    """Return (id, name) of a ``TaskXX_Name`` or ``DatasetXXX_Name`` folder name, or None."""
     match = _TASK_RE.match(folder_name)
     return (int(match.group(1)), match.group(2)) if match else None
 
 
 def list_datasets(root: Path) -> list[str]:
-    """Dataset folder names (``TaskXX_Name``) directly under ``root``, sorted."""
+    """Dataset folder names (``TaskXX_Name`` or ``DatasetXXX_Name``) directly under ``root``, sorted."""
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and parse_task_name(p.name))
 
 
 def resolve_dataset(dataset: str | int | None, root: Path) -> str:
-    """Resolve ``4``, ``"Task04"`` or ``"Task04_Hippocampus"`` to the folder name under ``root``.
+    """Resolve ``4``, ``"Task04"``, ``"Task04_Hippocampus"``, ``"Dataset004"`` or ``"Dataset004_Hippocampus"``
+    (nnU-Net v2's names) to the folder name under ``root``; either kind of folder matches an id.
 
     Args:
         dataset: id, ``TaskXX`` or full name; None picks the only dataset there is.
@@ -83,7 +85,7 @@ def resolve_dataset(dataset: str | int | None, root: Path) -> str:
             "Name one with -d, e.g. -d 4 or -d Task04."
         )
     text = str(dataset).strip()
-    match = re.match(r"^(?:Task)?(\d{1,3})(?:_(.+))?$", text)
+    match = re.match(r"^(?:Task|Dataset)?(\d{1,3})(?:_(.+))?$", text)
     if match:
         wanted_id = int(match.group(1))
         wanted_name = match.group(2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from vfnet.evaluation.evaluate import evaluate_folders, labels_from_dataset
@@ -21,9 +23,12 @@ from vfnet_cli.common import command, processes_option, quiet_option
               help="A second prediction folder: adds paired t-test and Wilcoxon p-values (PRED vs this).")
 @click.option("-o", "--output", "output_dir", default=None, type=click.Path(file_okay=False),
               help="Where summary.json, summary.md and boxplot.png go. Default: the prediction folder.")
+@click.option("--allow-missing", is_flag=True,
+              help="Exit 0 even when reference cases have no prediction (they still score Dice 0).")
 @processes_option
 @quiet_option
-def evaluate_entry(reference_dir, prediction_dir, dataset, compare_dir, output_dir, num_processes, quiet):
+def evaluate_entry(reference_dir, prediction_dir, dataset, compare_dir, output_dir, allow_missing, num_processes,
+                   quiet):
     """Dice, HD95 (mm) and volume difference (ml) of predicted label maps against references.
 
     Cases are paired by file name without extension. Labels come from the dataset.json of -d
@@ -31,7 +36,9 @@ def evaluate_entry(reference_dir, prediction_dir, dataset, compare_dir, output_d
     is evaluated as label_<value>. A case's overall score is its mean Dice over labels;
     summary.md gives, per label and overall, mean ± std, min, Q1, median, Q3 and max (the
     paper's Table 1). A reference case without a prediction is reported as missing and
-    scores Dice 0.
+    scores Dice 0, and the command then exits 1 unless --allow-missing. A prediction of another
+    size than its reference is scored as failed (Dice 0) and named, the other cases go on, and
+    the command exits 1.
 
     \b
     Empty masks (per case and label):
@@ -51,6 +58,8 @@ def evaluate_entry(reference_dir, prediction_dir, dataset, compare_dir, output_d
                        f"  (median {100 * dice['median']:6.2f}, min {100 * dice['min']:6.2f})")
         if method["missing"]:
             click.echo(f"  missing predictions: {', '.join(method['missing'])}")
+        for case, reason in method.get("failed", {}).items():
+            click.echo(f"  FAILED {case}: {reason}", err=True)
     for name, test in summary.get("paired_tests", {}).items():
         click.echo(f"paired {name:<16} mean difference {100 * test['mean_difference']:+.2f} % points, "
                    f"t-test p {format_pvalue(test['t_test_p'])}, Wilcoxon p {format_pvalue(test['wilcoxon_p'])}")
@@ -59,3 +68,9 @@ def evaluate_entry(reference_dir, prediction_dir, dataset, compare_dir, output_d
         click.echo(f"{warnings} warning(s), listed in summary.md", err=True)
     for path in summary["output_files"].values():
         click.echo(f"wrote {path}")
+    missing = sum(len(m["missing"]) for m in methods)
+    if any(m.get("failed") for m in methods) or (missing and not allow_missing):
+        if missing and not allow_missing:
+            click.echo(f"{missing} prediction(s) missing (scored Dice 0); pass --allow-missing to accept that",
+                       err=True)
+        sys.exit(1)

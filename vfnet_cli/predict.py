@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vfnet.fusion.methods import METHODS
+from vfnet.inference.models import PREDICT_METHODS
 from vfnet.inference.predict import MODELS, predict
 from vfnet_cli.common import command, dataset_option, preset_option, quiet_option
 
@@ -24,13 +24,19 @@ from vfnet_cli.common import command, dataset_option, preset_option, quiet_optio
               help="vfnet: the three views fused; 3d: the 3D U-Net baseline (vfnet_train 3d) instead.")
 @click.option("-f", "--folds", multiple=True,
               help="Fold units whose predictions are averaged (default: all K folds, or holdout; 'all' uses the "
-                   "units trained on every case). Several at once: -f 0 1 2 3. With one fold k, the VFN of "
-                   "test fold k fuses when it is trained, else the VFN 'all'.")
-@click.option("--fusion", type=click.Choice(list(METHODS)), default=None,
-              help="Fusion method of --model vfnet (default: the one vfnet_crossval found best, else vfn).")
+                   "units trained on every case). Several at once: -f 0 1 2 3. The VFN (and stack) of "
+                   "test fold k fuses fold unit k's maps, the pair cross-validation scored, and the "
+                   "folds' fused probabilities are averaged.")
+@click.option("--fusion", type=click.Choice(list(PREDICT_METHODS)), default=None,
+              help="Fusion method of --model vfnet (default: the one vfnet_crossval found best, else vfn). "
+                   "vfn-all: the VFN trained on every case, fusing the mean of the fold ensemble "
+                   "(a pairing cross-validation cannot score).")
 @click.option("--postprocess/--no-postprocess", default=None,
               help="Keep the largest connected component of each label (default: as vfnet_crossval found best).")
-@click.option("--tta", is_flag=True, help="Test-time augmentation: also predict mirrored volumes and average.")
+@click.option("--tta", is_flag=True,
+              help="Test-time augmentation: also predict volumes mirrored along the axes the networks were "
+                   "trained mirrored along, and average. Planned networks train without mirroring (it swaps "
+                   "left/right labels), so --tta changes nothing for them.")
 @click.option("--save-probabilities", is_flag=True,
               help="Also save each view's probabilities (<case>.npz, preprocessed grid).")
 @click.option("--overwrite", is_flag=True, help="Predict cases whose output exists (default: skip them).")

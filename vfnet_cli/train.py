@@ -24,7 +24,8 @@ def _train_2d(arguments: tuple[str, ...], **options):
                                f"(views: {', '.join(VIEWS)}; units: see plans.json)")
     view, unit = arguments
     return train_2d_unit(options["dataset"], view, unit, preset=options["preset"], device=options["device"],
-                         num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"])
+                         num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"],
+                         overwrite=options["overwrite"])
 
 
 def _train_vfn(arguments: tuple[str, ...], **options):
@@ -32,14 +33,16 @@ def _train_vfn(arguments: tuple[str, ...], **options):
         raise click.UsageError("vfn takes UNIT, e.g. vfnet_train vfn 0 (a test fold, all, or holdout)")
     return train_vfn_unit(options["dataset"], arguments[0], preset=options["preset"],
                           use_image=not options["no_image"], device=options["device"],
-                          num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"])
+                          num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"],
+                          overwrite=options["overwrite"])
 
 
 def _train_3d(arguments: tuple[str, ...], **options):
     if len(arguments) != 1:
         raise click.UsageError("3d takes UNIT, e.g. vfnet_train 3d 0 (a fold, holdout, or all)")
     return train_3d_unit(options["dataset"], arguments[0], preset=options["preset"], device=options["device"],
-                         num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"])
+                         num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"],
+                         overwrite=options["overwrite"])
 
 
 # One entry per network kind: its positional arguments (for messages) and the function that trains it.
@@ -56,10 +59,12 @@ NETWORKS = {"2d": ("VIEW UNIT", _train_2d), "vfn": ("UNIT", _train_vfn), "3d": (
 @threads_option
 @click.option("--continue", "resume", is_flag=True,
               help="Continue from checkpoint_latest.pth: weights, optimizer, schedule, iteration and random state.")
+@click.option("--overwrite", is_flag=True,
+              help="Train a finished unit again; the trained unit stays until the new run is complete.")
 @click.option("--no-image", is_flag=True,
               help="vfn only: the paper's ablation without the image channel (results in vfn_noimage/).")
 @quiet_option
-def train_entry(network, arguments, dataset, preset, budget, device, num_threads, resume, no_image, quiet):
+def train_entry(network, arguments, dataset, preset, budget, device, num_threads, resume, overwrite, no_image, quiet):
     """Train one unit of a network and predict the folds it leaves out.
 
     \b
@@ -91,7 +96,8 @@ def train_entry(network, arguments, dataset, preset, budget, device, num_threads
         raise click.UsageError("--no-image applies to vfn only")
     preset = resolve_preset(preset, budget)
     out = NETWORKS[network][1](arguments, dataset=dataset, preset=preset, device=device,
-                               num_threads=num_threads, resume=resume, no_image=no_image, quiet=quiet)
+                               num_threads=num_threads, resume=resume, overwrite=overwrite, no_image=no_image,
+                               quiet=quiet)
     click.echo(f"Done: {out}")
 
 

@@ -116,25 +116,31 @@ def evaluate_pair(case: str, reference_path: Path, prediction_path: Path | None,
                   labels: dict[str, int] | None) -> dict:
     """Metrics of one case. ``labels=None`` evaluates every non-zero value present in either file.
 
+    A prediction whose size differs from the reference's is scored as failed (Dice 0 on every
+    label, like a missing one) and its reason kept in ``failed``, so one bad file does not stop
+    the evaluation of the others.
+
     Raises:
-        VfnetError: a file cannot be read, or the two files have different sizes (naming both).
+        VfnetError: a file cannot be read.
     """
     reference, spacing, ref_image = _read_label_map(reference_path)
     entry: dict = {"reference_file": str(reference_path),
                    "prediction_file": str(prediction_path) if prediction_path else None,
-                   "missing": prediction_path is None, "warnings": []}
+                   "missing": prediction_path is None, "failed": None, "warnings": []}
     present = set(np.unique(reference).tolist())
-    if prediction_path is None:
+    prediction = pred_image = None
+    if prediction_path is not None:
+        prediction, _, pred_image = _read_label_map(prediction_path)
+        if prediction.shape != reference.shape:
+            entry["failed"] = (f"prediction {prediction_path} has size {pred_image.GetSize()} but reference "
+                               f"{reference_path} has size {ref_image.GetSize()}; predictions must be in the "
+                               "reference's geometry")
+    if prediction_path is None or entry["failed"]:
         wanted = labels if labels is not None else {f"label_{v}": v for v in sorted(present - {0})}
         entry["labels"] = {name: missing_label_entry(float(np.sum(reference == value)) * float(np.prod(spacing))
                                                      / 1000.0) for name, value in wanted.items()}
         entry["mean_dice"] = 0.0
         return entry
-    prediction, _, pred_image = _read_label_map(prediction_path)
-    if prediction.shape != reference.shape:
-        raise VfnetError(f"prediction {prediction_path} has size {pred_image.GetSize()} but reference "
-                         f"{reference_path} has size {ref_image.GetSize()}; predictions must be in the "
-                         "reference's geometry")
     entry["warnings"] = _geometry_warnings(ref_image, pred_image, reference_path, prediction_path)
     present |= set(np.unique(prediction).tolist())
     if labels is None:
@@ -165,6 +171,7 @@ def evaluate_prediction_folder(reference_files: dict[str, Path], prediction_dir:
             results = list(tqdm(pool.imap(_evaluate_pair_args, jobs, chunksize=2), **bar))
     return {"prediction_dir": str(prediction_dir), "cases": dict(results),
             "missing": [case for case, _, pred, _ in jobs if pred is None],
+            "failed": {case: entry["failed"] for case, entry in results if entry.get("failed")},
             "extra_predictions": sorted(str(predictions[c]) for c in set(predictions) - set(reference_files))}
 
 
@@ -174,7 +181,8 @@ def _complete_labels(method: dict, labels: dict[str, int]) -> None:
     for entry in method["cases"].values():
         for name in labels:
             if name not in entry["labels"]:
-                entry["labels"][name] = missing_label_entry(0.0) if entry["missing"] else dict(both_empty)
+                entry["labels"][name] = (missing_label_entry(0.0) if entry["missing"] or entry.get("failed")
+                                         else dict(both_empty))
         entry["labels"] = {name: entry["labels"][name] for name in labels}
         entry["mean_dice"] = float(np.mean([v["dice"] for v in entry["labels"].values()])) if labels else math.nan
 
@@ -229,6 +237,8 @@ def render_markdown(summary: dict, dice_table: str) -> str:
     lines = ["# Evaluation", "", f"- Reference: `{summary['reference_dir']}` ({summary['num_cases']} cases)"]
     for m in methods:
         missing = f"; missing: {len(m['missing'])} ({', '.join(m['missing'][:10])})" if m["missing"] else ""
+        if m.get("failed"):
+            missing += f"; failed (scored Dice 0): {len(m['failed'])} ({', '.join(list(m['failed'])[:10])})"
         lines.append(f"- **{m['name']}**: `{m['prediction_dir']}`{missing}")
     lines += [f"- Labels: {', '.join(f'{name} = {value}' for name, value in labels.items())}", "",
               "## Dice (DSC, %)", "", dice_table,
@@ -245,7 +255,7 @@ def render_markdown(summary: dict, dice_table: str) -> str:
                   markdown_table(rows, {"label": "Label", "n": "n", "diff": "Mean difference (DSC, % points)",
                                         "t": "Paired t-test p", "w": "Wilcoxon p"}), ""]
     for m in methods:
-        rows = [{"case": case + (" (missing)" if e["missing"] else ""),
+        rows = [{"case": case + (" (missing)" if e["missing"] else "") + (" (failed)" if e.get("failed") else ""),
                  **{name: e["labels"][name]["dice"] * 100 for name in labels}, "mean": e["mean_dice"] * 100}
                 for case, e in m["cases"].items()]
         lines += [f"## Per case: {m['name']} (DSC, %)", "",

@@ -24,12 +24,15 @@ from vfnet.evaluation.stats import paired_tests, summarize
 from vfnet.fusion.fusion_set import load_view_maps
 from vfnet.fusion.methods import VfnConfig, fuse
 from vfnet.fusion.postprocess import keep_largest_component
+from vfnet.fusion.stack import fit_unit_stack
 from vfnet.inference.models import FINAL_CHECKPOINT, load_vfn
 from vfnet.plans import Plan
 from vfnet.training.trainer import resolve_device
 from vfnet.views import VIEWS
 
-FUSION_METHODS = ("majority", "mean", "staple", "vfn", "vfn-noimage")
+FUSION_METHODS = ("majority", "mean", "staple", "stack", "vfn", "vfn-noimage")
+# the methods the VFN is compared with, case by case (paired tests)
+VFN_RIVALS = ("mean", "majority", "stack", "3d")
 POSTPROCESSED = "+pp"
 
 
@@ -75,7 +78,11 @@ def crossval(dataset: str | int | None, preset: str = "default", device: str = "
     methods_seen: list[str] = []
     for fold, unit, vfn_unit in test_folds(plan):
         vfns = _load_fold_vfns(results, preset, vfn_unit, plan, torch_device)
-        methods = list(VIEWS) + [m for m in FUSION_METHODS if not m.startswith("vfn") or m in vfns]
+        # the stack of this test fold, fitted on the same fusion set as its VFN (when there is one)
+        stack = fit_unit_stack(preprocessed, results, preset, vfn_unit, plan.num_channels, plan.num_classes)
+        if stack is not None:
+            vfns["stack"] = stack
+        methods = list(VIEWS) + [m for m in FUSION_METHODS if m not in ("stack", "vfn", "vfn-noimage") or m in vfns]
         # the 3D U-Net baseline of the same fold (its unit shares the 2D unit's name), when it predicted the fold
         unit_3d = paths.unit_dir(results, preset, "3d", unit)
         if all((unit_3d / "predictions" / f"{c}.npz").is_file() for c in data.fold_cases([fold])):
@@ -119,7 +126,7 @@ def crossval(dataset: str | int | None, preset: str = "default", device: str = "
         summary[m]["seconds_per_case"] = float(np.mean([c["seconds"][m] for c in cases.values()]))
     tests = {}
     for suffix in ("", POSTPROCESSED):
-        for rival in ("majority", "3d"):
+        for rival in VFN_RIVALS:
             if "vfn" + suffix in complete and rival + suffix in complete:
                 tests[f"vfn{suffix} vs {rival}{suffix}"] = {
                     lab: paired_tests([c["dice"]["vfn" + suffix][lab] for c in cases.values()],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,15 @@ import torch
 from vfnet import paths
 from vfnet.atomic import read_json
 from vfnet.errors import ModelNotFoundError, VfnetError
-from vfnet.fusion.methods import METHODS, VfnConfig, fuse
+from vfnet.fusion.methods import METHODS, VfnConfig, fuse, fused_probabilities
 from vfnet.fusion.postprocess import keep_largest_component
+from vfnet.fusion.stack import load_stack, stack_path
 from vfnet.inference.predict2d import load_unit_network, predict_volume_2d
 from vfnet.inference.predict3d import load_unit_network_3d, predict_volume_3d
 from vfnet.networks.vfn import build_vfn, state_has_view_prior
 from vfnet.plans import Plan
 from vfnet.training.trainer import resolve_device
-from vfnet.views import VIEWS
+from vfnet.views import VIEWS, permutation
 
 FINAL_CHECKPOINT = "checkpoint_final.pth"
 BEST_CHECKPOINT = "checkpoint_best.pth"
@@ -40,18 +42,48 @@ def load_vfn(unit_dir: Path, plan: Plan, use_image: bool = True, device: str | t
     return model.to(device).eval()
 
 
-def deployment_units(plan: Plan, folds: list[str] | None) -> tuple[list[str], str]:
-    """(2D units to ensemble, VFN unit) for new data."""
+def deployment_units(plan: Plan, folds: list[str] | None) -> tuple[list[str], list[str]]:
+    """(2D units to ensemble, fusion units) for new data.
+
+    With the K fold units of a CCA plan the fusion units are the same K folds: fold k's VFN (or
+    stack) fuses fold unit k's maps, exactly the pairs cross-validation scored, and the K fused
+    probability maps are averaged. ``-f all`` pairs the 2D units ``all`` with VFN ``all``.
+    """
     if plan["split_mode"] == "holdout":
-        return (folds or ["holdout"]), "holdout"
+        return (folds or ["holdout"]), ["holdout"]
     if folds == ["all"]:
-        return ["all"], "all"
-    return (folds or list(plan["fold_names"])), "all"
+        return ["all"], ["all"]
+    units = folds or list(plan["fold_names"])
+    return units, list(units)
+
+
+# fusion method -> results folder of its trained models (stack weights live in <preset>/stack/)
+FUSION_NETWORKS = {"vfn": "vfn", "vfn-noimage": "vfn_noimage", "vfn-all": "vfn"}
+PREDICT_METHODS = (*METHODS, "vfn-all")
+
+
+def tta_axes(plan: Plan) -> tuple[int, ...]:
+    """Canonical axes (0 z, 1 y, 2 x) the views were mirrored along in training: the axes ``--tta``
+    mirrors. Planned: none (mirroring swaps left/right labels). Plans without ``mirror_axes``
+    trained with in-plane mirroring, and mirror y and x as before."""
+    axes = set()
+    for view in VIEWS:
+        spec = plan["views"][view]
+        if "mirror_axes" not in spec:
+            return (1, 2)
+        view_axes = permutation(view)[1:]  # canonical axes of the slice's height and width
+        axes.update(view_axes[int(a)] for a in spec["mirror_axes"])
+    return tuple(sorted(axes))
 
 
 @dataclass
 class DeployedModels:
-    """View networks (fold ensemble per view) and the fusion model of one trained dataset."""
+    """View networks (fold ensemble per view) and the fusion models of one trained dataset.
+
+    ``fusion_models[method]`` holds one model per fold unit (paired: fold k's model fuses fold k's
+    maps and the fused probability maps are averaged) or a single model that fuses the mean of the
+    views' fold ensembles (``vfn-all``, ``-f all``, holdout).
+    """
 
     plan: Plan
     folds: list[str]
@@ -59,49 +91,94 @@ class DeployedModels:
     default_postprocess: bool
     device: torch.device
     view_networks: dict[str, list[torch.nn.Module]] = field(default_factory=dict)
-    vfn_models: dict[str, torch.nn.Module] = field(default_factory=dict)
+    fusion_models: dict[str, list] = field(default_factory=dict)
     batch_size: int = 64
-    vfn_unit: str | None = None  # the VFN unit loaded, when the fusion is a VFN
+    fusion_units: list[str] | None = None  # the VFN / stack units loaded, when the fusion has models
+
+    def fold_view_probabilities(self, image: np.ndarray, tta: bool = False) -> list[dict[str, np.ndarray]]:
+        """Per fold unit, per view, the softmax maps (averaged over mirrorings along :func:`tta_axes` with ``tta``)."""
+        axes = tta_axes(self.plan) if tta else ()
+        flips = [()] + [combo for n in range(1, len(axes) + 1) for combo in combinations(axes, n)]
+        out = [{} for _ in self.folds]
+        for view in VIEWS:
+            context = self.plan["views"][view]["context_slices"]
+            for k, network in enumerate(self.view_networks[view]):
+                total = None
+                for flip in flips:
+                    dims = [a + 1 for a in flip]
+                    flipped = np.flip(image, dims) if flip else image
+                    probs = predict_volume_2d(network, np.ascontiguousarray(flipped), view, context,
+                                              self.device, self.batch_size)
+                    probs = np.flip(probs, dims) if flip else probs
+                    total = probs if total is None else total + probs
+                out[k][view] = total / len(flips)
+        return out
 
     def view_probabilities(self, image: np.ndarray, tta: bool = False) -> dict[str, np.ndarray]:
         """Per view, the mean over the fold ensemble (and mirrorings with ``tta``) of the softmax maps."""
-        out = {}
-        flips = [()] + ([(1,), (2,), (1, 2)] if tta else [])
-        for view in VIEWS:
-            context = self.plan["views"][view]["context_slices"]
-            total = None
-            for network in self.view_networks[view]:
-                for axes in flips:
-                    flipped = np.flip(image, [a + 1 for a in axes]) if axes else image
-                    probs = predict_volume_2d(network, np.ascontiguousarray(flipped), view, context,
-                                              self.device, self.batch_size)
-                    probs = np.flip(probs, [a + 1 for a in axes]) if axes else probs
-                    total = probs if total is None else total + probs
-            out[view] = total / (len(self.view_networks[view]) * len(flips))
-        return out
+        return _mean_maps(self.fold_view_probabilities(image, tta))
 
-    def fuse(self, method: str, view_probs: dict[str, np.ndarray], image: np.ndarray,
-             postprocess: bool = False) -> np.ndarray:
-        model = self.vfn_models.get(method)
+    def segment(self, method: str, image: np.ndarray, tta: bool = False,
+                postprocess: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(labels (z, y, x) uint8, the views' mean maps) of ``image`` fused with ``method``."""
+        per_fold = self.fold_view_probabilities(image, tta)
+        mean_maps = _mean_maps(per_fold)
+        models = self.fusion_models.get(method, [])
         config = VfnConfig.from_plan(self.plan, device=self.device)
-        return fuse(method, view_probs, image, model=model, vfn_config=config, postprocess=postprocess)
+        if method.startswith("vfn") and tta and self.plan["vfn"].get("augmentation", "none") == "paper":
+            config.mirror = (0, 1, 2)  # the paper's augmentation flipped every axis
+        base = "vfn" if method == "vfn-all" else method
+        if len(models) > 1 or (models and len(per_fold) == 1):
+            fused = None
+            for maps, model in zip(per_fold, models):
+                probs = fused_probabilities(base, maps, image, model=model, vfn_config=config)
+                fused = probs if fused is None else fused + probs
+            labels = np.argmax(fused, axis=0).astype(np.uint8)
+            if postprocess:
+                labels = keep_largest_component(labels, self.plan.num_classes)
+        else:
+            labels = fuse(base, mean_maps, image, model=models[0] if models else None, vfn_config=config,
+                          postprocess=postprocess)
+        return labels, mean_maps
+
+
+def _mean_maps(per_fold: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {view: sum(maps[view] for maps in per_fold) / len(per_fold) for view in per_fold[0]}
 
 
 def _train_hint(dataset: str, preset: str, network: str, unit: str) -> str:
     if network.startswith("2d_"):
         return f"vfnet_train 2d {network[3:]} {unit} -d {dataset} --preset {preset}"
+    if network == "stack":
+        return f"vfnet_crossval -d {dataset} --preset {preset}"
     flag = " --no-image" if network == "vfn_noimage" else ""
     return (f"vfnet_build_fusion_set -f {unit} -d {dataset} --preset {preset} && "
             f"vfnet_train vfn {unit}{flag} -d {dataset} --preset {preset}")
 
 
-def own_fold_vfn(results: Path, preset: str, network: str, plan: Plan, units: list[str]) -> str | None:
-    """With one fold unit k, the VFN of test fold k when it is trained (it fused exactly unit k's
-    maps in the cross-validation and never saw fold k); else None, and the deployment VFN is used."""
-    if len(units) != 1 or units[0] not in plan["fold_names"]:
-        return None
-    own = units[0]
-    return own if (paths.unit_dir(results, preset, network, own) / FINAL_CHECKPOINT).is_file() else None
+def load_fusion_models(results: Path, preset: str, method: str, plan: Plan, units: list[str], device) -> list:
+    """The fusion models of ``method`` for ``units`` (one each), in their order.
+
+    Raises:
+        ModelNotFoundError: one is missing; the message names the command that makes it.
+    """
+    name = results.name
+    out = []
+    for unit in units:
+        if method == "stack":
+            weights = load_stack(results, preset, unit)
+            if weights is None:
+                raise ModelNotFoundError(f"no stack weights for unit {unit} in {stack_path(results, preset, unit)}; "
+                                         f"fit them with: {_train_hint(name, preset, 'stack', unit)}")
+            out.append(weights)
+            continue
+        network = FUSION_NETWORKS[method]
+        unit_dir = paths.unit_dir(results, preset, network, unit)
+        if not (unit_dir / FINAL_CHECKPOINT).is_file():
+            raise ModelNotFoundError(f"no trained {network} model '{unit}' in {unit_dir}; train it with: "
+                                     f"{_train_hint(name, preset, network, unit)} (or use --fusion mean)")
+        out.append(load_vfn(unit_dir, plan, method != "vfn-noimage", device))
+    return out
 
 
 def load_deployed_models(dataset: str | int | None, preset: str = "default", folds: list[str] | None = None,
@@ -111,12 +188,12 @@ def load_deployed_models(dataset: str | int | None, preset: str = "default", fol
     name = results.name
     plan = Plan.load(results)
     torch_device = resolve_device(device)
-    units, vfn_unit = deployment_units(plan, folds)
+    units, fusion_units = deployment_units(plan, folds)
     best_path = results / preset / "crossval" / "best_method.json"
     best = read_json(best_path) if best_path.is_file() else {"method": "vfn", "postprocess": False}
     method = fusion or best["method"]
-    if method not in METHODS:
-        raise VfnetError(f"fusion '{method}' unknown; expected one of {', '.join(METHODS)}")
+    if method not in PREDICT_METHODS:
+        raise VfnetError(f"fusion '{method}' unknown; expected one of {', '.join(PREDICT_METHODS)}")
     models = DeployedModels(plan, units, method, bool(best.get("postprocess", False)) if not fusion else False,
                             torch_device)
     for view in VIEWS:
@@ -127,16 +204,10 @@ def load_deployed_models(dataset: str | int | None, preset: str = "default", fol
                 raise ModelNotFoundError(f"no trained {view} model for unit {unit} in {unit_dir}; train it with: "
                                          f"{_train_hint(name, preset, f'2d_{view}', unit)}")
             models.view_networks[view].append(load_unit_network(unit_dir, plan, view, torch_device))
-    if method.startswith("vfn"):
-        network = "vfn" if method == "vfn" else "vfn_noimage"
-        own = own_fold_vfn(results, preset, network, plan, units)
-        vfn_unit = own or vfn_unit
-        unit_dir = paths.unit_dir(results, preset, network, vfn_unit)
-        if not (unit_dir / FINAL_CHECKPOINT).is_file():
-            raise ModelNotFoundError(f"no trained {network} model '{vfn_unit}' in {unit_dir}; train it with: "
-                                     f"{_train_hint(name, preset, network, vfn_unit)} (or use --fusion majority)")
-        models.vfn_models[method] = load_vfn(unit_dir, plan, method == "vfn", torch_device)
-        models.vfn_unit = vfn_unit
+    if method in ("stack", "vfn", "vfn-noimage", "vfn-all"):
+        fusion_units = ["all"] if method == "vfn-all" else fusion_units
+        models.fusion_models[method] = load_fusion_models(results, preset, method, plan, fusion_units, torch_device)
+        models.fusion_units = fusion_units
     return models
 
 

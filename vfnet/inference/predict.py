@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from vfnet.atomic import atomic_path
 from vfnet.errors import VfnetError
-from vfnet.imageio import read_canonical, write_like
+from vfnet.imageio import nifti_raw_check, read_canonical, write_like, written_image_problem
 from vfnet.inference.inputs import InputCase, discover_cases
 from vfnet.inference.models import DeployedModels, UNet3DModels, load_3d_models, load_deployed_models
 from vfnet.preprocessing import class_values, preprocess_image, resample_to_shape
@@ -44,6 +44,8 @@ def _check_folders(source: Path, target: Path) -> None:
                          "into its input: choose another -o")
     if target == source:
         raise VfnetError(f"output {target} is the input itself; choose another -o")
+    if target.exists() and not target.is_dir():
+        raise VfnetError(f"output {target} is an existing file; -o names the folder the labels go to")
 
 
 def labels_to_input_geometry(classes: np.ndarray, properties: dict, num_classes: int) -> np.ndarray:
@@ -59,6 +61,36 @@ def labels_to_input_geometry(classes: np.ndarray, properties: dict, num_classes:
     return class_values(properties["labels"])[classes]
 
 
+def segment_canonical(channels: list[np.ndarray], spacing, models: DeployedModels | UNet3DModels, fusion: str,
+                      postprocess: bool, tta: bool, name: str = "image") -> tuple[np.ndarray, dict]:
+    """Label values (z, y, x) in the canonical grid of LPS-oriented channel arrays, and the maps behind them.
+
+    The one segmentation path of ``vfnet_predict`` and :class:`vfnet.inference.predictor.VfnetPredictor`.
+
+    Raises:
+        VfnetError: wrong channel count, channels of different shapes, or NaN / infinite voxels.
+    """
+    plan = models.plan
+    if len(channels) != plan.num_channels:
+        raise VfnetError(f"{name} has {len(channels)} channel(s); the model expects {plan.num_channels}")
+    for array in channels:
+        if array.shape != channels[0].shape:
+            raise VfnetError(f"{name}: channel shape {array.shape} differs from the first channel's {channels[0].shape}")
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise VfnetError(f"{name}: the image holds {bad} NaN or infinite voxel(s); fix or re-export it")
+    image = preprocess_image(channels, spacing, plan.data)
+    if isinstance(models, UNet3DModels):
+        probabilities = models.probabilities(image, tta=tta)
+        classes = models.segment(probabilities, postprocess)
+        saved = {"3d": probabilities}
+    else:
+        classes, saved = models.segment(fusion, image, tta=tta, postprocess=postprocess)
+    properties = {"canonical_shape": list(channels[0].shape), "labels": plan["labels"]}
+    labels = labels_to_input_geometry(classes, properties, plan.num_classes)
+    return labels.astype(np.uint8 if labels.max() < 256 else np.uint16), saved
+
+
 def predict_case(case: InputCase, models: DeployedModels | UNet3DModels, fusion: str, postprocess: bool, tta: bool,
                  out_dir: Path, save_probabilities: bool = False) -> None:
     """Predict one case and write ``out_dir/<case>.nii.gz`` (atomically).
@@ -72,21 +104,16 @@ def predict_case(case: InputCase, models: DeployedModels | UNet3DModels, fusion:
     channels, spacing, geometry = [], None, None
     for source in case.sources:
         array, channel_spacing, channel_geometry = read_canonical(source)
+        # ITK reads NaN and Inf in NIfTI as 0: count them in the file itself
+        bad = nifti_raw_check(source) if Path(source).is_file() else 0
+        if bad:
+            raise VfnetError(f"{source}: the image holds {bad} NaN or infinite voxel(s); fix or re-export it")
         if geometry is not None and array.shape != channels[0].shape:
             raise VfnetError(f"{source}: shape {array.shape} differs from the case's first channel {channels[0].shape}")
         channels.append(array)
         spacing, geometry = spacing or channel_spacing, geometry or channel_geometry
-    image = preprocess_image(channels, spacing, plan.data)
-    if isinstance(models, UNet3DModels):
-        probabilities = models.probabilities(image, tta=tta)
-        classes = models.segment(probabilities, postprocess)
-        saved = {"3d": probabilities}
-    else:
-        saved = models.view_probabilities(image, tta=tta)
-        classes = models.fuse(fusion, saved, image, postprocess=postprocess)
-    properties = {"canonical_shape": list(channels[0].shape), "labels": plan["labels"]}
-    labels = labels_to_input_geometry(classes, properties, plan.num_classes)
-    write_like(labels.astype(np.uint8 if labels.max() < 256 else np.uint16), geometry, out_dir / case.output_name)
+    labels, saved = segment_canonical(channels, spacing, models, fusion, postprocess, tta, str(case.sources[0]))
+    write_like(labels, geometry, out_dir / case.output_name)
     if save_probabilities:
         with atomic_path(out_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
             np.savez_compressed(tmp, **{v: p.astype(np.float16) for v, p in saved.items()},
@@ -123,9 +150,18 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
         postprocess = models.default_postprocess if postprocess is None else postprocess
     target.mkdir(parents=True, exist_ok=True)
     report = PredictionReport()
-    log_lines = []
+    log_path = target / "vfnet_predict.log"
+
+    def log(entry: dict) -> None:  # one line per case as it finishes: a killed run keeps what it did
+        with open(log_path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    log({"model": model, "fusion": fusion, "postprocess": postprocess, "tta": tta, "folds": models.folds,
+         "fusion_units": getattr(models, "fusion_units", None), "preset": preset, "device": str(models.device)})
     for case in tqdm(cases, desc="predicting", unit="case", disable=quiet):
-        if (target / case.output_name).exists() and not overwrite:
+        # an existing output counts as done only when it reads back whole (a full disk leaves empty files)
+        if (target / case.output_name).exists() and not overwrite \
+                and written_image_problem(target / case.output_name) is None:
             report.skipped.append(case.case_id)
             continue
         start = time.perf_counter()
@@ -133,18 +169,14 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
             predict_case(case, models, fusion, postprocess, tta, target, save_probabilities)
         except VfnetError as exc:
             report.failed[case.case_id] = str(exc)
+        except MemoryError:
+            report.failed[case.case_id] = f"{case.sources[0]}: out of memory for this case"
         except (RuntimeError, ValueError, OSError) as exc:
             report.failed[case.case_id] = f"{case.sources[0]}: {type(exc).__name__}: {exc}"
         else:
             report.written.append(case.case_id)
             report.seconds[case.case_id] = round(time.perf_counter() - start, 3)
-        log_lines.append(json.dumps({"case": case.case_id, "seconds": report.seconds.get(case.case_id),
-                                     "error": report.failed.get(case.case_id)}))
-    with open(target / "vfnet_predict.log", "a") as log:
-        log.write(json.dumps({"model": model, "fusion": fusion, "postprocess": postprocess, "tta": tta,
-                              "folds": models.folds, "vfn_unit": getattr(models, "vfn_unit", None),
-                              "preset": preset, "device": str(models.device)}) + "\n")
-        log.write("\n".join(log_lines) + ("\n" if log_lines else ""))
+        log({"case": case.case_id, "seconds": report.seconds.get(case.case_id), "error": report.failed.get(case.case_id)})
     return report
 
 

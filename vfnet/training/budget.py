@@ -8,9 +8,9 @@ A budgeted preset (``quick`` = 60 minutes, or ``budget<N>`` = N minutes, as
    downsampling by 2 and 4), and a forward pass over full slices times prediction.
 2. **Allocation**: after the fixed costs (loading, held-out prediction, fusion sets,
    crossval) and every unit's minimum are set aside, the 2D units share :data:`SHARE_2D` of
-   the time left and the VFN units the rest. Each view trains at the finest resolution that still gives its units
-   :data:`TARGET_ITERATIONS_2D` steps. Within a view the units get equal time (``equal``) or
-   time in proportion to their training cases (``epochs``).
+   the time left and the VFN units the rest: every unit the same time (``equal``) or time in
+   proportion to its training cases (``epochs``). Each view trains at the finest resolution
+   that still gives its units :data:`TARGET_ITERATIONS_2D` steps.
 3. **Refusal**: a budget that cannot give every unit :data:`MIN_ITERATIONS` is refused in one
    sentence naming the smallest budget that works.
 4. **Re-planning**: ``vfnet_train_all`` records each finished unit's wall time and re-plans
@@ -255,9 +255,9 @@ def allocate(costs: Sequence[UnitCost], seconds: float, speed: float = 1.0) -> d
     """Iterations per (network, unit) so that the units' planned time fills ``seconds``.
 
     Every unit first gets its minimum; the time left is shared: :data:`SHARE_2D` to the 2D
-    units, the rest to the VFN units (all of it when only one kind is left), an equal part per
-    network (view), and within a network by each unit's weight. ``speed`` multiplies every
-    cost (measured wall time over planned time of finished units).
+    units, the rest to the VFN units (all of it when only one kind is left), and within a kind
+    by each unit's weight (1 each with ``equal``; its training cases with ``epochs``).
+    ``speed`` multiplies every cost (measured wall time over planned time of finished units).
 
     Raises:
         PlanError: ``seconds`` cannot give every unit its minimum iterations.
@@ -271,16 +271,13 @@ def allocate(costs: Sequence[UnitCost], seconds: float, speed: float = 1.0) -> d
     shares = {"2d": SHARE_2D, "vfn": 1 - SHARE_2D} if kinds == {"2d", "vfn"} else {k: 1.0 for k in kinds}
     iterations = {}
     for kind, share in shares.items():
-        per_network: dict[str, list[UnitCost]] = {}
-        for cost in costs:
-            if network_stage(cost.network) == kind:
-                per_network.setdefault(cost.network, []).append(cost)
-        for units in per_network.values():
-            part = extra * share / len(per_network)
-            total_weight = sum(c.weight for c in units)
-            for cost in units:
-                steps = int(part * cost.weight / total_weight / (cost.step_s * speed))
-                iterations[(cost.network, cost.unit)] = cost.min_iterations + steps
+        # the kind's time goes to its units by weight (equal: the same time for every unit of every view).
+        # Not an equal part per view: when re-planning, views differ in how many of their units are left.
+        units = [c for c in costs if network_stage(c.network) == kind]
+        total_weight = sum(c.weight for c in units)
+        for cost in units:
+            steps = int(extra * share * cost.weight / total_weight / (cost.step_s * speed))
+            iterations[(cost.network, cost.unit)] = cost.min_iterations + steps
     return iterations
 
 
@@ -338,18 +335,18 @@ class Budget:
         costs = [c for c in unit_costs(plan, splits, self.data["calibration"], self.data["views"],
                                        self.data["allocation"], self.data["networks"])
                  if f"{c.network}/{c.unit}" in pending]
-        # each network's costs scaled by its own measured speed (the global one before it has finished units)
+        # each network's costs scaled by its own measured speed (the global one before it has finished units);
+        # the pending units' time above their minimum is scaled by one factor, so the shares stay as planned
         speeds = {network: self.speed(network) for network in self.data["networks"]}
-        scaled = [UnitCost(c.network, c.unit, c.fixed_s * speeds[c.network], c.step_s * speeds[c.network], c.weight,
-                           c.min_iterations) for c in costs]
         left = self.minutes * 60 - elapsed_s - self.data["crossval_s"] * self.speed()
-        try:
-            iterations = allocate(scaled, left)
-        except PlanError:  # behind schedule: every pending unit falls back to its minimum
-            iterations = {(c.network, c.unit): c.min_iterations for c in costs}
+        entries = {f"{c.network}/{c.unit}": self.data["units"][f"{c.network}/{c.unit}"] for c in costs}
+        floor = sum(speeds[c.network] * (c.fixed_s + c.min_iterations * c.step_s) for c in costs)
+        above = sum(speeds[c.network] * (entries[f"{c.network}/{c.unit}"]["iterations"] - c.min_iterations) * c.step_s
+                    for c in costs)
+        factor = max(0.0, (left - floor) / above) if above > 0 else 0.0
         for cost in costs:
-            entry = self.data["units"][f"{cost.network}/{cost.unit}"]
-            entry["iterations"] = iterations[(cost.network, cost.unit)]
+            entry = entries[f"{cost.network}/{cost.unit}"]
+            entry["iterations"] = cost.min_iterations + int((entry["iterations"] - cost.min_iterations) * factor)
             # in calibrated seconds, so that measured / planned stays the speed of the device
             entry["planned_s"] = round(cost.fixed_s + entry["iterations"] * cost.step_s, 1)
         self.data["replanned"] = self.data.get("replanned", 0) + 1

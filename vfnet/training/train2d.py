@@ -42,7 +42,7 @@ def _check_view(view: str) -> str:
 
 
 def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "default", device: str = "auto",
-                  num_threads: int | None = None, resume: bool = False, quiet: bool = False,
+                  num_threads: int | None = None, resume: bool = False, quiet: bool = False, overwrite: bool = False,
                   schedule_overrides: dict | None = None, features: Sequence[int] | None = None) -> Path:
     """Train the 2D U-Net of ``view`` on ``unit`` and predict the unit's held-out folds.
 
@@ -63,7 +63,7 @@ def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str =
     """
     _check_view(view)
     network_name = f"2d_{view}"
-    setup = prepare_unit(dataset, "2d", network_name, unit, preset, device, schedule_overrides, resume)
+    setup = prepare_unit(dataset, "2d", network_name, unit, preset, device, schedule_overrides, resume, overwrite)
     preprocessed, plan, spec, schedule, torch_device, out = (
         setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
     if resume and unit_finished(out):
@@ -90,7 +90,7 @@ def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str =
                      torch_device, PREDICT_BATCH, quiet,
                      extra={"network": network_name, "unit": str(unit), "preset": preset,
                             "dataset": preprocessed.name})
-    return out
+    return setup.finish()
 
 
 def _train(plan: Plan, data: PreprocessedDataset, view: str, train_cases: list[str], val_cases: list[str],

@@ -38,7 +38,7 @@ def train_hint(dataset: str, unit: str, preset: str) -> str:
 
 
 def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", device: str = "auto",
-                  num_threads: int | None = None, resume: bool = False, quiet: bool = False,
+                  num_threads: int | None = None, resume: bool = False, quiet: bool = False, overwrite: bool = False,
                   schedule_overrides: dict | None = None, features: Sequence[int] | None = None,
                   stop_at: int | None = None) -> Path:
     """Train the 3D U-Net on ``unit`` and predict the unit's held-out folds.
@@ -59,7 +59,7 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
     Returns:
         The unit's results folder.
     """
-    setup = prepare_unit(dataset, NETWORK, NETWORK, unit, preset, device, schedule_overrides, resume)
+    setup = prepare_unit(dataset, NETWORK, NETWORK, unit, preset, device, schedule_overrides, resume, overwrite)
     preprocessed, plan, spec, schedule, torch_device, out = (
         setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
     if resume and unit_finished(out):
@@ -88,7 +88,7 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
                                       "iterations": int(state["iteration"]),
                                       "best_val_pseudo_dice": float(state["best_dice"]),
                                       "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1)})
-    return out
+    return setup.finish()
 
 
 def _train(plan: Plan, data: PreprocessedDataset, train_cases: list[str], val_cases: list[str], schedule: dict,

@@ -46,7 +46,8 @@ def sgd_momentum(params, lr: float):
 
 def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", use_image: bool = True,
                    device: str = "auto", num_threads: int | None = None, resume: bool = False,
-                   quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None) -> Path:
+                   quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None,
+                   overwrite: bool = False) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set.
 
     The fusion set is built first when it does not exist yet. ``stop_at`` stops after that
@@ -57,7 +58,7 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
         The unit's results folder (``<results>/<preset>/vfn/<unit>`` or ``vfn_noimage``).
     """
     network_name = vfn_network_name(use_image)
-    setup = prepare_unit(dataset, "vfn", network_name, unit, preset, device, schedule_overrides, resume)
+    setup = prepare_unit(dataset, "vfn", network_name, unit, preset, device, schedule_overrides, resume, overwrite)
     preprocessed, plan, spec, schedule, torch_device, out = (
         setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
     if resume and unit_finished(out):
@@ -123,4 +124,4 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
         "best_iteration": max(trainer.history, key=lambda h: h["val_dice"])["iteration"] if trainer.history else None,
         "start_val_pseudo_dice": trainer.history[0]["val_dice"] if trainer.history else None,
         "seconds_this_run": round(time.perf_counter() - start, 1), "data_wait_share": trainer.data_wait_share()})
-    return out
+    return setup.finish()

@@ -3,6 +3,7 @@ its training / validation / held-out cases, and a clean folder for a fresh run."
 
 from __future__ import annotations
 
+import shutil
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import torch
 from vfnet import paths
 from vfnet.atomic import read_json
 from vfnet.data import PreprocessedDataset
-from vfnet.errors import PlanError
+from vfnet.errors import PlanError, VfnetError
 from vfnet.planning import copy_dataset_files
 from vfnet.plans import Plan, budget_minutes
 from vfnet.training.budget import load_or_plan_budget
@@ -36,10 +37,22 @@ class UnitSetup:
     schedule: dict
     device: torch.device
     out: Path
+    final: Path | None = None  # with --overwrite of a finished unit, ``out`` is a staging folder swapped in at the end
+
+    def finish(self) -> Path:
+        """Swap a staging folder onto the unit's folder once the new run is complete; the unit's folder."""
+        if self.final is None or self.final == self.out:
+            return self.out
+        old = self.final.with_name(self.final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        self.final.rename(old)
+        self.out.rename(self.final)
+        shutil.rmtree(old, ignore_errors=True)
+        return self.final
 
 
 def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str, preset: str, device: str,
-                 schedule_overrides: dict | None = None, resume: bool = False) -> UnitSetup:
+                 schedule_overrides: dict | None = None, resume: bool = False, overwrite: bool = False) -> UnitSetup:
     """Resolve a unit of ``stage`` (``2d``, ``vfn``, ``3d``) and create its results folder.
 
     The schedule is the preset's; a budgeted preset (quick, budget<N>) takes the unit's
@@ -47,6 +60,13 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
     device the first time; see :mod:`vfnet.training.budget`). A resumed unit keeps the
     schedule its ``unit.json`` recorded when it started. Also copies plans, dataset.json and
     fingerprint beside the models so results are self-contained.
+
+    A finished unit is never destroyed by a new run: without ``resume`` it is refused unless
+    ``overwrite``, and then the new run trains in a staging folder that replaces the unit's only
+    when it is complete (:meth:`UnitSetup.finish`).
+
+    Raises:
+        VfnetError: the unit is finished and neither ``resume`` nor ``overwrite`` was given.
     """
     preprocessed = paths.preprocessed_dataset(dataset)
     plan = Plan.load(preprocessed)
@@ -55,6 +75,13 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
     results = paths.results_root() / preprocessed.name
     copy_dataset_files(preprocessed, results)
     out = paths.unit_dir(results, preset, network, str(unit))
+    final = out
+    if unit_finished(out) and not resume:
+        if not overwrite:
+            raise VfnetError(f"{network} unit {unit} is already trained in {out}; use --continue to keep it or "
+                             "--overwrite to train it again (the trained unit stays until the new one is complete)")
+        out = out.with_name(out.name + ".overwrite")
+        shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     overrides = dict(schedule_overrides or {})
     recorded = read_json(out / "unit.json").get("schedule") if (out / "unit.json").is_file() else None
@@ -66,7 +93,7 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
             budget = load_or_plan_budget(preprocessed, results, preset, torch_device)
             schedule.update(budget.schedule("vfn" if stage == "vfn" else network, str(unit)))
         schedule.update(overrides)
-    return UnitSetup(preprocessed, plan, spec, schedule, torch_device, out)
+    return UnitSetup(preprocessed, plan, spec, schedule, torch_device, out, final)
 
 
 def split_validation(cases: Sequence[str], key: str, fraction: float = VALIDATION_FRACTION) -> tuple[list, list]:
@@ -102,6 +129,7 @@ def unit_finished(unit_dir: Path) -> bool:
 
 
 def clear_previous_run(unit_dir: Path) -> None:
-    """Remove the checkpoints and summary of an earlier run before a fresh (not resumed) one."""
+    """Remove the checkpoints, summary and held-out maps of an earlier run before a fresh (not resumed) one."""
     for name in RUN_FILES:
         (Path(unit_dir) / name).unlink(missing_ok=True)
+    shutil.rmtree(Path(unit_dir) / "predictions", ignore_errors=True)

@@ -1,0 +1,173 @@
+"""What lets fusion learn and deploy as cross-validated: the stack method, paired fold fusion, whole-case
+VFN validation from iteration 0, no mirroring that swaps sides, and test-time augmentation only when asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vfnet.fusion.methods import fuse, fused_probabilities, majority_vote, vfn_fused_probabilities
+from vfnet.fusion.roi import roi_from_mask
+from vfnet.fusion.stack import fit_stack, stack_probabilities
+from vfnet.inference.models import tta_axes
+from vfnet.training.data2d import augmentation_2d
+from vfnet.training.data_vfn import VfnPatchSampler, tile_batches
+from vfnet.training.trainer import Trainer, TrainingConfig
+from vfnet.views import VIEWS
+
+torch.set_num_threads(1)
+
+
+def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
+    return np.eye(k, dtype=np.float32)[labels].transpose(3, 0, 1, 2)
+
+
+def _views_with_one_good(label: np.ndarray, k: int, rng) -> dict[str, np.ndarray]:
+    """The axial view is right; coronal and sagittal each flip a third of the voxels to a random class."""
+    maps = {}
+    for view in VIEWS:
+        labels = label.copy()
+        if view != "axial":
+            noisy = rng.random(label.shape) < 0.33
+            labels[noisy] = rng.integers(0, k, noisy.sum())
+        maps[view] = 0.1 / k + 0.9 * _one_hot(labels, k)
+    return maps
+
+
+def test_stack_learns_to_trust_the_reliable_view(tmp_path):
+    rng = np.random.default_rng(0)
+    k, cases = 3, []
+    for i in range(3):
+        label = np.zeros((8, 12, 12), np.int64)
+        label[2:6, 3:9, 2:6] = 1
+        label[2:6, 3:9, 7:11] = 2
+        maps = _views_with_one_good(label, k, rng)
+        inputs = np.concatenate([rng.random((1, *label.shape))] + [maps[v][1:] for v in VIEWS]).astype(np.float16)
+        np.savez(tmp_path / f"c{i}.npz", inputs=inputs, label=label.astype(np.uint8))
+        cases.append(f"c{i}")
+    weights = fit_stack(tmp_path, cases, num_image_channels=1, num_classes=k)
+    assert weights["loss"] < weights["loss_start"]
+    label = np.zeros((8, 12, 12), np.int64)
+    label[1:7, 2:10, 1:5] = 2
+    test = _views_with_one_good(label, k, rng)
+    probabilities = stack_probabilities(test, weights)
+    np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-5)
+    stacked = fuse("stack", test, model=weights)
+    assert (stacked == label).mean() > 0.99
+    assert (stacked == label).mean() > (fuse("mean", test) == label).mean()
+
+
+def test_vfn_fused_probabilities_are_the_mean_outside_the_roi():
+    label = np.zeros((12, 12, 12), np.int64)
+    label[4:8, 4:8, 4:8] = 1
+    maps = {v: 0.05 + 0.9 * _one_hot(label, 2) for v in VIEWS}
+
+    class Constant(torch.nn.Module):
+        use_image = False
+
+        def forward(self, x):
+            return torch.full((x.shape[0], 1, *x.shape[2:]), 5.0)  # foreground everywhere it looks
+
+    config = {"patch_size": [8, 8, 8], "stride": [4, 4, 4], "roi_margin": [1, 1, 1]}
+    fused = vfn_fused_probabilities(maps, None, Constant(), config, use_image=False)
+    roi = roi_from_mask(majority_vote(maps), [1, 1, 1], [8, 8, 8])
+    inside = np.zeros(label.shape, bool)
+    inside[roi] = True
+    assert fused[1][inside].min() > 0.99
+    np.testing.assert_allclose(fused[:, ~inside], maps["axial"][:, ~inside], atol=1e-6)
+    # averaging two folds' fused maps is what deployment does; equal maps average to themselves
+    np.testing.assert_allclose((fused + fused) / 2, fused_probabilities("vfn-noimage", maps, None, Constant(),
+                                                                        config), atol=1e-6)
+    with pytest.raises(Exception, match="no probabilities"):
+        fused_probabilities("majority", maps)
+
+
+def test_vfn_validation_tiles_cover_every_case():
+    rng = np.random.default_rng(0)
+    samples = [(rng.random((4, 10, 20, 13)).astype(np.float16), np.ones((10, 20, 13), np.uint8)),
+               (rng.random((4, 6, 6, 6)).astype(np.float16), np.ones((6, 6, 6), np.uint8))]
+    sampler = VfnPatchSampler(samples, [8, 8, 8], [1, 1, 1], num_image_channels=1, num_foreground=1,
+                              batch_size=2, augment=False)
+    batches = tile_batches(sampler, 3)
+    tiles = sum(len(b["data"]) for b in batches)
+    assert tiles == 2 * 3 * 2 + 1  # 10x20x13 needs 2x3x2 tiles of 8; the small case one padded tile
+    assert all(b["data"].shape[1:] == (4, 8, 8, 8) for b in batches)
+    # the foreground of both cases is covered: tiles hold at least every labelled voxel
+    assert sum(int(b["target"].sum()) for b in batches) >= 10 * 20 * 13 + 6 * 6 * 6
+
+
+def test_validation_at_iteration_zero(tmp_path):
+    net = torch.nn.Conv3d(1, 2, 1)
+    batch = {"data": np.zeros((1, 1, 2, 2, 2), np.float32), "target": np.zeros((1, 1, 2, 2, 2), np.int64)}
+
+    def loss(logits, target):
+        return torch.nn.functional.cross_entropy(logits, target[:, 0])
+
+    trainer = Trainer(net, loss, iter(lambda: batch, None), [batch],
+                      TrainingConfig(iterations=4, val_every=2, validate_at_start=True), tmp_path, device="cpu",
+                      quiet=True)
+    history = trainer.fit()
+    assert [h["iteration"] for h in history] == [0, 2, 4]
+    assert (tmp_path / "checkpoint_best.pth").is_file()
+
+
+def test_no_mirroring_in_planned_training_and_tta_axes(demo_preprocessed):
+    from batchgenerators.transforms.spatial_transforms import MirrorTransform
+
+    from vfnet.plans import Plan
+
+    assert not any(isinstance(t, MirrorTransform) for t in augmentation_2d([16, 16]).transforms)
+    assert any(isinstance(t, MirrorTransform) for t in augmentation_2d([16, 16], (1,)).transforms)
+    plan = Plan.load(demo_preprocessed)
+    assert all(plan["views"][v]["mirror_axes"] == [] for v in VIEWS)
+    assert tta_axes(plan) == ()
+    legacy = {**plan.data, "views": {v: {k: s for k, s in spec.items() if k != "mirror_axes"}
+                                     for v, spec in plan["views"].items()}}
+    assert tta_axes(legacy) == (1, 2)
+    mirrored = {**plan.data, "views": {**plan["views"], "coronal": {**plan["views"]["coronal"], "mirror_axes": [1]}}}
+    assert tta_axes(mirrored) == (2,)  # the coronal slice's width is x
+
+
+TINY_2D = {"iterations": 4, "batch_size": 4, "num_workers": 0, "val_every": 4, "val_batches": 1}
+TINY_VFN = {"iterations": 4, "batch_size": 2, "val_every": 2}
+
+
+def test_cca_crossval_scores_stack_and_prediction_uses_the_scored_pairs(demo_preprocessed, tmp_path):
+    """A tiny 4-fold CCA plan end to end: crossval has the stack row and vfn's paired tests; predict fuses
+    fold k's maps with fold k's VFN and averages, and vfn-all is a separate method."""
+    import json
+
+    from click.testing import CliRunner
+
+    from vfnet import paths
+    from vfnet.fusion.crossval import crossval
+    from vfnet.plans import Plan
+    from vfnet.training.train2d import train_2d_unit
+    from vfnet.training.train_vfn import train_vfn_unit
+    from vfnet_cli.predict import predict_entry
+
+    plan = Plan.load(demo_preprocessed)
+    for unit in plan.units("2d"):
+        for view in VIEWS:
+            train_2d_unit(None, view, unit["name"], "quick", device="cpu", quiet=True, schedule_overrides=TINY_2D,
+                          features=[4, 8])
+    for unit in plan.units("vfn"):
+        train_vfn_unit(None, unit["name"], "quick", device="cpu", quiet=True, schedule_overrides=TINY_VFN)
+    vfn_dir = paths.unit_dir(paths.results_root() / demo_preprocessed.name, "quick", "vfn", "0")
+    summary = json.loads((vfn_dir / "summary.json").read_text())
+    assert summary["best_iteration"] in (0, 2, 4) and summary["start_val_pseudo_dice"] is not None
+    table = crossval(None, "quick", device="cpu", quiet=True)
+    assert {"stack", "vfn", "mean", "majority"} <= set(table["methods"])
+    assert {"vfn vs mean", "vfn vs majority", "vfn vs stack"} <= set(table["tests"])
+    for fold in plan["fold_names"]:
+        assert (paths.results_root() / demo_preprocessed.name / "quick" / "stack" / fold / "stack.json").is_file()
+    raw = paths.raw_root() / demo_preprocessed.name
+    out = tmp_path / "out"
+    for fusion in ("vfn", "stack", "vfn-all"):
+        result = CliRunner().invoke(predict_entry, ["-i", str(raw / "imagesTs"), "-o", str(out / fusion),
+                                                    "--preset", "quick", "--fusion", fusion, "--device", "cpu", "-q"])
+        assert result.exit_code == 0, result.output
+        header = json.loads((out / fusion / "vfnet_predict.log").read_text().splitlines()[0])
+        assert header["fusion_units"] == (["all"] if fusion == "vfn-all" else ["0", "1", "2", "3"])
+        assert len(list((out / fusion).glob("*.nii.gz"))) == 2

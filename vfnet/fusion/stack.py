@@ -1,0 +1,118 @@
+"""``stack`` fusion: a learned 1×1×1 weighting of the three views' class maps.
+
+Per voxel, the logits of class c are ``Σ_v Σ_k W[c, v, k] · log p_v(k) + b[c]`` over the
+views v and their class probabilities p_v(k), a multinomial logistic regression fitted on
+the same fusion set as the VFN of that fold (cross-entropy, L-BFGS, on a sample of ROI
+voxels). It can reweight views per class but sees no neighbourhood: the ceiling of
+reweighting alone, and the cheap baseline a VFN must beat. Started from equal weights it is
+the product of the views' probabilities (log-mean fusion).
+
+Files: ``<results>/<Task>/<preset>/stack/<unit>/stack.json`` (weights, bias, the cases it was
+fitted on and its training loss).
+
+Example:
+    >>> weights = fit_stack(fusion_set_folder, cases, num_image_channels=1, num_classes=3)
+    >>> labels = fuse("stack", view_probs, model=weights)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vfnet.atomic import read_json, write_json
+from vfnet.views import VIEWS
+
+EPSILON = 1e-4
+MAX_VOXELS = 200_000
+SEED = 12345
+
+
+def _features(view_probs: Sequence[np.ndarray]) -> np.ndarray:
+    """(3·K, N) log-probabilities of the views' class maps, each (K, N)."""
+    return np.concatenate([np.log(np.clip(p, EPSILON, 1.0)) for p in view_probs]).astype(np.float32)
+
+
+def _fusion_set_probabilities(inputs: np.ndarray, num_image_channels: int, num_classes: int) -> list[np.ndarray]:
+    """The three views' (K, N) class maps from a fusion-set sample (image channels, then C foreground maps per view)."""
+    foreground = num_classes - 1
+    maps = inputs[num_image_channels:].reshape(len(VIEWS), foreground, -1).astype(np.float32)
+    background = np.clip(1.0 - maps.sum(1, keepdims=True), 0.0, 1.0)
+    return [np.concatenate([background[v], maps[v]]) for v in range(len(VIEWS))]
+
+
+def fit_stack(folder: Path, cases: Sequence[str], num_image_channels: int, num_classes: int,
+              max_voxels: int = MAX_VOXELS) -> dict:
+    """Fit the stack weights on fusion-set samples ``<folder>/<case>.npz`` of ``cases``."""
+    rng = np.random.default_rng(SEED)
+    per_case = max(1, max_voxels // max(1, len(cases)))
+    features, targets = [], []
+    for case in cases:
+        with np.load(Path(folder) / f"{case}.npz") as archive:
+            inputs, label = archive["inputs"], archive["label"]
+        flat = inputs.reshape(inputs.shape[0], -1)
+        index = rng.choice(flat.shape[1], min(per_case, flat.shape[1]), replace=False)
+        features.append(_features(_fusion_set_probabilities(flat[:, index], num_image_channels, num_classes)))
+        targets.append(label.reshape(-1)[index].astype(np.int64))
+    x = torch.from_numpy(np.concatenate(features, axis=1).T)
+    y = torch.from_numpy(np.concatenate(targets))
+    k = num_classes
+    weight = torch.zeros(k, len(VIEWS) * k)
+    for v in range(len(VIEWS)):  # equal weights: the product of the views' probabilities
+        weight[:, v * k:(v + 1) * k] = torch.eye(k) / len(VIEWS)
+    weight.requires_grad_(True)
+    bias = torch.zeros(k, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_fn(x @ weight.T + bias, y)
+        loss.backward()
+        return loss
+
+    with torch.no_grad():
+        start = float(loss_fn(x @ weight.T + bias, y))
+    optimizer.step(closure)
+    with torch.no_grad():
+        final = float(loss_fn(x @ weight.T + bias, y))
+    return {"weight": weight.detach().tolist(), "bias": bias.detach().tolist(), "num_classes": k,
+            "cases": list(cases), "voxels": len(y), "loss_start": start, "loss": final}
+
+
+def stack_probabilities(view_probs: Mapping[str, np.ndarray], weights: Mapping) -> np.ndarray:
+    """Fused probabilities (K, z, y, x) of the views' maps under ``weights``."""
+    maps = [np.asarray(view_probs[v], dtype=np.float32) for v in VIEWS]
+    shape = maps[0].shape
+    x = torch.from_numpy(_features([m.reshape(shape[0], -1) for m in maps]))
+    logits = torch.tensor(weights["weight"]) @ x + torch.tensor(weights["bias"])[:, None]
+    return torch.softmax(logits, dim=0).numpy().reshape(shape)
+
+
+def stack_path(results: Path, preset: str, unit: str) -> Path:
+    return Path(results) / preset / "stack" / str(unit) / "stack.json"
+
+
+def load_stack(results: Path, preset: str, unit: str) -> dict | None:
+    path = stack_path(results, preset, unit)
+    return read_json(path) if path.is_file() else None
+
+
+def fit_unit_stack(preprocessed: Path, results: Path, preset: str, unit: str, num_image_channels: int,
+                   num_classes: int) -> dict | None:
+    """Fit (or read) the stack of VFN unit ``unit`` from its fusion set; None when there is no fusion set."""
+    from vfnet.fusion.fusion_set import fusion_set_dir
+
+    existing = load_stack(results, preset, unit)
+    if existing is not None:
+        return existing
+    folder = fusion_set_dir(preprocessed, preset, unit)
+    if not (folder / "manifest.json").is_file():
+        return None
+    cases = sorted(read_json(folder / "manifest.json")["cases"])
+    weights = fit_stack(folder, cases, num_image_channels, num_classes)
+    write_json(stack_path(results, preset, unit), weights)
+    return weights
