@@ -127,6 +127,8 @@ def run_budgeted(args: argparse.Namespace, name: str) -> dict:
 
 def write_budget_results(args: argparse.Namespace, run: dict, name: str) -> Path:
     """``results/<name>.md`` and ``.json`` of a budgeted run."""
+    from vfnet.training.budget import BATCH
+
     results, preset, prepare_s, wall_s, command = (run["results"], run["preset"], run["prepare_s"], run["wall_s"],
                                                    run["command"])
     budget = json.loads((results / preset / "budget.json").read_text())
@@ -165,15 +167,15 @@ Fresh work folder; conversion and planning ({prepare_s:.0f} s) are outside the b
 ## Calibration ({budget['calibration']['seconds']:.0f} s on {budget['calibration']['device']}, \
 {budget['calibration']['threads']} threads) and the chosen view settings
 
-| view | downsample (z, y, x) | patch | widths | s per step (batch 16) | ms per slice |
+| view | downsample (z, y, x) | patch | widths | s per step (batch {BATCH['2d']}) | ms per slice |
 |---|---|---|---|---|---|
 {views}
 
-VFN: {budget['calibration']['vfn']['step_s']:.3f} s per step (batch 2), allocation `{budget['allocation']}`.
+VFN: {budget['calibration']['vfn']['step_s']:.3f} s per step (batch {BATCH['vfn']}), allocation `{budget['allocation']}`.
 
 ## Minutes per stage
 
-| stage | units | iterations | planned min | actual min |
+| stage | units | iterations | planned min (calibrated speed) | actual min |
 |---|---|---|---|---|
 {rows}
 
