@@ -199,9 +199,15 @@ VFN: {budget['calibration']['vfn']['step_s']:.3f} s per step (batch {BATCH['vfn'
     return path
 
 
+def results_name(kind: str, args: argparse.Namespace) -> str:
+    """``<kind>_<Task>``, with ``_<allocation>`` for an allocation other than the default (kept side by side)."""
+    suffix = f"_{args.allocation}" if args.allocation not in (None, "equal") else ""
+    return f"{kind}_{args.dataset}{suffix}"
+
+
 def main() -> None:
     args = budget_arguments(__doc__).parse_args()
-    name = f"budget_{args.dataset}"
+    name = results_name("budget", args)
     run = finished_run(args) if args.from_work else run_budgeted(args, name)
     print(write_budget_results(args, run, name).read_text())
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from budget import budget_arguments, finished_run, run_budgeted, write_budget_results
+from budget import budget_arguments, finished_run, results_name, run_budgeted, write_budget_results
 from machine import write_results
 
 TIMED_CASES = 10
@@ -115,7 +115,7 @@ def _cca_gap(dataset: str, preset: str) -> dict:
 
 def main() -> None:
     args = budget_arguments(__doc__).parse_args()
-    name = f"fusion_{args.dataset}"
+    name = results_name("fusion", args)
     if args.from_work:
         # a finished run: its units are kept; crossval is run again with this code (stack, paired tests)
         run = finished_run(args)
@@ -125,10 +125,10 @@ def main() -> None:
         crossval(args.dataset, run["preset"], device="cpu", quiet=True)
         run["resumed"] += (f"The cross-validation below was run again by this command with its own code "
                            f"({time.perf_counter() - start:.0f} s), on the units that run trained. ")
-        budget_path = Path(__file__).resolve().parent / "results" / f"budget_{args.dataset}.md"
+        budget_path = Path(__file__).resolve().parent / "results" / f"{results_name('budget', args)}.md"
     else:
         run = run_budgeted(args, name)
-        budget_path = write_budget_results(args, run, f"budget_{args.dataset}")
+        budget_path = write_budget_results(args, run, results_name("budget", args))
     from vfnet.data import PreprocessedDataset
     from vfnet.networks.unet3d import build_unet3d
     from vfnet.networks.vfn import build_vfn, count_parameters

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from vfnet.training.budget import (
     candidate_factors,
     plan_budget,
     unit_costs,
+    vfn_downsample,
 )
 from vfnet.training.units import prepare_unit
 from vfnet.views import VIEWS
@@ -109,6 +111,15 @@ def test_views_coarsen_only_when_the_budget_is_short(demo_preprocessed):
     tight = plan_budget(plan, splits, 45.0, _calibration())
     assert {tuple(v["input_downsample"]) for v in tight["views"].values()} == {(1, 2, 2)}
     assert abs(tight["planned_total_s"] - 45 * 60) < 0.05 * 45 * 60
+    # the VFN fuses at the coarsest view's resolution
+    assert Budget(Path("budget.json"), roomy).schedule("vfn", "0")["input_downsample"] == [1, 1, 1]
+    assert Budget(Path("budget.json"), tight).schedule("vfn", "0")["input_downsample"] == [1, 2, 2]
+
+
+def test_vfn_downsample_is_the_coarsest_view_per_axis():
+    views = {"axial": {"input_downsample": [1, 4, 4]}, "coronal": {"input_downsample": [1, 2, 2]},
+             "sagittal": {"input_downsample": [2, 1, 1]}}
+    assert vfn_downsample(views) == [2, 4, 4]
 
 
 def test_replan_uses_measured_speed_and_keeps_started_units(demo_preprocessed, tmp_path):
@@ -218,3 +229,44 @@ def test_replan_on_schedule_keeps_the_plan(demo_preprocessed, tmp_path):
     after = {k: u["iterations"] for k, u in budget.data["units"].items()}
     for key in axial[-2:] + ["2d_coronal/0", "2d_sagittal/all", "vfn/0"]:
         assert after[key] == pytest.approx(before[key], rel=0.03, abs=2), key
+
+
+class _CountingVfn(torch.nn.Module):
+    """Stands in for a VFN: logits favouring the mean map's class, and the window shapes it saw."""
+
+    use_image = True
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes, self.seen = num_classes, []
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape[2:]))
+        maps = x[:, 1:].reshape(x.shape[0], 3, self.num_classes - 1, *x.shape[2:]).mean(1)
+        return torch.log(torch.cat([1 - maps.sum(1, keepdim=True), maps], 1).clamp_min(1e-6)) + self.weight
+
+
+def test_vfn_fuses_at_the_resolution_it_trained_at(tmp_path):
+    from vfnet.fusion.methods import VfnConfig, fuse, vfn_input
+    from vfnet.training.data_vfn import load_fusion_samples
+
+    label = np.zeros((8, 32, 32), np.uint8)
+    label[2:6, 8:24, 8:24] = 1
+    maps = {v: np.stack([1.0 - label, label * 1.0]).astype(np.float32) for v in VIEWS}
+    image = np.random.default_rng(0).normal(size=(1, 8, 32, 32)).astype(np.float32)
+    config = VfnConfig([8, 8, 8], [4, 4, 4], [1, 2, 2])
+    model = _CountingVfn(2)
+    full = fuse("vfn", maps, image, model=model, vfn_config=config)
+    full_windows = len(model.seen)
+    model.seen.clear()
+    model.input_downsample = (1, 4, 4)
+    coarse = fuse("vfn", maps, image, model=model, vfn_config=config)
+    assert len(model.seen) < full_windows and set(model.seen) == {(8, 8, 8)}
+    assert coarse.shape == full.shape == label.shape
+    assert (coarse == label).mean() > 0.97 and (full == label).all()
+    # training samples are block-averaged the same way, labels by majority
+    np.savez(tmp_path / "c.npz", inputs=vfn_input(image, maps).astype(np.float16), label=label)
+    (inputs, small), = load_fusion_samples(tmp_path, ["c"], (1, 4, 4), 2)
+    assert inputs.shape == (4, 8, 8, 8) and small.shape == (8, 8, 8)
+    assert small.sum() * 16 == label.sum()

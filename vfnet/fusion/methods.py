@@ -27,6 +27,7 @@ from vfnet.fusion.postprocess import keep_largest_component
 from vfnet.fusion.roi import Roi, crop_to_roi, pad_to_size, roi_from_mask, window_grid, window_weights
 from vfnet.fusion.stack import stack_probabilities
 from vfnet.networks.vfn import vfn_probabilities
+from vfnet.resolution import downsample_image, normalise_factor, upsample_probabilities
 from vfnet.views import VIEWS
 
 METHODS = ("majority", "mean", "staple", "stack", "vfn", "vfn-noimage")
@@ -244,12 +245,16 @@ def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, mod
     majority = majority_vote(probs)
     if not majority.any():
         return majority, None, None
-    roi = roi_from_mask(majority, config.roi_margin, config.patch_size, majority.shape)
-    volume, back = pad_to_size(vfn_input(image, probs, use_image, roi), config.patch_size)
-    fused = sliding_window_probabilities(model, volume, config)
+    # a VFN trained at a coarser in-plane resolution fuses the ROI's inputs block-averaged by its factor
+    factor = normalise_factor(getattr(model, "input_downsample", None))
+    min_size = [int(p) * f for p, f in zip(config.patch_size, factor)]
+    roi = roi_from_mask(majority, config.roi_margin, min_size, majority.shape)
+    inputs = vfn_input(image, probs, use_image, roi)
+    volume, back = pad_to_size(downsample_image(inputs, factor), config.patch_size)
+    fused = sliding_window_probabilities(model, volume, config)[(slice(None), *back)]
     if fused.shape[0] != num_classes:
         raise VfnetError(f"the VFN predicts {fused.shape[0]} classes but the maps have {num_classes}")
-    return majority, roi, fused[(slice(None), *back)]
+    return majority, roi, upsample_probabilities(fused, inputs.shape[1:])
 
 
 def vfn_fusion(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, model: torch.nn.Module,

@@ -19,6 +19,7 @@ from vfnet.inference.predict2d import load_unit_network, predict_volume_2d
 from vfnet.inference.predict3d import load_unit_network_3d, predict_volume_3d
 from vfnet.networks.vfn import build_vfn, state_has_view_prior
 from vfnet.plans import Plan
+from vfnet.resolution import normalise_factor
 from vfnet.training.trainer import resolve_device
 from vfnet.views import VIEWS, permutation
 
@@ -34,11 +35,13 @@ def load_vfn(unit_dir: Path, plan: Plan, use_image: bool = True, device: str | t
         raise ModelNotFoundError(f"{path} not found")
     if (Path(unit_dir) / BEST_CHECKPOINT).is_file():
         path = Path(unit_dir) / BEST_CHECKPOINT
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state = state.get("network", state)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    state = checkpoint.get("network", checkpoint)
     model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image,
                       view_prior=state_has_view_prior(state))
     model.load_state_dict(state)
+    # the in-plane resolution the VFN trained at travels with its weights (see vfnet.resolution)
+    model.input_downsample = normalise_factor(checkpoint.get("metadata", {}).get("input_downsample"))
     return model.to(device).eval()
 
 

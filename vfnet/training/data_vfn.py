@@ -21,17 +21,29 @@ from pathlib import Path
 import numpy as np
 
 from vfnet.fusion.roi import sliding_window_starts
+from vfnet.resolution import IDENTITY, downsample_image, downsample_label, normalise_factor
 from vfnet.views import VIEWS
 
 AUGMENTATIONS = ("none", "paper")
 
 
-def load_fusion_samples(folder: Path, cases: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(inputs float16 (M + 3C, z, y, x), label uint8 (z, y, x)) of each case, in RAM."""
+def load_fusion_samples(folder: Path, cases: list[str], input_downsample=None,
+                        num_classes: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(inputs float16 (M + 3C, z, y, x), label uint8 (z, y, x)) of each case, in RAM.
+
+    With ``input_downsample`` (a VFN that fuses at a coarser in-plane resolution) the inputs are
+    block-averaged and the label takes each block's majority class (``num_classes`` needed), as
+    :func:`vfnet.fusion.methods.vfn_fusion` does at inference.
+    """
+    factor = normalise_factor(input_downsample)
     samples = []
     for case in cases:
         with np.load(Path(folder) / f"{case}.npz") as archive:
-            samples.append((archive["inputs"], archive["label"]))
+            inputs, label = archive["inputs"], archive["label"]
+        if factor != IDENTITY:
+            inputs = downsample_image(inputs, factor).astype(np.float16)
+            label = downsample_label(label, factor, num_classes)
+        samples.append((inputs, label))
     return samples
 
 

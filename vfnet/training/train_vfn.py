@@ -21,6 +21,7 @@ from vfnet.atomic import write_json
 from vfnet.errors import PlanError
 from vfnet.fusion.fusion_set import build_fusion_set, fusion_set_dir, load_manifest
 from vfnet.networks.vfn import build_vfn, count_parameters
+from vfnet.resolution import normalise_factor
 from vfnet.training.data_vfn import AUGMENTATIONS, VfnPatchSampler, load_fusion_samples, tile_batches
 from vfnet.training.losses import DiceCELoss, SoftDiceLoss
 from vfnet.training.trainer import (
@@ -90,10 +91,13 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
     if augmentation not in AUGMENTATIONS:
         raise PlanError(f"plans.json: vfn augmentation '{augmentation}' unknown; expected one of "
                         f"{', '.join(AUGMENTATIONS)}")
-    train_batches = VfnPatchSampler(load_fusion_samples(folder, train_cases), augment=augmentation == "paper",
-                                    seed=SEED + start_iteration, **common)
+    # a budget may fuse at the coarsest view's in-plane resolution (see vfnet.training.budget)
+    factor = normalise_factor(schedule.get("input_downsample"))
+    train_batches = VfnPatchSampler(load_fusion_samples(folder, train_cases, factor, plan.num_classes),
+                                    augment=augmentation == "paper", seed=SEED + start_iteration, **common)
     # every validation case, whole, at every validation (iteration 0 included)
-    validation = VfnPatchSampler(load_fusion_samples(folder, val_cases), augment=False, seed=SEED, **common)
+    validation = VfnPatchSampler(load_fusion_samples(folder, val_cases, factor, plan.num_classes), augment=False,
+                                 seed=SEED, **common)
     val_batches = tile_batches(validation, VALIDATION_TILE_BATCH)
     iterations = int(schedule["iterations"])
     # the paper's SGD unless the preset names an optimizer (the CPU preset uses Adam to learn in fewer steps)
@@ -107,9 +111,11 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
                       num_threads=num_threads, quiet=quiet,
                       metadata={"network": network_name, "unit": str(unit), "preset": preset,
                                 "use_image": use_image, "parameters": parameters,
+                                "input_downsample": list(factor),
                                 "train_cases": train_cases, "val_cases": val_cases})
     trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, "
-                f"{model.in_channels} input channels, patch {vfn['patch_size']}, augmentation {augmentation}, "
+                f"{model.in_channels} input channels, patch {vfn['patch_size']}, in-plane downsample {list(factor)}, "
+                f"augmentation {augmentation}, "
                 f"{len(val_batches)} validation batches, "
                 f"{len(train_cases)} training / {len(val_cases)} validation cases")
     if resume:
