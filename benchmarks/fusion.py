@@ -82,6 +82,58 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
     return {"views_s": float(np.median(views_s)), "vfn_s": float(np.median(vfn_s)), "cases": len(cases)}
 
 
+SEEDS = 3
+
+
+def _seed_spread(dataset: str, preset: str) -> dict:
+    """VFN − mean (overall Dice points) on fold 0's cases for the run's VFN and two more seeds of it.
+
+    The extra VFNs train after train_all (outside its budget), on the same fusion set with the
+    same schedule, into ``vfn_seed<seed>`` beside the unit.
+    """
+    from vfnet import paths
+    from vfnet.data import PreprocessedDataset
+    from vfnet.evaluation.metrics import dice
+    from vfnet.fusion.fusion_set import load_view_maps
+    from vfnet.fusion.methods import VfnConfig, fuse
+    from vfnet.inference.models import load_vfn
+    from vfnet.plans import Plan
+    from vfnet.training.train_vfn import train_vfn_unit
+    from vfnet.training.units import SEED
+    from vfnet.views import VIEWS
+
+    preprocessed = paths.preprocessed_dataset(dataset)
+    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
+    results = paths.results_root() / preprocessed.name
+    fold = plan["fold_names"][0]
+    seeds = [SEED + i for i in range(SEEDS)]
+    start = time.perf_counter()
+    for seed in seeds[1:]:
+        train_vfn_unit(dataset, fold, preset, device="cpu", quiet=True, seed=seed)
+    train_s = time.perf_counter() - start
+    folders = {seed: paths.unit_dir(results, preset, "vfn" if seed == SEED else f"vfn_seed{seed}", fold)
+               for seed in seeds}
+    models = {seed: load_vfn(folder, plan) for seed, folder in folders.items()}
+    config = VfnConfig.from_plan(plan, device="cpu")
+    foreground = range(1, plan.num_classes)
+
+    def overall(label, prediction):
+        return 100 * float(np.mean([dice(label == c, prediction == c) for c in foreground]))
+
+    differences = {seed: [] for seed in seeds}
+    for case in data.fold_cases([fold]):
+        image, label = data.load(case, mmap=False)
+        maps = load_view_maps(results, preset, {v: fold for v in VIEWS}, case, preprocessed.name)
+        mean = overall(label, fuse("mean", maps))
+        for seed, model in models.items():
+            differences[seed].append(overall(label, fuse("vfn", maps, image, model=model, vfn_config=config)) - mean)
+    per_seed = {str(seed): float(np.mean(d)) for seed, d in differences.items()}
+    values = list(per_seed.values())
+    return {"fold": fold, "cases": len(differences[SEED]), "vfn_minus_mean": per_seed,
+            "min": min(values), "max": max(values), "std": float(np.std(values, ddof=1)),
+            "extra_training_s": round(train_s, 1)}
+
+
 def _cca_gap(dataset: str, preset: str) -> dict:
     """Per view: Dice and predicted/true volume of the fold unit's maps and of the CCA units' maps, same cases."""
     from vfnet import paths
@@ -143,6 +195,7 @@ def main() -> None:
     cases = PreprocessedDataset(preprocessed).fold_cases([plan["fold_names"][0]])[:TIMED_CASES]
     speed = _inference_times(args.dataset, run["preset"], cases)
     gap = _cca_gap(args.dataset, run["preset"])
+    seeds = _seed_spread(args.dataset, run["preset"])
     labels = list(crossval["labels"])
     methods = {m: {"overall": 100 * s["overall"]["mean"],
                    "per_label": {lab: 100 * s[lab]["mean"] for lab in labels},
@@ -161,6 +214,7 @@ def main() -> None:
     gap_rows = "\n".join(f"| {view} | {g['fold']['dice']:.2f} | {g['cca']['dice']:.2f} | "
                          f"{g['fold']['dice'] - g['cca']['dice']:+.2f} | {g['fold']['volume_ratio']:.3f} | "
                          f"{g['cca']['volume_ratio']:.3f} |" for view, g in gap.items())
+    seed_rows = "\n".join(f"| {seed} | {d:+.2f} |" for seed, d in seeds["vfn_minus_mean"].items())
     body = f"""
 Command: `{run['invocation']}` (the same run's budget results: `{budget_path.name}`).
 {run['resumed']}
@@ -182,6 +236,15 @@ Command: `{run['invocation']}` (the same run's budget results: `{budget_path.nam
 |---|---|---|---|
 {test_rows}
 
+## VFN − mean over {SEEDS} seeds, fold {seeds['fold']} ({seeds['cases']} cases)
+
+| seed | VFN − mean, overall Dice points |
+|---|---|
+{seed_rows}
+
+Spread: {seeds['min']:+.2f} to {seeds['max']:+.2f} (standard deviation {seeds['std']:.2f}); the two extra VFNs \
+trained after train_all, outside its budget ({seeds['extra_training_s']:.0f} s).
+
 ## CCA units' maps against the fold units' maps, same cases (mean Dice %, predicted / true foreground volume)
 
 | view | fold units | CCA units | gap | volume ratio, fold | volume ratio, CCA |
@@ -195,7 +258,7 @@ Command: `{run['invocation']}` (the same run's budget results: `{budget_path.nam
     path = write_results(name, f"Fusion on {args.dataset}: 4-fold CCA, budget {args.budget:g} min, CPU", body, {
         "command": run["invocation"], "resumed": run["resumed"] or None, "budget_min": args.budget, "wall_min": run["wall_s"] / 60,
         "methods": methods, "tests": tests, "vfn_parameters": vfn_params, "unet3d_parameters": unet_params,
-        "inference": speed, "cca_gap": gap, "best": crossval["best"]})
+        "inference": speed, "cca_gap": gap, "seeds": seeds, "best": crossval["best"]})
     print(path.read_text())
 
 

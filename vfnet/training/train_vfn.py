@@ -48,8 +48,12 @@ def sgd_momentum(params, lr: float):
 def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", use_image: bool = True,
                    device: str = "auto", num_threads: int | None = None, resume: bool = False,
                    quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, seed: int = SEED) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set.
+
+    ``seed`` seeds the weights and the patch sampling (the validation cases stay the same); a
+    seed other than the default trains into ``vfn_seed<seed>`` beside the unit, to measure how
+    much the VFN's result depends on it.
 
     The fusion set is built first when it does not exist yet. ``stop_at`` stops after that
     many iterations with a latest checkpoint and no summary (to check that a long schedule
@@ -58,7 +62,7 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
     Returns:
         The unit's results folder (``<results>/<preset>/vfn/<unit>`` or ``vfn_noimage``).
     """
-    network_name = vfn_network_name(use_image)
+    network_name = vfn_network_name(use_image) + ("" if seed == SEED else f"_seed{seed}")
     setup = prepare_unit(dataset, "vfn", network_name, unit, preset, device, schedule_overrides, resume, overwrite)
     preprocessed, plan, spec, schedule, torch_device, out = (
         setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
@@ -79,7 +83,7 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
     if not resume:
         clear_previous_run(out)
 
-    seed_everything(SEED)
+    seed_everything(seed)
     model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image)
     parameters = count_parameters(model)
     vfn = plan["vfn"]
@@ -94,7 +98,7 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
     # a budget may fuse at the coarsest view's in-plane resolution (see vfnet.training.budget)
     factor = normalise_factor(schedule.get("input_downsample"))
     train_batches = VfnPatchSampler(load_fusion_samples(folder, train_cases, factor, plan.num_classes),
-                                    augment=augmentation == "paper", seed=SEED + start_iteration, **common)
+                                    augment=augmentation == "paper", seed=seed + start_iteration, **common)
     # every validation case, whole, at every validation (iteration 0 included)
     validation = VfnPatchSampler(load_fusion_samples(folder, val_cases, factor, plan.num_classes), augment=False,
                                  seed=SEED, **common)
@@ -102,7 +106,7 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
     iterations = int(schedule["iterations"])
     # the paper's SGD unless the preset names an optimizer (the CPU preset uses Adam to learn in fewer steps)
     paper_sgd = {} if "optimizer" in schedule else {"optimizer": sgd_momentum}
-    config = TrainingConfig.from_schedule(schedule, seed=SEED, lr_schedule=StepLR(iterations), grad_clip=None,
+    config = TrainingConfig.from_schedule(schedule, seed=seed, lr_schedule=StepLR(iterations), grad_clip=None,
                                           validate_at_start=True, **paper_sgd)
     # Dice alone (the paper, one organ) left the multi-class softmax VFN predicting a foreground class over
     # the whole ROI on Hippocampus after a short schedule; cross-entropy anchors the background.
