@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from vfnet.atomic import atomic_path
 from vfnet.dicom import series_note
-from vfnet.errors import VfnetError
+from vfnet.errors import ImageWriteError, VfnetError, disk_full_message
 from vfnet.imageio import nifti_raw_check, read_canonical, write_like, written_image_problem
 from vfnet.inference.inputs import InputCase, discover_cases
 from vfnet.inference.models import DeployedModels, UNet3DModels, load_3d_models, load_deployed_models
@@ -175,6 +175,15 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
             if note:
                 report.notes[case.case_id] = note
             predict_case(case, models, fusion, postprocess, tta, target, save_probabilities, series)
+        except (ImageWriteError, OSError) as exc:
+            stop = _output_failure(exc, target, report)
+            if stop is None:  # an unreadable input: this case's problem only
+                report.failed[case.case_id] = f"{case.sources[0]}: {type(exc).__name__}: {exc}"
+                log({"case": case.case_id, "seconds": None, "error": report.failed[case.case_id]})
+                continue
+            report.failed[case.case_id] = str(stop)
+            log({"case": case.case_id, "seconds": None, "error": str(stop)})
+            raise stop from None
         except VfnetError as exc:
             report.failed[case.case_id] = str(exc)
         except MemoryError:
@@ -193,3 +202,16 @@ def dicom_series_note(case: InputCase, series: str | None) -> str | None:
     """Which series a DICOM case folder holding several gives (None for files and single series)."""
     folder = Path(case.sources[0])
     return series_note(folder, series) if folder.is_dir() else None
+
+
+def _output_failure(exc: OSError | ImageWriteError, target: Path, report: PredictionReport) -> VfnetError | None:
+    """A write failure every later case would hit too (full disk, file-size limit) as the error that stops the
+    batch; None for an OSError of this case alone (an unreadable input), which the caller treats per case."""
+    if isinstance(exc, OSError):
+        reason = disk_full_message(exc)
+        if reason is None:
+            return None
+    else:
+        reason = str(exc)
+    return VfnetError(f"{reason}; stopped after writing {len(report.written)} case(s) to {target} (they are kept, "
+                      "nothing partial is), free some space and rerun to predict the rest")
