@@ -118,7 +118,7 @@ def test_an_edited_raw_label_redoes_its_arrays(demo_preprocessed, demo_raw):
 
     import SimpleITK as sitk
 
-    case = sorted(p.name for p in (demo_raw / "labelsTr").iterdir())[0]
+    case = min(p.name for p in (demo_raw / "labelsTr").iterdir())
     case_id = case.split(".")[0]
     before = np.load(demo_preprocessed / "arrays" / f"{case_id}_label.npy")
     props = read_json(demo_preprocessed / "arrays" / f"{case_id}.json")

@@ -16,8 +16,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from vfnet.atomic import atomic_path, read_json, write_json
+from vfnet.atomic import atomic_path, read_json, remove_stale_temporaries, write_json
 from vfnet.dataset import CaseFiles
+from vfnet.errors import VfnetError
 from vfnet.imageio import read_canonical
 
 ARRAYS_DIR = "arrays"
@@ -75,8 +76,18 @@ def class_values(labels: dict[str, int]) -> np.ndarray:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
+    """Save under a temporary name, read the header and size back, then rename (a full disk raises VfnetError)."""
     with atomic_path(path, suffix=".npy") as tmp:
-        np.save(tmp, array)
+        try:
+            np.save(tmp, array)
+            stored = np.load(tmp, mmap_mode="r")  # memory-mapping checks the file holds every byte
+            complete = stored.shape == array.shape and stored.dtype == array.dtype
+            del stored
+        except (OSError, ValueError) as exc:  # numpy reports a short write without an errno
+            raise VfnetError(f"could not write {path} completely ({exc}); is the disk full or a file-size limit "
+                             "set? Free some space and rerun") from None
+        if not complete:
+            raise VfnetError(f"could not write {path} completely; free some space and rerun")
 
 
 def source_stamps(case: CaseFiles) -> dict[str, dict[str, int]]:
@@ -136,6 +147,7 @@ def _preprocess_args(args):
 def preprocess_dataset(cases: list[CaseFiles], plan: dict, plan_hash: str, folder: Path,
                        num_processes: int = 2, quiet: bool = False) -> tuple[int, int]:
     """Preprocess every case not already current (same plan hash, same raw files). Returns (done now, skipped)."""
+    remove_stale_temporaries(Path(folder) / ARRAYS_DIR)  # left by a killed run
     todo = [c for c in cases if not case_is_current(folder, c.case_id, plan_hash, source_stamps(c))]
     jobs = [(case, plan, plan_hash, folder) for case in todo]
     bar = {"total": len(jobs), "desc": "preprocessing", "unit": "case", "disable": quiet or not jobs}

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from vfnet.atomic import _process_alive
 from vfnet.errors import DISK_FULL, VfnetError
 
 BLOCK = 1 << 20
@@ -67,22 +68,12 @@ def extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path
     return digest.hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_staging(root: Path, prefix: str) -> list[Path]:
     """Remove the staging folders under ``root`` whose process no longer runs; return them."""
     removed = []
     for folder in Path(root).glob(f"{prefix}*"):
         pid = folder.name[len(prefix):].split("_", 1)[0]
-        if folder.is_dir() and (not pid.isdigit() or not _pid_alive(int(pid))):
+        if folder.is_dir() and (not pid.isdigit() or not _process_alive(int(pid))):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vfnet.atomic import atomic_path
+from vfnet.atomic import atomic_path, remove_stale_temporaries
 from vfnet.dicom import series_note
 from vfnet.errors import ImageWriteError, VfnetError, disk_full_message
 from vfnet.imageio import nifti_raw_check, read_canonical, write_like, written_image_problem
@@ -46,6 +46,9 @@ def _check_folders(source: Path, target: Path) -> None:
                          "into its input: choose another -o")
     if target == source:
         raise VfnetError(f"output {target} is the input itself; choose another -o")
+    if source.is_file() and target == source.parent:
+        raise VfnetError(f"output folder {target} is the input file's own folder; vfnet never writes beside its "
+                         "input: choose another -o")
     if target.exists() and not target.is_dir():
         raise VfnetError(f"output {target} is an existing file; -o names the folder the labels go to")
 
@@ -154,6 +157,7 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
         fusion = models.fusion_method
         postprocess = models.default_postprocess if postprocess is None else postprocess
     target.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)  # left by a killed run
     report = PredictionReport()
     log_path = target / "vfnet_predict.log"
 
@@ -188,7 +192,7 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
             report.failed[case.case_id] = str(exc)
         except MemoryError:
             report.failed[case.case_id] = f"{case.sources[0]}: out of memory for this case"
-        except (RuntimeError, ValueError, OSError) as exc:
+        except (RuntimeError, ValueError) as exc:
             report.failed[case.case_id] = f"{case.sources[0]}: {type(exc).__name__}: {exc}"
         else:
             report.written.append(case.case_id)

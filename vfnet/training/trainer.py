@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vfnet.atomic import atomic_path
+from vfnet.atomic import atomic_path, remove_stale_temporaries
 from vfnet.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from vfnet.errors import CheckpointError, PlanError, VfnetError
 from vfnet.training.losses import foreground_counts
@@ -208,6 +208,7 @@ class Trainer:
         self.loss, self.train_loader, self.val_loader = loss, train_loader, val_loader
         self.config, self.out_dir, self.quiet = config, Path(out_dir), quiet
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out_dir)  # checkpoints half-written by a killed run
         self.metadata = dict(metadata or {})
         make_optimizer = config.optimizer or sgd_nesterov
         self.optimizer = make_optimizer(self.network.parameters(), config.lr)
