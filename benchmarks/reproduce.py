@@ -334,6 +334,7 @@ def check_start(args) -> Path:
     import torch
 
     from vfnet import paths
+    from vfnet.checkpoint import load_checkpoint
     from vfnet.fusion.fusion_set import build_fusion_set, fusion_set_dir
     from vfnet.plans import Plan
     from vfnet.training.train2d import train_2d_unit
@@ -367,7 +368,7 @@ def check_start(args) -> Path:
         out = func(TASK, "0", args.preset, device=args.device, resume=False, quiet=False,
                    schedule_overrides=overrides, stop_at=n)
         wall = time.perf_counter() - start
-        state = torch.load(out / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+        state = load_checkpoint(out / "checkpoint_latest.pth")
         interval = state["history"][-1]
         checks[network] = {"schedule": schedule, "iterations_run": int(state["iteration"]),
                            "seconds": interval["seconds"], "iterations_per_s": n / interval["seconds"],

@@ -211,3 +211,101 @@ def test_trained_3d_units_travel_with_the_model(vfnet_env, tmp_path):
     assert ("3d", "0") in units and ("3d", "1") not in units
     assert "quick/3d/0/checkpoint_final.pth" in manifest["files"]
     assert not any(rel.startswith("quick/3d/0/predictions") for rel in manifest["files"])
+
+
+def _rezip(source: Path, target: Path, replace: dict[str, bytes], manifest_edit=None) -> Path:
+    """Copy a model zip, replacing members by name suffix and optionally editing the manifest."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as new:
+        for info in old.infolist():
+            data = old.read(info)
+            if info.filename == MANIFEST and manifest_edit:
+                manifest = json.loads(data)
+                manifest_edit(manifest)
+                data = json.dumps(manifest).encode()
+            for suffix, replacement in replace.items():
+                if info.filename.endswith(suffix):
+                    data = replacement
+            new.writestr(info.filename, data)
+    return target
+
+
+def test_member_larger_than_its_manifest_is_refused_while_streaming(vfnet_env, tmp_path, monkeypatch):
+    from vfnet.zipsafe import extract_member
+
+    fake_results()
+    archive = export_model(NAME, tmp_path / "model.zip", preset=PRESET)
+    bomb = _rezip(archive, tmp_path / "bomb.zip", {"quick/crossval/crossval.md": bytes(50 * 2**20)})
+    assert bomb.stat().st_size < 2**20  # 50 MiB of zeros compress to almost nothing
+    _use_results_root(monkeypatch, tmp_path / "other")
+    with pytest.raises(VfnetError, match="not the .* declares"):
+        install_model(bomb)
+    assert list((tmp_path / "other").iterdir()) == []
+    # a header that lies: the bytes are counted while unpacking, and nothing past the declared size is written
+    with zipfile.ZipFile(bomb) as opened:
+        info = next(i for i in opened.infolist() if i.filename.endswith("crossval.md"))
+        with pytest.raises(VfnetError, match="larger than the 1000 bytes"):
+            extract_member(opened, info, tmp_path / "out.md", declared_bytes=1000, label="bomb.zip")
+    assert (tmp_path / "out.md").stat().st_size <= 1000
+
+
+def test_declared_total_above_the_cap_and_malformed_entries_are_refused(vfnet_env, tmp_path):
+    fake_results()
+    archive = export_model(NAME, tmp_path / "model.zip", preset=PRESET)
+
+    def huge(manifest):
+        manifest["files"]["plans.json"]["bytes"] = 2**50
+
+    def malformed(manifest):
+        manifest["files"]["plans.json"] = "abc"
+
+    for edit, message in ((huge, "more than the 32 GiB"), (malformed, "entry 'plans.json' is malformed")):
+        result = CliRunner().invoke(install_model_entry, [str(_rezip(archive, tmp_path / "bad.zip", {}, edit))])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert [p.name for p in paths.results_root().iterdir()] == [NAME]  # only the source: nothing installed or staged
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (Path.touch, (Path(__file__).parent / "pwned",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(vfnet_env, tmp_path, monkeypatch):
+    import hashlib
+    import io
+
+    fake_results()
+    archive = export_model(NAME, tmp_path / "model.zip", preset=PRESET)
+    buffer = io.BytesIO()
+    torch.save({"network": {}, "payload": _RunsCode()}, buffer)
+    payload = buffer.getvalue()
+    rel = f"{PRESET}/vfn/all/checkpoint_final.pth"
+
+    def honest_checksum(manifest):  # the manifest matches the payload: checksums alone cannot catch it
+        manifest["files"][rel] = {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+
+    evil = _rezip(archive, tmp_path / "evil.zip", {rel: payload}, honest_checksum)
+    _use_results_root(monkeypatch, tmp_path / "other")
+    result = CliRunner().invoke(install_model_entry, [str(evil)])
+    assert result.exit_code == 2, result.output
+    assert "could run code" in result.output and rel in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (Path(__file__).parent / "pwned").exists()
+    assert list((tmp_path / "other").iterdir()) == []
+
+
+def test_exported_checkpoints_hold_weights_only_and_stale_staging_is_removed(vfnet_env, tmp_path, monkeypatch):
+    from vfnet.checkpoint import load_checkpoint
+
+    results = fake_results()
+    final = paths.unit_dir(results, PRESET, "2d_axial", "0") / "checkpoint_final.pth"
+    state = torch.load(final)
+    torch.save({**state, "optimizer": {"state": {}, "param_groups": []}, "rng": {"torch": torch.get_rng_state()}},
+               final)
+    archive = export_model(NAME, tmp_path / "model.zip", preset=PRESET)
+    _use_results_root(monkeypatch, tmp_path / "other")
+    stale = tmp_path / "other" / ".vfnet_install_999999999_abc"  # a killed install's staging (no such process)
+    (stale / "files").mkdir(parents=True)
+    installed = install_model(archive)
+    exported = load_checkpoint(paths.unit_dir(installed, PRESET, "2d_axial", "0") / "checkpoint_final.pth")
+    assert set(exported) == {"network", "history"} and torch.equal(exported["network"]["w"], state["network"]["w"])
+    assert not stale.exists()

@@ -184,3 +184,22 @@ def test_verify_only_writes_nothing(demo_raw):
     assert result.exit_code == 0, result.output
     assert "passed" in result.output
     assert not (paths.preprocessed_root() / demo_raw.name).exists()
+
+
+def test_one_case_reports_geometry_undeclared_labels_and_nan_labels_together(demo_raw):
+    # a spacing mismatch used to stop the case's checks, hiding its label problems
+    image = demo_raw / "imagesTr" / "demo_004_0000.nii.gz"
+    _edit(image, lambda im: (im.SetSpacing([s * 1.1 for s in im.GetSpacing()]), im)[1])
+    label_path = demo_raw / "labelsTr" / "demo_004.nii.gz"
+    label = sitk.ReadImage(str(label_path))
+    array = sitk.GetArrayFromImage(label).astype(np.float32)
+    array[0, 0, :3] = np.nan
+    array[0, 1, 0] = 9
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(label)
+    sitk.WriteImage(out, str(label_path))
+    problems = [p for p in _problems(demo_raw) if "demo_004" in p]
+    assert any("spacing" in p for p in problems)
+    assert any("label values [9] are not declared" in p for p in problems)
+    assert any("3 voxels are NaN or Inf" in p and "demo_004.nii.gz" in p for p in problems)
+    assert len(problems) == 3

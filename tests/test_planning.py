@@ -111,3 +111,31 @@ def test_holdout_plan(demo_raw):
     assert [u["name"] for u in plan["units"]["vfn"]] == ["holdout"]
     folder = paths.preprocessed_root() / demo_raw.name
     assert len(read_json(folder / "splits.json")["folds"]["C"]) >= 1
+
+
+def test_an_edited_raw_label_redoes_its_arrays(demo_preprocessed, demo_raw):
+    import os
+
+    import SimpleITK as sitk
+
+    case = min(p.name for p in (demo_raw / "labelsTr").iterdir())
+    case_id = case.split(".")[0]
+    before = np.load(demo_preprocessed / "arrays" / f"{case_id}_label.npy")
+    props = read_json(demo_preprocessed / "arrays" / f"{case_id}.json")
+    assert props["sources"][f"labelsTr/{case}"]["bytes"] == (demo_raw / "labelsTr" / case).stat().st_size
+    label_path = demo_raw / "labelsTr" / case
+    label = sitk.ReadImage(str(label_path))
+    edited = sitk.GetImageFromArray(np.zeros_like(sitk.GetArrayFromImage(label)))
+    edited.CopyInformation(label)
+    sitk.WriteImage(edited, str(label_path))
+    os.utime(label_path, ns=(label_path.stat().st_atime_ns, label_path.stat().st_mtime_ns + 10**9))
+
+    plan = plan_and_preprocess(None, num_processes=1, quiet=True)
+    after = np.load(demo_preprocessed / "arrays" / f"{case_id}_label.npy")
+    assert before.any() and not after.any()
+    assert plan["_run"]["preprocessed"] >= 1
+    fingerprint = demo_preprocessed / "fingerprint.json"
+    arrays = demo_preprocessed / "arrays" / f"{case_id}_label.npy"
+    assert fingerprint.stat().st_mtime_ns >= arrays.stat().st_mtime_ns  # written after the arrays it describes
+    again = plan_and_preprocess(None, num_processes=1, quiet=True)
+    assert again["_run"]["preprocessed"] == 0

@@ -75,7 +75,7 @@ def test_resume_restores_exact_state_and_finishes(demo_preprocessed, tmp_path):
     first = _trainer(demo_preprocessed, out, iterations=30, val_every=10)
     first.fit(stop_at=20)
     assert first.iteration == 20 and not (out / "checkpoint_final.pth").exists()
-    saved = torch.load(out / "checkpoint_latest.pth", weights_only=False)
+    saved = torch.load(out / "checkpoint_latest.pth", weights_only=True)
     assert saved["iteration"] == 20
 
     second = _trainer(demo_preprocessed, out, iterations=30, val_every=10, seed=99)
@@ -93,7 +93,7 @@ def test_resume_restores_exact_state_and_finishes(demo_preprocessed, tmp_path):
 
     history = second.fit()
     assert second.iteration == 30 and [h["iteration"] for h in history] == [10, 20, 30]
-    final = torch.load(out / "checkpoint_final.pth", weights_only=False)
+    final = torch.load(out / "checkpoint_final.pth", weights_only=True)
     assert final["iteration"] == 30
     _assert_same(final["network"], second.network.state_dict())
 

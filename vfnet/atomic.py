@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,3 +36,30 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporary files of :func:`atomic_path` in ``folder`` whose process is gone (a ``kill -9``).
+
+    Files of processes still running are left alone. Returns how many were removed.
+    """
+    removed = 0
+    for path in Path(folder).glob(".*.tmp*") if Path(folder).is_dir() else []:
+        match = _TEMPORARY.match(path.name)
+        if match and path.is_file() and not _process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

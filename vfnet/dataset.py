@@ -78,6 +78,8 @@ def parse_dataset_json(data: dict, source: str = "dataset.json") -> DatasetInfo:
             labels[str(value)] = int(key)  # MSD: value → name
         else:
             try:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(value)  # int() would quietly truncate 1.7 to 1
                 labels[str(key)] = int(value)  # v2: name → value
             except (TypeError, ValueError):
                 raise VfnetError(f"{source}: label '{key}' has non-integer value {value!r}") from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -26,10 +27,18 @@ from pathlib import Path, PurePosixPath
 
 from vfnet import __version__, paths
 from vfnet.atomic import atomic_path, read_json
-from vfnet.errors import ModelNotFoundError, PlanError, VfnetError
+from vfnet.checkpoint import WEIGHT_KEYS, load_checkpoint, save_checkpoint, weights_only_state
+from vfnet.errors import CheckpointError, ModelNotFoundError, PlanError, VfnetError
 from vfnet.inference.models import FINAL_CHECKPOINT, _train_hint, deployment_units
 from vfnet.plans import Plan
 from vfnet.views import VIEWS
+from vfnet.zipsafe import extract_member, staging_folder
+
+STAGING_PREFIX = ".vfnet_install_"
+# no deployment comes near this (a CCA ensemble of 12 2D units, 4 VFNs and the 3D units is ~1 GiB);
+# a manifest that declares more is refused before anything is unpacked
+MAX_INSTALL_BYTES = 32 * 2**30
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 MANIFEST = "vfnet_model.json"
 FORMAT = "vfnet_model"
@@ -108,7 +117,29 @@ def export_model(dataset: str | int | None, output_zip: str | Path, preset: str 
     files += [results / preset / "crossval" / f for f in CROSSVAL_FILES
               if (results / preset / "crossval" / f).is_file()]
     files += sorted((results / preset / "stack").glob("*/stack.json"))  # the stack fusion's weights per fold
-    relative = {f.relative_to(results).as_posix(): f for f in files}
+    output_zip = Path(output_zip)
+    if output_zip.resolve().is_relative_to(results.resolve()):
+        raise VfnetError(f"write the zip outside the results folder it exports ({results}), not to {output_zip}")
+    output_zip.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".vfnet_export_", dir=output_zip.resolve().parent) as stripped:
+        relative = {f.relative_to(results).as_posix(): f for f in files}
+        relative = {rel: _weights_only_copy(f, Path(stripped) / rel) if f.suffix == ".pth" else f
+                    for rel, f in relative.items()}
+        _write_zip(output_zip, name, preset, plan, relative, units, results)
+    return output_zip
+
+
+def _weights_only_copy(checkpoint: Path, copy: Path) -> Path:
+    """``checkpoint`` itself when it holds weights only, else a copy at ``copy`` without optimizer and random states."""
+    state = load_checkpoint(checkpoint)
+    if set(state) <= set(WEIGHT_KEYS):
+        return checkpoint
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(weights_only_state(state), copy)
+
+
+def _write_zip(output_zip: Path, name: str, preset: str, plan: Plan, relative: dict[str, Path],
+               units: list[tuple[str, str]], results: Path) -> None:
     best_path = results / preset / "crossval" / "best_method.json"
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "vfnet_version": __version__,
@@ -118,14 +149,18 @@ def export_model(dataset: str | int | None, output_zip: str | Path, preset: str 
         "units": [{"network": n, "unit": u} for n, u in units],
         "files": {rel: {"sha256": _sha256(f), "bytes": f.stat().st_size} for rel, f in relative.items()},
     }
-    output_zip = Path(output_zip)
-    if output_zip.resolve().is_relative_to(results.resolve()):
-        raise VfnetError(f"write the zip outside the results folder it exports ({results}), not to {output_zip}")
-    with atomic_path(output_zip, suffix=".zip") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        for rel, path in relative.items():
-            archive.write(path, f"{name}/{rel}")
-    return output_zip
+    with atomic_path(output_zip, suffix=".zip") as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
+            for rel, path in relative.items():
+                archive.write(path, f"{name}/{rel}")
+        try:  # read back: a full disk can leave a zip without its central directory
+            with zipfile.ZipFile(tmp) as archive:
+                complete = set(archive.namelist()) == {MANIFEST, *(f"{name}/{rel}" for rel in relative)}
+        except zipfile.BadZipFile:
+            complete = False
+        if not complete:
+            raise VfnetError(f"{output_zip} came out incomplete (full disk?); free some space and export again")
 
 
 def _safe_member(name: str) -> PurePosixPath:
@@ -148,6 +183,7 @@ def _check_manifest(manifest: dict, zip_path: Path) -> None:
         raise VfnetError(f"{zip_path}: dataset name {name!r} in {MANIFEST} is not TaskXX_Name")
     if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("units"), list):
         raise VfnetError(f"{zip_path}: {MANIFEST} lacks its files or units")
+    _check_file_entries(manifest["files"], zip_path)
     try:
         checkpoints = [f"{manifest['preset']}/{u['network']}/{u['unit']}/{FINAL_CHECKPOINT}" for u in manifest["units"]]
     except (KeyError, TypeError) as exc:
@@ -155,6 +191,19 @@ def _check_manifest(manifest: dict, zip_path: Path) -> None:
     absent = [c for c in checkpoints if c not in manifest["files"]]
     if absent:
         raise VfnetError(f"{zip_path}: {MANIFEST} lists units whose checkpoints it lacks: {', '.join(absent)}")
+
+
+def _check_file_entries(files: dict, zip_path: Path) -> None:
+    """Every file entry is ``{"sha256": 64 hex digits, "bytes": a size}``, and the sizes add up to at most the cap."""
+    for rel, entry in files.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                and _SHA256.fullmatch(entry["sha256"]) and type(entry.get("bytes")) is int and entry["bytes"] >= 0):
+            raise VfnetError(f"{zip_path}: {MANIFEST} entry {rel!r} is malformed (expected a sha256 of 64 hex digits "
+                             f"and a size in bytes, got {str(entry)[:80]}); the zip is damaged or not from vfnet")
+    total = sum(entry["bytes"] for entry in files.values())
+    if total > MAX_INSTALL_BYTES:
+        raise VfnetError(f"{zip_path}: {MANIFEST} declares {total / 2**30:.1f} GiB of files, more than the "
+                         f"{MAX_INSTALL_BYTES / 2**30:.0f} GiB a vfnet model may hold; refusing to install it")
 
 
 def read_manifest(zip_path: str | Path) -> dict:
@@ -175,6 +224,8 @@ def read_manifest(zip_path: str | Path) -> dict:
         raise VfnetError(f"{zip_path} has no {MANIFEST}: not a model written by vfnet_export_model") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise VfnetError(f"{zip_path}: {MANIFEST} is not valid JSON ({exc})") from exc
+    except (OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise VfnetError(f"{zip_path} cannot be read ({exc})") from exc
     _check_manifest(manifest, zip_path)
     return manifest
 
@@ -198,16 +249,34 @@ def _extract(archive: zipfile.ZipFile, manifest: dict, staging: Path, zip_path: 
         raise VfnetError(f"{zip_path} does not match its {MANIFEST}: unlisted {sorted(map(str, unknown))}, "
                          f"missing {sorted(map(str, absent))}")
     for rel, info in sorted(members.items()):
+        declared = manifest["files"][str(rel)]
+        if info.file_size != declared["bytes"]:  # the header can lie too: extract_member counts what it writes
+            raise VfnetError(f"{zip_path}: {info.filename} is {info.file_size} bytes, not the {declared['bytes']} "
+                             f"its {MANIFEST} declares; refusing to install it")
         target = staging.joinpath(*rel.parts)
         target.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        with archive.open(info) as source, open(target, "wb") as sink:
-            for block in iter(lambda: source.read(1 << 20), b""):
-                digest.update(block)
-                sink.write(block)
-        if digest.hexdigest() != manifest["files"][str(rel)]["sha256"]:
+        if extract_member(archive, info, target, declared["bytes"], str(zip_path)) != declared["sha256"]:
             raise VfnetError(f"{zip_path}: {rel} is corrupt (checksum differs from {MANIFEST})")
     return sorted(members)
+
+
+def _check_checkpoints(files: list[PurePosixPath], staging: Path, zip_path: Path) -> None:
+    """Every staged checkpoint loads with ``weights_only=True`` (one that could run code is refused)."""
+    for rel in files:
+        if rel.suffix == ".pth":
+            staged = staging.joinpath(*rel.parts)
+            try:
+                load_checkpoint(staged)
+            except CheckpointError as exc:
+                raise VfnetError(f"{zip_path}: {str(exc).replace(str(staged), str(rel))}") from exc
+
+
+def _check_free_space(manifest: dict, root: Path, zip_path: Path) -> None:
+    needed = sum(entry["bytes"] for entry in manifest["files"].values())
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        raise VfnetError(f"installing {zip_path} needs {needed / 2**20:.0f} MiB but {root} has only "
+                         f"{free / 2**20:.0f} MiB free; free some space and install again")
 
 
 def _conflicts(files: list[PurePosixPath], staging: Path, target: Path) -> list[str]:
@@ -247,8 +316,10 @@ def install_model(zip_path: str | Path, overwrite: bool = False) -> Path:
     """Install a zip written by :func:`export_model` into ``$vfnet_results/<TaskXX_Name>/``.
 
     Every member is checked (no absolute or ``..`` paths, no links, nothing the manifest does
-    not list, checksums) and unpacked into a staging folder beside the results before anything
-    is moved into place, so a bad zip leaves nothing behind.
+    not list, sizes counted while unpacking and capped by the manifest, checksums, checkpoints
+    loadable with ``weights_only=True``) and unpacked into a staging folder beside the results
+    before anything is moved into place, so a bad zip leaves nothing behind; staging folders
+    of killed installs are removed by the next one.
 
     Args:
         zip_path: the model zip.
@@ -265,12 +336,13 @@ def install_model(zip_path: str | Path, overwrite: bool = False) -> Path:
     root = paths.results_root()
     root.mkdir(parents=True, exist_ok=True)
     target = root / manifest["dataset"]
+    _check_free_space(manifest, root, zip_path)
     # staging inside the results root: same file system, so the final renames are atomic
-    staging_root = Path(tempfile.mkdtemp(prefix=".vfnet_install_", dir=root))
-    try:
+    with staging_folder(root, STAGING_PREFIX) as staging_root:
         staging = staging_root / "files"
         with zipfile.ZipFile(zip_path) as archive:
             files = _extract(archive, manifest, staging, zip_path)
+        _check_checkpoints(files, staging, zip_path)
         plans = staging / "plans.json"
         if not plans.is_file():
             raise VfnetError(f"{zip_path} holds no plans.json for {manifest['dataset']}")
@@ -289,6 +361,4 @@ def install_model(zip_path: str | Path, overwrite: bool = False) -> Path:
             os.replace(staging, target)
         else:
             _move_into_place(files, staging, target, staging_root / "replaced")
-    finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
     return target

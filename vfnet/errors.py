@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
+# OSError numbers that mean "the disk (or a quota, or a file-size limit) is full": the user's to fix
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
 
 class VfnetError(Exception):
     """Base class of every error that is the user's to fix (bad input, missing model...)."""
@@ -34,3 +40,15 @@ class ImageReadError(VfnetError):
 
 class ImageWriteError(VfnetError):
     """An image could not be written completely (full disk, file-size limit, read-only folder)."""
+
+
+class CheckpointError(VfnetError):
+    """A checkpoint is missing, truncated, corrupt or holds more than tensors and plain values."""
+
+
+def disk_full_message(exc: OSError) -> str | None:
+    """One sentence for an OSError that a full disk or a file-size limit caused, else None."""
+    if exc.errno not in DISK_FULL:
+        return None
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return f"{os.strerror(exc.errno).lower()}{where}; free some disk space (or raise the file-size limit) and rerun"

@@ -1,4 +1,4 @@
-"""Image IO and orientation: the only module that imports SimpleITK for reading and writing.
+"""Image IO and orientation: with :mod:`vfnet.dicom`, the only module that imports SimpleITK for reading and writing.
 
 Every volume enters vfnet through :func:`read_canonical`, which reorients it to LPS so
 that the array is (inferior→superior, anterior→posterior, right→left) = (z, y, x),
@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from vfnet.atomic import atomic_path
+from vfnet.dicom import read_dicom_series
 from vfnet.errors import ImageReadError, ImageWriteError
 
 CANONICAL_ORIENTATION = "LPS"
@@ -58,31 +59,39 @@ def is_dicom_folder(path: Path) -> bool:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
-def read_image(path: str | Path, verify: bool = True) -> sitk.Image:
-    """Read a file SimpleITK knows, or a DICOM series folder (slices ordered by position).
+def read_image(path: str | Path, verify: bool = True, series: str | None = None) -> sitk.Image:
+    """Read a file SimpleITK knows, or a DICOM series folder (see :mod:`vfnet.dicom` for its rules).
 
     ``verify`` also checks NIfTI raw data, which ITK does not (see :func:`nifti_raw_check`).
+    ``series`` picks the DICOM series of a folder holding several.
     """
     path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file or folder")
     if verify and path.is_file():
         nifti_raw_check(path)
     try:
         if path.is_dir():
-            series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise ImageReadError(f"{path}: folder holds no DICOM series")
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
-            return reader.Execute()
+            return read_dicom_series(path, series)
         return sitk.ReadImage(str(path))
     except ImageReadError:
         raise
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        reason = next((line for line in first if "ERROR" in line or "exception" in line.lower()), "")
-        raise ImageReadError(
-            f"{path}: cannot be read (corrupt, truncated or not an image){': ' + reason.strip() if reason else ''}"
-        ) from None
+        raise ImageReadError(f"{path}: cannot be read (corrupt, truncated or not an image{itk_reason(exc, path)})") from None
+
+
+def itk_reason(exc: RuntimeError, path: str | Path | None = None) -> str:
+    """ITK's own words from an exception, without C++ source paths, addresses and the file name: ``"; ITK: ..."``."""
+    import re
+
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    chosen = next((line for line in lines if "ERROR" in line), lines[-1] if lines else "")
+    chosen = re.sub(r"\S*/\S+\.(?:cxx|h|hxx|cpp|txx):\d+:?", "", chosen)
+    chosen = re.sub(r"^\s*(?:sitk|itk)::ERROR:\s*|\w+\(0x[0-9a-f]+\):\s*", "", chosen)
+    if path is not None:
+        chosen = chosen.replace(f'"{path}"', "").replace(str(path), "")
+    chosen = " ".join(chosen.split()).strip(" :,")
+    return f"; ITK: {chosen[:160]}" if len(chosen) > 3 and "Exception thrown" not in chosen else ""
 
 
 SPACING_RTOL = 1e-3
@@ -120,9 +129,13 @@ def to_canonical(image: sitk.Image) -> tuple[np.ndarray, tuple[float, float, flo
     return sitk.GetArrayFromImage(oriented), (spacing[2], spacing[1], spacing[0])
 
 
-def read_canonical(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float], Geometry]:
-    """Read a 3D image, reorient it to LPS and return (array (z, y, x), spacing (z, y, x), geometry)."""
-    image = read_image(path)
+def read_canonical(path: str | Path, series: str | None = None
+                   ) -> tuple[np.ndarray, tuple[float, float, float], Geometry]:
+    """Read a 3D image, reorient it to LPS and return (array (z, y, x), spacing (z, y, x), geometry).
+
+    ``series`` picks the DICOM series of a folder holding several.
+    """
+    image = read_image(path, series=series)
     if image.GetDimension() != 3:
         raise ImageReadError(f"{path}: expected a 3D image, found {image.GetDimension()}D")
     if image.GetNumberOfComponentsPerPixel() != 1:

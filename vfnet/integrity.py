@@ -53,65 +53,76 @@ def _channel_problem(image: sitk.Image, path: Path) -> str | None:
 
 
 def check_case(case_id: str, image_paths: list[Path], label_path: Path, info: DatasetInfo) -> CaseReport:
-    """Read one case, list its problems, and gather its statistics when it has none."""
+    """Read one case, list every one of its problems, and gather its statistics when it has none.
+
+    The checks do not stop at a case's first problem: a geometry mismatch does not hide the
+    label's values, nor NaN voxels in an image or the label.
+    """
     report = CaseReport(case_id)
-    images: list[sitk.Image] = []
-    nonfinite: list[int] = []
-    for path in image_paths:
-        try:
-            nonfinite.append(nifti_raw_check(path))
-            image = read_image(path, verify=False)
-        except VfnetError as exc:
-            report.problems.append(str(exc))
-            continue
-        problem = _channel_problem(image, path)
-        if problem:
-            report.problems.append(problem)
-            continue
-        images.append(image)
-    try:
-        label = read_image(label_path)
-    except VfnetError as exc:
-        report.problems.append(str(exc))
-        return report
-    problem = _channel_problem(label, label_path)
-    if problem:
-        report.problems.append(problem.replace("per channel file", "label file"))
-        return report
-    if len(images) != len(image_paths):
-        return report
-    for image, path in zip(images, image_paths):
-        report.problems += _geometry_problems(image, label, str(path), f"label {label_path.name}")
-    if report.problems:
-        return report
-
-    label_array, spacing = to_canonical(label)
-    values = np.unique(label_array)
-    if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
-        bad = [float(v) for v in values if not np.isfinite(v) or v != np.round(v)][:5]
-        report.problems.append(f"{label_path}: label values must be integers, found {bad}; "
-                               "round them or re-export the label map")
-        return report
-    declared = set(info.labels.values())
-    undeclared = sorted(int(v) for v in values if int(v) not in declared)
-    if undeclared:
-        report.problems.append(f"{label_path}: label values {undeclared} are not declared in dataset.json "
-                               f"(declared: {sorted(declared)}); add them to 'labels' or remove them")
-    label_array = label_array.astype(np.int16)
-
+    images = [_read_checked(path, report, "per channel file") for path in image_paths]
+    label = _read_checked(label_path, report, "label file")
+    if label is not None:
+        for image, path in zip(images, image_paths):
+            if image is not None:
+                report.problems += _geometry_problems(image[0], label[0], str(path), f"label {label_path.name}")
+        label_array, spacing = to_canonical(label[0])
+        report.problems += _label_value_problems(label_array, label[1], label_path, info)
     arrays = []
-    for image, path, raw_count in zip(images, image_paths, nonfinite):
-        array, _ = to_canonical(image)
-        count = raw_count
-        if np.issubdtype(array.dtype, np.floating):
-            count = max(int(np.size(array) - np.count_nonzero(np.isfinite(array))), raw_count)
+    for image, path in zip(images, image_paths):
+        if image is None:
+            continue
+        array, _ = to_canonical(image[0])
+        count = _nonfinite_count(array, image[1])
         if count:
             report.problems.append(f"{path}: {count} voxels are NaN or Inf; replace them before training")
         arrays.append(array)
     if report.problems:
         return report
-    report.stats = _case_stats(arrays, label_array, spacing, info)
+    report.stats = _case_stats(arrays, label_array.astype(np.int16), spacing, info)
     return report
+
+
+def _read_checked(path: Path, report: CaseReport, what: str) -> tuple[sitk.Image, int] | None:
+    """(image, count of NaN/Inf in the raw NIfTI data), or None with the problem added to ``report``."""
+    try:
+        raw_nonfinite = nifti_raw_check(path)
+        image = read_image(path, verify=False)
+    except VfnetError as exc:
+        report.problems.append(str(exc))
+        return None
+    problem = _channel_problem(image, path)
+    if problem:
+        report.problems.append(problem.replace("per channel file", what))
+        return None
+    return image, raw_nonfinite
+
+
+def _nonfinite_count(array: np.ndarray, raw_count: int) -> int:
+    """NaN/Inf voxels: ITK's NIfTI reader turns them into 0, so the raw count can be the larger."""
+    if np.issubdtype(array.dtype, np.floating):
+        return max(int(np.size(array) - np.count_nonzero(np.isfinite(array))), raw_count)
+    return raw_count
+
+
+def _label_value_problems(label: np.ndarray, raw_nonfinite: int, label_path: Path, info: DatasetInfo) -> list[str]:
+    """Non-finite, non-integer and undeclared label values, each its own problem."""
+    problems = []
+    nonfinite = _nonfinite_count(label, raw_nonfinite)
+    if nonfinite:
+        problems.append(f"{label_path}: {nonfinite} voxels are NaN or Inf; a label map holds integer label "
+                        "values everywhere, re-export it")
+    values = np.unique(label)
+    values = values[np.isfinite(values)] if np.issubdtype(values.dtype, np.floating) else values
+    fractional = [float(v) for v in values if v != np.round(v)][:5]
+    if fractional:
+        problems.append(f"{label_path}: label values must be integers, found {fractional}; "
+                        "round them or re-export the label map")
+    declared = set(info.labels.values())
+    undeclared = sorted({int(v) for v in values if v == np.round(v) and int(v) not in declared})
+    if undeclared:
+        problems.append(f"{label_path}: label values {undeclared} are not declared in dataset.json "
+                        f"(declared: {sorted(declared)}); add them to 'labels' or remove them")
+    return problems
 
 
 def _case_stats(arrays: list[np.ndarray], label: np.ndarray, spacing: tuple, info: DatasetInfo) -> dict:

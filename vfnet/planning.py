@@ -35,12 +35,13 @@ def plan_and_preprocess(dataset: str | int | None, num_processes: int = 2, num_f
     out = paths.preprocessed_root() / name
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "dataset.json", info.to_json())
-    write_json(out / "fingerprint.json", fingerprint)
     write_json(out / "splits.json", make_splits(fingerprint["cases"], plan["num_folds"], plan["split_mode"]))
     write_json(out / "plans.json", plan)
     plan_hash = preprocessing_hash(plan)
     done, skipped = preprocess_dataset(training_cases(raw, info), plan, plan_hash, out,
                                        num_processes=num_processes, quiet=quiet)
+    # written once the arrays are current, so the fingerprint never describes raw files the arrays do not
+    write_json(out / "fingerprint.json", fingerprint)
     plan["_run"] = {"preprocessed": done, "skipped": skipped, "seconds": round(time.perf_counter() - start, 1),
                     "folder": str(out)}
     return plan

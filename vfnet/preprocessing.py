@@ -2,8 +2,9 @@
 
 Arrays are saved as plain ``.npy`` so every later stage can memory-map them and slice any
 view cheaply. Each case is written under a temporary name, then renamed; its properties
-JSON (written last) carries the plan hash, so a rerun skips finished cases and a changed
-plan redoes them.
+JSON (written last) carries the plan hash and the size and modification time of every raw
+file it was made from, so a rerun skips finished cases and redoes those whose plan or raw
+files changed.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from vfnet.atomic import atomic_path, read_json, write_json
+from vfnet.atomic import atomic_path, read_json, remove_stale_temporaries, write_json
 from vfnet.dataset import CaseFiles
+from vfnet.errors import VfnetError
 from vfnet.imageio import read_canonical
 
 ARRAYS_DIR = "arrays"
@@ -74,22 +76,46 @@ def class_values(labels: dict[str, int]) -> np.ndarray:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
+    """Save under a temporary name, read the header and size back, then rename (a full disk raises VfnetError)."""
     with atomic_path(path, suffix=".npy") as tmp:
-        np.save(tmp, array)
+        try:
+            np.save(tmp, array)
+            stored = np.load(tmp, mmap_mode="r")  # memory-mapping checks the file holds every byte
+            complete = stored.shape == array.shape and stored.dtype == array.dtype
+            del stored
+        except (OSError, ValueError) as exc:  # numpy reports a short write without an errno
+            raise VfnetError(f"could not write {path} completely ({exc}); is the disk full or a file-size limit "
+                             "set? Free some space and rerun") from None
+        if not complete:
+            raise VfnetError(f"could not write {path} completely; free some space and rerun")
 
 
-def case_is_current(folder: Path, case_id: str, plan_hash: str) -> bool:
+def source_stamps(case: CaseFiles) -> dict[str, dict[str, int]]:
+    """Size and modification time (ns) of each raw file of a case, keyed ``imagesTr/<name>``."""
+    stamps = {}
+    for path in [*case.images, *([case.label] if case.label else [])]:
+        info = Path(path).stat()
+        stamps[f"{Path(path).parent.name}/{Path(path).name}"] = {"bytes": info.st_size, "mtime_ns": info.st_mtime_ns}
+    return stamps
+
+
+def case_is_current(folder: Path, case_id: str, plan_hash: str, sources: dict | None = None) -> bool:
+    """Whether a case's arrays were made with ``plan_hash`` (and, when given, from these raw ``sources``)."""
     props = folder / ARRAYS_DIR / f"{case_id}.json"
     if not props.is_file():
         return False
     try:
-        done = read_json(props).get("plan_hash") == plan_hash
+        recorded = read_json(props)
     except ValueError:
         return False
-    return done and all((folder / ARRAYS_DIR / f"{case_id}_{k}.npy").is_file() for k in ("image", "label"))
+    done = recorded.get("plan_hash") == plan_hash and (sources is None or recorded.get("sources") == sources)
+    arrays = [folder / ARRAYS_DIR / f"{case_id}_{k}.npy" for k in ("image", "label")]
+    return done and all(a.is_file() and a.stat().st_size > 0 for a in arrays)
 
 
 def preprocess_case(case: CaseFiles, plan: dict, plan_hash: str, folder: Path) -> str:
+    # stamped before reading: a file that changes while it is read is redone by the next run
+    sources = source_stamps(case)
     channels, spacing, geometry = [], None, None
     for path in case.images:
         array, spacing, geometry = read_canonical(path)
@@ -105,6 +131,7 @@ def preprocess_case(case: CaseFiles, plan: dict, plan_hash: str, folder: Path) -
     write_json(arrays / f"{case.case_id}.json", {
         "case_id": case.case_id,
         "plan_hash": plan_hash,
+        "sources": sources,
         "geometry": geometry.to_dict(),
         "canonical_shape": [int(s) for s in channels[0].shape],
         "canonical_spacing": [float(s) for s in spacing],
@@ -119,8 +146,9 @@ def _preprocess_args(args):
 
 def preprocess_dataset(cases: list[CaseFiles], plan: dict, plan_hash: str, folder: Path,
                        num_processes: int = 2, quiet: bool = False) -> tuple[int, int]:
-    """Preprocess every case not already current. Returns (done now, skipped)."""
-    todo = [c for c in cases if not case_is_current(folder, c.case_id, plan_hash)]
+    """Preprocess every case not already current (same plan hash, same raw files). Returns (done now, skipped)."""
+    remove_stale_temporaries(Path(folder) / ARRAYS_DIR)  # left by a killed run
+    todo = [c for c in cases if not case_is_current(folder, c.case_id, plan_hash, source_stamps(c))]
     jobs = [(case, plan, plan_hash, folder) for case in todo]
     bar = {"total": len(jobs), "desc": "preprocessing", "unit": "case", "disable": quiet or not jobs}
     if num_processes <= 1 or len(jobs) < 4:

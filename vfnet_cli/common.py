@@ -8,7 +8,7 @@ import sys
 import click
 
 from vfnet import __version__
-from vfnet.errors import VfnetError
+from vfnet.errors import VfnetError, disk_full_message
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -35,7 +35,7 @@ class _Command(click.Command):
 
 
 def command(func):
-    """Turn ``func`` into a click command with ``--version``; a VfnetError exits 2 with its message."""
+    """Turn ``func`` into a click command with ``--version``; a VfnetError or a full disk exits 2 with one sentence."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -43,6 +43,12 @@ def command(func):
             return func(*args, **kwargs)
         except VfnetError as exc:
             click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            message = disk_full_message(exc)
+            if message is None:
+                raise
+            click.echo(f"Error: {message}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)

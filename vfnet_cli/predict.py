@@ -40,23 +40,29 @@ from vfnet_cli.common import command, dataset_option, preset_option, quiet_optio
 @click.option("--save-probabilities", is_flag=True,
               help="Also save each view's probabilities (<case>.npz, preprocessed grid).")
 @click.option("--overwrite", is_flag=True, help="Predict cases whose output exists (default: skip them).")
+@click.option("--series", default=None, metavar="UID",
+              help="DICOM folders holding several series: use this SeriesInstanceUID (default: the series with "
+                   "the most slices, ties by smallest UID; the choice is printed).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @quiet_option
 def predict_entry(source, target, dataset, preset, model, folds, fusion, postprocess, tta, save_probabilities,
-                  overwrite, device, quiet):
+                  overwrite, device, quiet, series):
     """Segment new images with a trained dataset's models.
 
     Each case is reoriented and preprocessed as planned, segmented along the axial, coronal
     and sagittal views (fold ensemble), fused (default: the method vfnet_crossval recorded,
     else the VFN), and written with exactly the input's size, spacing, origin and direction. A
-    DICOM series folder gives <folder>.nii.gz. A case that cannot be read is named and
+    DICOM series folder gives <folder>.nii.gz; its slices must be evenly spaced (a missing slice
+    is an error, never a silent uniform spacing). A case that cannot be read is named and
     skipped while the others finish; the exit code is then 1.
 
     With --model 3d the planned 3D U-Net baseline (fold ensemble of vfnet_train 3d) segments
     each case instead of the views and the fusion.
     """
     report = predict(source, target, dataset, preset, list(folds) or None, fusion, postprocess, tta,
-                     save_probabilities, overwrite, device, quiet, model)
+                     save_probabilities, overwrite, device, quiet, model, series)
+    for case, note in report.notes.items():
+        click.echo(f"{case}: {note}")
     if report.written:
         mean = sum(report.seconds.values()) / len(report.seconds)
         click.echo(f"Wrote {len(report.written)} case(s) to {target} ({mean:.2f} s per case)")

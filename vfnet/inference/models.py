@@ -11,6 +11,7 @@ import torch
 
 from vfnet import paths
 from vfnet.atomic import read_json
+from vfnet.checkpoint import load_checkpoint
 from vfnet.errors import ModelNotFoundError, VfnetError
 from vfnet.fusion.methods import METHODS, VfnConfig, fuse, fused_probabilities
 from vfnet.fusion.postprocess import keep_largest_component
@@ -35,7 +36,7 @@ def load_vfn(unit_dir: Path, plan: Plan, use_image: bool = True, device: str | t
         raise ModelNotFoundError(f"{path} not found")
     if (Path(unit_dir) / BEST_CHECKPOINT).is_file():
         path = Path(unit_dir) / BEST_CHECKPOINT
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(path)
     state = checkpoint.get("network", checkpoint)
     model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image,
                       view_prior=state_has_view_prior(state))

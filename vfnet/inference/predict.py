@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vfnet.atomic import atomic_path
-from vfnet.errors import VfnetError
+from vfnet.atomic import atomic_path, remove_stale_temporaries
+from vfnet.dicom import series_note
+from vfnet.errors import ImageWriteError, VfnetError, disk_full_message
 from vfnet.imageio import nifti_raw_check, read_canonical, write_like, written_image_problem
 from vfnet.inference.inputs import InputCase, discover_cases
 from vfnet.inference.models import DeployedModels, UNet3DModels, load_3d_models, load_deployed_models
@@ -35,6 +36,7 @@ class PredictionReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # e.g. which DICOM series of a folder was used
 
 
 def _check_folders(source: Path, target: Path) -> None:
@@ -44,6 +46,9 @@ def _check_folders(source: Path, target: Path) -> None:
                          "into its input: choose another -o")
     if target == source:
         raise VfnetError(f"output {target} is the input itself; choose another -o")
+    if source.is_file() and target == source.parent:
+        raise VfnetError(f"output folder {target} is the input file's own folder; vfnet never writes beside its "
+                         "input: choose another -o")
     if target.exists() and not target.is_dir():
         raise VfnetError(f"output {target} is an existing file; -o names the folder the labels go to")
 
@@ -92,10 +97,11 @@ def segment_canonical(channels: list[np.ndarray], spacing, models: DeployedModel
 
 
 def predict_case(case: InputCase, models: DeployedModels | UNet3DModels, fusion: str, postprocess: bool, tta: bool,
-                 out_dir: Path, save_probabilities: bool = False) -> None:
+                 out_dir: Path, save_probabilities: bool = False, series: str | None = None) -> None:
     """Predict one case and write ``out_dir/<case>.nii.gz`` (atomically).
 
     With :class:`UNet3DModels` the 3D U-Net ensemble segments the case and ``fusion`` is ignored.
+    ``series`` picks the DICOM series of a case folder holding several (see :mod:`vfnet.dicom`).
     """
     plan = models.plan
     if len(case.sources) != plan.num_channels:
@@ -103,7 +109,7 @@ def predict_case(case: InputCase, models: DeployedModels | UNet3DModels, fusion:
                          f"({', '.join(p.name for p in case.sources)}); the model expects {plan.num_channels}")
     channels, spacing, geometry = [], None, None
     for source in case.sources:
-        array, channel_spacing, channel_geometry = read_canonical(source)
+        array, channel_spacing, channel_geometry = read_canonical(source, series if Path(source).is_dir() else None)
         # ITK reads NaN and Inf in NIfTI as 0: count them in the file itself
         bad = nifti_raw_check(source) if Path(source).is_file() else 0
         if bad:
@@ -123,12 +129,14 @@ def predict_case(case: InputCase, models: DeployedModels | UNet3DModels, fusion:
 def predict(source: Path, target: Path, dataset: str | int | None = None, preset: str = "default",
             folds: list[str] | None = None, fusion: str | None = None, postprocess: bool | None = None,
             tta: bool = False, save_probabilities: bool = False, overwrite: bool = False,
-            device: str = "auto", quiet: bool = False, model: str = "vfnet") -> PredictionReport:
+            device: str = "auto", quiet: bool = False, model: str = "vfnet", series: str | None = None
+            ) -> PredictionReport:
     """Predict every case of ``source`` (a file, a folder of files, or DICOM series folders) into ``target``.
 
     ``model="vfnet"`` runs the views and the fusion; ``model="3d"`` the 3D U-Net baseline's fold
     ensemble (``folds`` then names 3D units; ``fusion`` does not apply; no post-processing
-    unless asked for).
+    unless asked for). ``series`` picks the DICOM series of case folders holding several; without
+    it the series with the most slices is used and the report's ``notes`` say so.
 
     Raises:
         VfnetError: before any case runs (bad folders, missing models). Per-case problems are
@@ -149,6 +157,7 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
         fusion = models.fusion_method
         postprocess = models.default_postprocess if postprocess is None else postprocess
     target.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)  # left by a killed run
     report = PredictionReport()
     log_path = target / "vfnet_predict.log"
 
@@ -166,17 +175,47 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
             continue
         start = time.perf_counter()
         try:
-            predict_case(case, models, fusion, postprocess, tta, target, save_probabilities)
+            note = dicom_series_note(case, series)
+            if note:
+                report.notes[case.case_id] = note
+            predict_case(case, models, fusion, postprocess, tta, target, save_probabilities, series)
+        except (ImageWriteError, OSError) as exc:
+            stop = _output_failure(exc, target, report)
+            if stop is None:  # an unreadable input: this case's problem only
+                report.failed[case.case_id] = f"{case.sources[0]}: {type(exc).__name__}: {exc}"
+                log({"case": case.case_id, "seconds": None, "error": report.failed[case.case_id]})
+                continue
+            report.failed[case.case_id] = str(stop)
+            log({"case": case.case_id, "seconds": None, "error": str(stop)})
+            raise stop from None
         except VfnetError as exc:
             report.failed[case.case_id] = str(exc)
         except MemoryError:
             report.failed[case.case_id] = f"{case.sources[0]}: out of memory for this case"
-        except (RuntimeError, ValueError, OSError) as exc:
+        except (RuntimeError, ValueError) as exc:
             report.failed[case.case_id] = f"{case.sources[0]}: {type(exc).__name__}: {exc}"
         else:
             report.written.append(case.case_id)
             report.seconds[case.case_id] = round(time.perf_counter() - start, 3)
-        log({"case": case.case_id, "seconds": report.seconds.get(case.case_id), "error": report.failed.get(case.case_id)})
+        log({"case": case.case_id, "seconds": report.seconds.get(case.case_id), "error": report.failed.get(case.case_id),
+             **({"note": report.notes[case.case_id]} if case.case_id in report.notes else {})})
     return report
 
 
+def dicom_series_note(case: InputCase, series: str | None) -> str | None:
+    """Which series a DICOM case folder holding several gives (None for files and single series)."""
+    folder = Path(case.sources[0])
+    return series_note(folder, series) if folder.is_dir() else None
+
+
+def _output_failure(exc: OSError | ImageWriteError, target: Path, report: PredictionReport) -> VfnetError | None:
+    """A write failure every later case would hit too (full disk, file-size limit) as the error that stops the
+    batch; None for an OSError of this case alone (an unreadable input), which the caller treats per case."""
+    if isinstance(exc, OSError):
+        reason = disk_full_message(exc)
+        if reason is None:
+            return None
+    else:
+        reason = str(exc)
+    return VfnetError(f"{reason}; stopped after writing {len(report.written)} case(s) to {target} (they are kept, "
+                      "nothing partial is), free some space and rerun to predict the rest")

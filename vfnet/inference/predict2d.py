@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from vfnet.atomic import atomic_path, write_json
+from vfnet.checkpoint import load_checkpoint
 from vfnet.data import PreprocessedDataset
 from vfnet.errors import ModelNotFoundError
 from vfnet.evaluation.metrics import dice
@@ -58,7 +59,7 @@ def restore_network(path: Path, build: Callable[[dict | None], torch.nn.Module],
     """
     if not Path(path).is_file():
         raise ModelNotFoundError(f"{path} not found; train the unit first with: {train_hint}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)
     metadata = state.get("metadata", {})
     network = build(metadata.get("network_config"))
     network.load_state_dict(state["network"])

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import pickle
 import shutil
 import time
 from collections.abc import Sequence
@@ -25,8 +24,9 @@ from tqdm import tqdm
 
 from vfnet import __version__, paths
 from vfnet.atomic import atomic_path, read_json
+from vfnet.checkpoint import load_checkpoint
 from vfnet.data import PreprocessedDataset
-from vfnet.errors import VfnetError
+from vfnet.errors import CheckpointError, VfnetError
 from vfnet.evaluation.metrics import dice
 from vfnet.fusion.crossval import test_folds
 from vfnet.fusion.methods import VfnConfig, fuse, majority_vote
@@ -166,8 +166,8 @@ def _unit_order(name: str) -> tuple:
 
 def _checkpoint_history(path: Path) -> list[dict] | None:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):  # an unreadable checkpoint only costs its curve
+        state = load_checkpoint(path)
+    except CheckpointError:  # an unreadable checkpoint only costs its curve
         return None
     return list(state["history"]) if isinstance(state, dict) and state.get("history") else None
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from vfnet.atomic import write_json
+from vfnet.checkpoint import load_checkpoint
 from vfnet.data import PreprocessedDataset
 from vfnet.inference.predict3d import load_unit_network_3d, predict_held_out_3d, unet3d_config
 from vfnet.networks.unet3d import UNet3D, build_unet3d
@@ -82,7 +83,7 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
 
     network = load_unit_network_3d(out, plan, torch_device, hint=train_hint(preprocessed.name, unit, preset))
     class_names = [name for name, _ in sorted(plan["labels"].items(), key=lambda kv: kv[1])]
-    state = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    state = load_checkpoint(out / "checkpoint_final.pth")
     predict_held_out_3d(network, data, predict_cases, plan["unet3d"]["patch_size"], class_names, out, torch_device,
                         quiet, extra={**metadata, "parameters": count_parameters(network),
                                       "iterations": int(state["iteration"]),

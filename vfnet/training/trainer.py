@@ -31,8 +31,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vfnet.atomic import atomic_path
-from vfnet.errors import PlanError, VfnetError
+from vfnet.atomic import atomic_path, remove_stale_temporaries
+from vfnet.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
+from vfnet.errors import CheckpointError, PlanError, VfnetError
 from vfnet.training.losses import foreground_counts
 
 CHECKPOINTS = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth")
@@ -169,7 +170,7 @@ def saved_iteration(out_dir: Path, name: str = "checkpoint_latest.pth") -> int:
     path = Path(out_dir) / name
     if not path.is_file():
         return 0
-    return int(torch.load(path, map_location="cpu", weights_only=False)["iteration"])
+    return int(load_checkpoint(path)["iteration"])
 
 
 def _to_tensor(value, device: torch.device) -> torch.Tensor:
@@ -207,6 +208,7 @@ class Trainer:
         self.loss, self.train_loader, self.val_loader = loss, train_loader, val_loader
         self.config, self.out_dir, self.quiet = config, Path(out_dir), quiet
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out_dir)  # checkpoints half-written by a killed run
         self.metadata = dict(metadata or {})
         make_optimizer = config.optimizer or sgd_nesterov
         self.optimizer = make_optimizer(self.network.parameters(), config.lr)
@@ -228,35 +230,34 @@ class Trainer:
 
     # ------------------------------------------------------------- checkpoints
     def state(self) -> dict:
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        """Tensors and plain values only, so the checkpoint loads with ``weights_only=True``."""
         return {"iteration": self.iteration, "network": self.network.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "best_dice": self.best_dice, "history": self.history,
-                "rng": rng, "config": self.config.describe(), "metadata": self.metadata}
+                "optimizer": self.optimizer.state_dict(), "scheduler": plain_scheduler_state(self.scheduler),
+                "scaler": self.scaler.state_dict(), "best_dice": float(self.best_dice),
+                "history": plain(self.history), "rng": rng_state(), "config": plain(self.config.describe()),
+                "metadata": plain(self.metadata)}
 
     def save_checkpoint(self, name: str) -> Path:
-        path = self.out_dir / name
-        with atomic_path(path, suffix=".pth") as tmp:
-            torch.save(self.state(), tmp)
-        return path
+        return save_checkpoint(self.state(), self.out_dir / name)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore everything needed to go on exactly where ``path`` was written."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        self.network.load_state_dict(state["network"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.iteration, self.best_dice = int(state["iteration"]), float(state["best_dice"])
-        self.history = list(state["history"])
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"].cpu())
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        """Restore everything needed to go on exactly where ``path`` was written.
+
+        Raises:
+            CheckpointError: the file is corrupt or not a training checkpoint; the message names it.
+        """
+        state = load_checkpoint(path, map_location=self.device)
+        try:
+            self.network.load_state_dict(state["network"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.iteration, self.best_dice = int(state["iteration"]), float(state["best_dice"])
+            self.history = list(state["history"])
+            set_rng_state(state["rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path} cannot be resumed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]});"
+                                  f" delete it to train the unit from the start") from exc
 
     def resume(self) -> bool:
         """Continue from ``checkpoint_latest.pth`` if it exists; True when something was restored."""
@@ -378,5 +379,10 @@ class Trainer:
 
 
 def load_checkpoint_weights(path: Path, device: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint (weights, metadata, history...) without a trainer."""
-    return torch.load(path, map_location=resolve_device(device), weights_only=False)
+    """Read a checkpoint (weights, metadata, history...) without a trainer, with ``weights_only=True``."""
+    return load_checkpoint(path, map_location=resolve_device(device))
+
+
+def plain_scheduler_state(scheduler) -> dict:
+    """A LambdaLR state whose schedule objects (PolyLR, StepLR) are stored as plain attribute dicts."""
+    return plain(scheduler.state_dict())
