@@ -10,7 +10,7 @@ import torch
 from vfnet.fusion.methods import fuse, fused_probabilities, majority_vote, vfn_fused_probabilities
 from vfnet.fusion.roi import roi_from_mask
 from vfnet.fusion.stack import fit_stack, stack_probabilities
-from vfnet.inference.models import tta_axes
+from vfnet.prediction.models import tta_axes
 from vfnet.training.data2d import augmentation_2d
 from vfnet.training.data_vfn import VfnPatchSampler, tile_batches
 from vfnet.training.trainer import Trainer, TrainingConfig
@@ -115,7 +115,7 @@ def test_validation_at_iteration_zero(tmp_path):
 def test_no_mirroring_in_planned_training_and_tta_axes(demo_preprocessed):
     from batchgenerators.transforms.spatial_transforms import MirrorTransform
 
-    from vfnet.plans import Plan
+    from vfnet.experiment_planning.plans import Plan
 
     assert not any(isinstance(t, MirrorTransform) for t in augmentation_2d([16, 16]).transforms)
     assert any(isinstance(t, MirrorTransform) for t in augmentation_2d([16, 16], (1,)).transforms)
@@ -141,10 +141,9 @@ def test_cca_crossval_scores_stack_and_prediction_uses_the_scored_pairs(demo_pre
     from click.testing import CliRunner
 
     from vfnet import paths
+    from vfnet.experiment_planning.plans import Plan
     from vfnet.fusion.crossval import crossval
-    from vfnet.plans import Plan
-    from vfnet.training.train2d import train_2d_unit
-    from vfnet.training.train_vfn import train_vfn_unit
+    from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
     from vfnet_cli.predict import predict_entry
 
     plan = Plan.load(demo_preprocessed)

@@ -107,12 +107,12 @@ def test_the_checker_sees_nested_relative_and_module_imports(tmp_path):
     assert all(not m.startswith("numpy") for _, m in found)
 
 
-@pytest.mark.parametrize("modules", ["vfnet.training, vfnet.networks",
-                                     "vfnet.training.train2d, vfnet.training.train3d, vfnet.training.train_vfn",
-                                     "vfnet.inference.predict2d, vfnet.inference.predict3d, "
-                                     "vfnet.inference.sliding_window",
-                                     "vfnet.preprocessing.data, vfnet.experiment_planning.plans"])
+@pytest.mark.parametrize("modules", [
+    "vfnet.training, vfnet.networks, vfnet.training.train2d, vfnet.training.train3d, vfnet.training.train_vfn",
+    ("vfnet.inference.predict2d, vfnet.inference.predict3d, vfnet.inference.sliding_window, "
+     "vfnet.preprocessing.data, vfnet.experiment_planning.plans"),
+])
 def test_simpleitk_stays_in_the_io_stage(modules):
     code = f"import sys; import {modules}; assert 'SimpleITK' not in sys.modules, 'SimpleITK was imported'"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -20,9 +20,8 @@ from vfnet.atomic import read_json
 from vfnet.deployment import export_model, install_model
 from vfnet.fusion.leakage import find_leaks
 from vfnet.imageio import read_image
-from vfnet.planning import plan_and_preprocess
-from vfnet.training.train2d import train_2d_unit
-from vfnet.training.train_vfn import train_vfn_unit
+from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
+from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess
 from vfnet.views import VIEWS
 from vfnet_cli.evaluate import evaluate_entry
 from vfnet_cli.fusion import crossval_entry
@@ -153,7 +152,7 @@ def test_predict_real_ct_and_its_dicom_series_in_their_own_geometry(trained, sha
         np.testing.assert_allclose(label.GetOrigin(), image.GetOrigin(), atol=1e-4)
         np.testing.assert_allclose(label.GetDirection(), image.GetDirection(), atol=1e-6)
     # the in-memory predictor gives the same labels for the real CT, as an image and as an array
-    from vfnet.inference.predictor import VfnetPredictor
+    from vfnet.prediction.predictor import VfnetPredictor
 
     predictor = VfnetPredictor(preset=PRESET, fusion="majority", postprocess=False, device="cpu")
     ct = sitk.ReadImage(str(inputs / "abdomen_ct_3mm.nii.gz"))

@@ -11,14 +11,14 @@ from click.testing import CliRunner
 
 from vfnet import paths
 from vfnet.atomic import write_json
-from vfnet.data import PreprocessedDataset
 from vfnet.errors import ModelNotFoundError, PlanError
+from vfnet.experiment_planning.plans import Plan
 from vfnet.fusion.crossval import crossval
-from vfnet.inference.models import load_3d_models
 from vfnet.inference.predict3d import load_unit_network_3d
-from vfnet.plans import Plan
+from vfnet.pipeline.units import train_3d_unit
+from vfnet.prediction.models import load_3d_models
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.training.data3d import crop_padded_nd, load_volumes, make_train_loader_3d
-from vfnet.training.train3d import train_3d_unit
 from vfnet.views import VIEWS
 from vfnet_cli.predict import predict_entry
 from vfnet_cli.train import train_entry

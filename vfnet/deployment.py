@@ -27,8 +27,9 @@ from pathlib import Path, PurePosixPath
 from vfnet import __version__, paths
 from vfnet.atomic import atomic_path, read_json
 from vfnet.errors import ModelNotFoundError, PlanError, VfnetError
-from vfnet.inference.models import FINAL_CHECKPOINT, _train_hint, deployment_units
-from vfnet.plans import Plan
+from vfnet.experiment_planning.plans import Plan
+from vfnet.fusion.models import FINAL_CHECKPOINT
+from vfnet.prediction.models import _train_hint, deployment_units
 from vfnet.views import VIEWS
 
 MANIFEST = "vfnet_model.json"

@@ -25,13 +25,16 @@ import torch
 from tqdm import tqdm
 
 from vfnet.atomic import atomic_path, write_json
-from vfnet.data import PreprocessedDataset
 from vfnet.errors import ModelNotFoundError
 from vfnet.evaluation.metrics import dice
 from vfnet.networks.unet2d import UNet2D, build_unet2d, unet2d_from_config
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import downsample_image, normalise_factor, upsample_probabilities
 from vfnet.training.data2d import slice_stacks
+from vfnet.training.units import TrainedUnit
 from vfnet.views import from_view, to_view
+
+PREDICT_BATCH = 64
 
 
 def load_unit_network(unit_dir: Path, plan: Mapping, view: str, device: str | torch.device = "cpu",
@@ -137,3 +140,13 @@ def predict_held_out(network: torch.nn.Module, dataset: PreprocessedDataset, cas
                "mean_per_class": class_means, "cases": per_case}
     write_json(unit_dir / "summary.json", summary)
     return summary
+
+
+def predict_trained_unit_2d(trained: TrainedUnit) -> dict:
+    """The held-out prediction of a 2D unit that has just trained (``after_training`` of
+    :func:`vfnet.training.train2d.fit_2d_unit`): its final checkpoint predicts ``predict_cases``."""
+    setup, view = trained.setup, trained.view
+    network = load_unit_network(setup.out, setup.plan, view, setup.device)
+    return predict_held_out(network, trained.data, trained.predict_cases, view,
+                            setup.plan["views"][view]["context_slices"], trained.class_names, setup.out,
+                            setup.device, PREDICT_BATCH, trained.quiet, extra=trained.metadata)

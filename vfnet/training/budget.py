@@ -38,7 +38,7 @@ import torch
 
 from vfnet.atomic import read_json, write_json
 from vfnet.errors import PlanError
-from vfnet.plans import Plan, budget_minutes, plan_2d_view
+from vfnet.experiment_planning.plans import Plan, budget_minutes, plan_2d_view
 from vfnet.resolution import downsampled_shape
 from vfnet.views import VIEWS, view_shape
 

@@ -29,7 +29,7 @@ from batchgenerators.transforms.color_transforms import (
 from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
-from vfnet.data import PreprocessedDataset
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import IDENTITY, downsample_image, downsample_label, normalise_factor
 from vfnet.views import context_indices, to_view
 

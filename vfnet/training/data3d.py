@@ -30,7 +30,7 @@ from batchgenerators.transforms.color_transforms import (
 from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform
 
-from vfnet.data import PreprocessedDataset
+from vfnet.preprocessing.data import PreprocessedDataset
 
 # One volume type for 2D and 3D sampling: a 3D volume is a ViewVolume in the canonical layout.
 from vfnet.training.data2d import ViewVolume, _foreground_points, _window_start, seeded_batches, start_loader

@@ -32,7 +32,8 @@ from torch import nn
 from tqdm import tqdm
 
 from vfnet.atomic import atomic_path
-from vfnet.errors import PlanError, VfnetError
+from vfnet.device import resolve_device
+from vfnet.errors import PlanError
 from vfnet.training.losses import foreground_counts
 
 CHECKPOINTS = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth")
@@ -152,16 +153,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; asking for CUDA without one is a user error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VfnetError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
-    return device
 
 
 def saved_iteration(out_dir: Path, name: str = "checkpoint_latest.pth") -> int:

@@ -18,8 +18,7 @@ from tqdm import tqdm
 from vfnet.atomic import atomic_path, read_json, write_json
 from vfnet.dataset import CaseFiles
 from vfnet.imageio import read_canonical
-
-ARRAYS_DIR = "arrays"
+from vfnet.paths import ARRAYS_DIR
 
 
 def resample(volume: np.ndarray, spacing, target, order: int) -> np.ndarray:
