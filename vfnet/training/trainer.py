@@ -151,6 +151,7 @@ def plot_progress(history: list[dict], path: Path) -> None:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
+    # only for batchgenerators' transforms, which draw from numpy's global RNG; vfnet's samplers own generators
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
