@@ -144,6 +144,7 @@ def test_cca_crossval_scores_stack_and_prediction_uses_the_scored_pairs(demo_pre
     from vfnet.experiment_planning.plans import Plan
     from vfnet.fusion.crossval import crossval
     from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
+    from vfnet.preprocessing.data import PreprocessedDataset
     from vfnet_cli.predict import predict_entry
 
     plan = Plan.load(demo_preprocessed)
@@ -156,8 +157,24 @@ def test_cca_crossval_scores_stack_and_prediction_uses_the_scored_pairs(demo_pre
     vfn_dir = paths.unit_dir(paths.results_root() / demo_preprocessed.name, "quick", "vfn", "0")
     summary = json.loads((vfn_dir / "summary.json").read_text())
     assert summary["best_iteration"] in (0, 2, 4) and summary["start_val_pseudo_dice"] is not None
+    # the leakage check on the records this training wrote: clean, then a VFN whose record claims its test fold
+    from vfnet.atomic import read_json, write_json
+    from vfnet.fusion.leakage import find_leaks
+
+    leaks, checks = find_leaks(None, "quick")
+    assert leaks == [] and checks > 50
+    record_path = vfn_dir / "unit.json"
+    honest = read_json(record_path)
+    test_case = PreprocessedDataset(demo_preprocessed).fold_cases(["0"])[0]
+    write_json(record_path, {**honest, "train_cases": honest["train_cases"] + [test_case]})
+    leaks, _ = find_leaks(None, "quick")
+    assert leaks and all(test_case in leak and "vfn unit '0'" in leak for leak in leaks), leaks
+    write_json(record_path, honest)
+
     table = crossval(None, "quick", device="cpu", quiet=True)
     assert {"stack", "vfn", "mean", "majority"} <= set(table["methods"])
+    # every case is scored once, by the models of the fold that left it out
+    assert sorted(table["cases"]) == PreprocessedDataset(demo_preprocessed).all_cases
     assert {"vfn vs mean", "vfn vs majority", "vfn vs stack"} <= set(table["tests"])
     for fold in plan["fold_names"]:
         assert (paths.results_root() / demo_preprocessed.name / "quick" / "stack" / fold / "stack.json").is_file()

@@ -166,7 +166,8 @@ def test_vfn_has_fewer_parameters_than_planned_unet3d():
     vfn = count_parameters(build_vfn(plan, num_image_channels=1, num_classes=3))
     unet = count_parameters(build_unet3d(plan, in_channels=1, num_classes=3))
     print(f"\nHippocampus-like plan: VFN {vfn:,} parameters, 3D U-Net {unet:,} ({100 * vfn / unet:.1f}%)")
-    assert 0 < vfn < unet
+    # the paper: the VFN has about 10% of a 3D network's parameters (measured 5.1% of the planned U-Net)
+    assert 0.02 * unet < vfn < 0.15 * unet
 
 
 def test_networks_do_not_import_simpleitk():
