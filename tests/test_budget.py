@@ -21,10 +21,10 @@ from vfnet.training.budget import (
     Budget,
     UnitCost,
     allocate,
-    candidate_factors,
     plan_budget,
     unit_costs,
 )
+from vfnet.training.calibration import candidate_factors
 from vfnet.training.units import prepare_unit
 from vfnet.views import VIEWS
 from vfnet_cli.train import train_all_entry
