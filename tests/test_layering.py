@@ -86,6 +86,12 @@ def test_every_module_has_a_stage():
     assert not missing, f"modules without a stage in tests/test_layering.py STAGES: {missing}"
 
 
+def test_every_folder_is_a_package():
+    # setuptools' packages.find skips folders without __init__.py: an install would miss them
+    folders = {p.parent for p in modules()}
+    assert not [str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file()]
+
+
 def test_no_stage_imports_a_higher_one():
     violations = []
     for path in modules():
