@@ -18,11 +18,11 @@ from vfnet.inference.predict2d import load_unit_network, predict_volume_2d
 from vfnet.networks.unet2d import UNet2D
 from vfnet.pipeline.units import train_2d_unit
 from vfnet.preprocessing.data import PreprocessedDataset
-from vfnet.training.data2d import fixed_batches, load_view_volumes, make_train_loader, slice_stacks
+from vfnet.training.data2d import fixed_batches, load_view_volumes, make_train_loader
 from vfnet.training.losses import DiceCELoss, SoftDiceLoss
 from vfnet.training.trainer import StepLR, Trainer, TrainingConfig
 from vfnet.training.units import split_validation
-from vfnet.views import VIEWS
+from vfnet.views import VIEWS, slice_stacks
 from vfnet_cli.train import train_all_entry, train_entry
 
 TINY = {"iterations": 4, "val_every": 2, "batch_size": 4, "num_workers": 0, "val_batches": 1}

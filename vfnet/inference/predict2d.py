@@ -1,7 +1,7 @@
 """Whole-volume prediction with one view's 2D network, and the held-out maps of a training unit.
 
 Slices are taken along the view in batches, each with its planned context (the same
-:func:`vfnet.training.data2d.slice_stacks` as in training), and the softmax maps are
+:func:`vfnet.views.slice_stacks` as in training), and the softmax maps are
 restacked into the canonical (z, y, x) layout with :func:`vfnet.views.from_view`. A unit
 trained on downsampled volumes (``input_downsample`` in its checkpoint) predicts at that
 resolution and its maps are upsampled to the input's grid (:mod:`vfnet.resolution`). Slices
@@ -30,9 +30,8 @@ from vfnet.evaluation.metrics import dice
 from vfnet.networks.unet2d import UNet2D, build_unet2d, unet2d_from_config
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import downsample_image, normalise_factor, upsample_probabilities
-from vfnet.training.data2d import slice_stacks
 from vfnet.training.units import TrainedUnit
-from vfnet.views import from_view, to_view
+from vfnet.views import from_view, slice_stacks, to_view
 
 PREDICT_BATCH = 64
 

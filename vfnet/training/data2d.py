@@ -2,7 +2,7 @@
 
 The input of a slice is its ``context_slices`` neighbours (clamped at the volume's edges)
 times the image channels, channel-major: [c0 s−1, c0 s, c0 s+1, c1 s−1, ...]. The same
-:func:`slice_stacks` serves training and prediction, so both see identical inputs.
+:func:`vfnet.views.slice_stacks` serves training and prediction, so both see identical inputs.
 Volumes are read into RAM once, already in the view's layout (via :mod:`vfnet.views`).
 
 Example:
@@ -31,7 +31,7 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import IDENTITY, downsample_image, downsample_label, normalise_factor
-from vfnet.views import context_indices, to_view
+from vfnet.views import slice_stacks, to_view
 
 MAX_FOREGROUND_POINTS = 20000  # per class and case: enough to sample centres, small in RAM
 
@@ -77,13 +77,6 @@ def load_view_volumes(dataset: PreprocessedDataset, cases: Sequence[str], view: 
         volumes.append(ViewVolume(case, np.ascontiguousarray(to_view(image, view), dtype=np.float32), label_view,
                                   _foreground_points(label_view, rng) if with_foreground else {}))
     return volumes
-
-
-def slice_stacks(image_view: np.ndarray, indices: Sequence[int], context: int) -> np.ndarray:
-    """Network inputs (B, C·context, H, W) of slices ``indices`` of a view-layout image (C, S, H, W)."""
-    index = np.stack([context_indices(int(i), image_view.shape[1], context) for i in indices])
-    stacks = image_view[:, index]  # (C, B, context, H, W)
-    return np.ascontiguousarray(stacks.swapaxes(0, 1).reshape(len(indices), -1, *image_view.shape[-2:]))
 
 
 def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: float = 0) -> np.ndarray:
