@@ -42,7 +42,7 @@ def _setup(work: Path, data: Path) -> None:
     use_work_folders(work)
     from dataset_conversion.msd import convert_msd
     from vfnet import paths
-    from vfnet.planning import plan_and_preprocess
+    from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess
 
     if not (paths.raw_root() / "Task04_Hippocampus" / "dataset.json").is_file():
         convert_msd(data, quiet=True)
@@ -54,11 +54,11 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
     import torch
 
     from vfnet import paths
-    from vfnet.data import PreprocessedDataset
+    from vfnet.experiment_planning.plans import Plan
     from vfnet.fusion.methods import VfnConfig, fuse
-    from vfnet.inference.models import load_vfn
+    from vfnet.fusion.models import load_vfn
     from vfnet.inference.predict2d import load_unit_network, predict_volume_2d
-    from vfnet.plans import Plan
+    from vfnet.preprocessing.data import PreprocessedDataset
     from vfnet.views import VIEWS
 
     preprocessed = paths.preprocessed_dataset(dataset)
@@ -92,13 +92,13 @@ def _seed_spread(dataset: str, preset: str) -> dict:
     same schedule, into ``vfn_seed<seed>`` beside the unit.
     """
     from vfnet import paths
-    from vfnet.data import PreprocessedDataset
     from vfnet.evaluation.metrics import dice
+    from vfnet.experiment_planning.plans import Plan
     from vfnet.fusion.fusion_set import load_view_maps
     from vfnet.fusion.methods import VfnConfig, fuse
-    from vfnet.inference.models import load_vfn
-    from vfnet.plans import Plan
-    from vfnet.training.train_vfn import train_vfn_unit
+    from vfnet.fusion.models import load_vfn
+    from vfnet.pipeline.units import train_vfn_unit
+    from vfnet.preprocessing.data import PreprocessedDataset
     from vfnet.training.units import SEED
     from vfnet.views import VIEWS
 
@@ -137,8 +137,8 @@ def _seed_spread(dataset: str, preset: str) -> dict:
 def _cca_gap(dataset: str, preset: str) -> dict:
     """Per view: Dice and predicted/true volume of the fold unit's maps and of the CCA units' maps, same cases."""
     from vfnet import paths
-    from vfnet.data import PreprocessedDataset
-    from vfnet.plans import Plan
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.preprocessing.data import PreprocessedDataset
     from vfnet.views import VIEWS
 
     preprocessed = paths.preprocessed_dataset(dataset)
@@ -181,10 +181,10 @@ def main() -> None:
     else:
         run = run_budgeted(args, name)
         budget_path = write_budget_results(args, run, results_name("budget", args))
-    from vfnet.data import PreprocessedDataset
+    from vfnet.experiment_planning.plans import Plan
     from vfnet.networks.unet3d import build_unet3d
     from vfnet.networks.vfn import build_vfn, count_parameters
-    from vfnet.plans import Plan
+    from vfnet.preprocessing.data import PreprocessedDataset
 
     crossval = json.loads((run["results"] / run["preset"] / "crossval" / "crossval.json").read_text())
     crossval_md = (run["results"] / run["preset"] / "crossval" / "crossval.md").read_text()

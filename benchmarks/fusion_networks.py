@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import write_results
 
+from vfnet.experiment_planning.plans import plan_unet3d, plan_vfn
 from vfnet.networks.unet3d import build_unet3d
 from vfnet.networks.vfn import build_vfn, count_parameters
-from vfnet.plans import plan_unet3d, plan_vfn
 
 # name, median shape, median foreground box, image channels, classes (with background), time it
 SETTINGS = [

@@ -40,8 +40,8 @@ def main() -> None:
 
     torch.set_num_threads(2)
     from vfnet import paths
-    from vfnet.inference.predict import predict
-    from vfnet.training.train_vfn import train_vfn_unit
+    from vfnet.pipeline.units import train_vfn_unit
+    from vfnet.prediction.predict import predict
 
     start = time.perf_counter()
     train_vfn_unit(4, "all", PRESET, device="cpu", resume=True, quiet=True)

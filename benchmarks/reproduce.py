@@ -91,10 +91,8 @@ def _cca_units(folds: list[str], k: str) -> list[str]:
 def train_everything(preset: str, device: str, timings: Timings, iterations_3d: int | None) -> None:
     """Every unit of the comparison, fold by fold so the first VFN is scored early."""
     from vfnet import paths
-    from vfnet.plans import Plan
-    from vfnet.training.train2d import train_2d_unit
-    from vfnet.training.train3d import train_3d_unit
-    from vfnet.training.train_vfn import train_vfn_unit
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.pipeline.units import train_2d_unit, train_3d_unit, train_vfn_unit
     from vfnet.views import VIEWS
 
     folds = Plan.load(paths.preprocessed_dataset(TASK))["fold_names"]
@@ -231,9 +229,9 @@ def reproduce(args) -> Path:
     import torch
 
     from vfnet import paths
-    from vfnet.data import PreprocessedDataset
+    from vfnet.experiment_planning.plans import Plan
     from vfnet.fusion.crossval import crossval
-    from vfnet.plans import Plan
+    from vfnet.preprocessing.data import PreprocessedDataset
 
     timings = Timings(args.work / _timings_file(args.preset))
     use_work_folders(args.work)
@@ -306,7 +304,7 @@ the 3D U-Net's time is its recorded sliding-window time per held-out case.
 def _stage_check_folder(work: Path, quick_set: Path, preset: str) -> Path:
     """A preprocessed folder of links whose ``preset`` fold-0 fusion set is the quick one, so checks stay apart."""
     from vfnet import paths
-    from vfnet.fusion.fusion_set import fusion_set_dir
+    from vfnet.paths import fusion_set_dir
 
     source = paths.preprocessed_dataset(TASK)
     root = work / f"{preset}_check"
@@ -335,11 +333,10 @@ def check_start(args) -> Path:
 
     from vfnet import paths
     from vfnet.checkpoint import load_checkpoint
-    from vfnet.fusion.fusion_set import build_fusion_set, fusion_set_dir
-    from vfnet.plans import Plan
-    from vfnet.training.train2d import train_2d_unit
-    from vfnet.training.train3d import train_3d_unit
-    from vfnet.training.train_vfn import train_vfn_unit
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.fusion.fusion_set import build_fusion_set
+    from vfnet.paths import fusion_set_dir
+    from vfnet.pipeline.units import train_2d_unit, train_3d_unit, train_vfn_unit
     from vfnet.views import VIEWS
 
     timings = Timings(args.work / _timings_file("quick"))

@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import write_results
 
 from vfnet import paths
-from vfnet.data import PreprocessedDataset
+from vfnet.experiment_planning.plans import Plan
 from vfnet.networks.unet2d import build_unet2d
-from vfnet.plans import Plan
+from vfnet.pipeline.units import train_2d_unit
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
 from vfnet.training.losses import DiceCELoss
-from vfnet.training.train2d import train_2d_unit
 from vfnet.training.trainer import Trainer, TrainingConfig, load_checkpoint_weights
 from vfnet.training.units import split_validation
 from vfnet.views import VIEWS

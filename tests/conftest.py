@@ -48,7 +48,7 @@ def demo_raw(vfnet_env) -> Path:
 @pytest.fixture
 def demo_preprocessed(demo_raw) -> Path:
     """The tiny synthetic dataset, planned (4-fold CCA) and preprocessed."""
-    from vfnet.planning import plan_and_preprocess
+    from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess
 
     plan_and_preprocess(None, num_processes=1, quiet=True)
     return paths.preprocessed_root() / demo_raw.name

@@ -13,20 +13,20 @@ from click.testing import CliRunner
 from vfnet import paths
 from vfnet.atomic import read_json, write_json
 from vfnet.errors import PlanError
+from vfnet.experiment_planning.plans import Plan, budget_minutes, check_preset
 from vfnet.inference.predict2d import predict_volume_2d
 from vfnet.networks.unet2d import UNet2D
-from vfnet.plans import Plan, budget_minutes, check_preset
 from vfnet.resolution import downsample_image, downsample_label, upsample_probabilities
 from vfnet.training.budget import (
     MIN_ITERATIONS,
     Budget,
     UnitCost,
     allocate,
-    candidate_factors,
     plan_budget,
     unit_costs,
     vfn_downsample,
 )
+from vfnet.training.calibration import candidate_factors
 from vfnet.training.units import prepare_unit
 from vfnet.views import VIEWS
 from vfnet_cli.train import train_all_entry

@@ -35,7 +35,7 @@ def test_folds_option_takes_several_values_like_nnunet(monkeypatch):
 
     def fake_predict(source, target, dataset, preset, folds, *rest):
         seen["folds"] = folds
-        from vfnet.inference.predict import PredictionReport
+        from vfnet.prediction.predict import PredictionReport
 
         return PredictionReport()
 

@@ -15,9 +15,9 @@ from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.deployment import MANIFEST, export_model, install_model, read_manifest
 from vfnet.errors import ModelNotFoundError, VfnetError
-from vfnet.inference.models import load_vfn
+from vfnet.experiment_planning.plans import SCHEMA_VERSION, Plan, make_units
+from vfnet.fusion.models import load_vfn
 from vfnet.networks.vfn import build_vfn
-from vfnet.plans import SCHEMA_VERSION, Plan, make_units
 from vfnet.views import VIEWS
 from vfnet_cli.deployment import export_model_entry, install_model_entry
 
@@ -183,7 +183,7 @@ def test_cli_export(vfnet_env, tmp_path):
 def test_prediction_pairs_each_fold_unit_with_its_own_vfn(vfnet_env):
     # fold k's VFN fuses fold unit k's maps (the pair cross-validation scored); vfn-all is a separate method
     from vfnet.errors import ModelNotFoundError
-    from vfnet.inference.models import deployment_units, load_deployed_models
+    from vfnet.prediction.models import deployment_units, load_deployed_models
 
     results = fake_results()
     plan = Plan(_plan("cca"))
@@ -192,7 +192,7 @@ def test_prediction_pairs_each_fold_unit_with_its_own_vfn(vfnet_env):
     assert deployment_units(plan, ["all"]) == (["all"], ["all"])
     assert deployment_units(Plan(_plan("holdout")), None) == (["holdout"], ["holdout"])
     with pytest.MonkeyPatch.context() as patch:  # the fake 2D checkpoints hold no real network
-        patch.setattr("vfnet.inference.models.load_unit_network", lambda *a, **k: None)
+        patch.setattr("vfnet.prediction.models.load_unit_network", lambda *a, **k: None)
         models = load_deployed_models(NAME, PRESET, fusion="vfn", device="cpu")
         assert models.fusion_units == ["0", "1", "2"] and len(models.fusion_models["vfn"]) == 3
         assert load_deployed_models(NAME, PRESET, fusion="vfn-all", device="cpu").fusion_units == ["all"]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from vfnet.errors import ModelNotFoundError, VfnetError
+from vfnet.experiment_planning.plans import plan_vfn
 from vfnet.fusion import (
     METHODS,
     VfnConfig,
@@ -24,11 +25,10 @@ from vfnet.fusion import (
     staple_fusion,
     vfn_input,
 )
-from vfnet.fusion.methods import sliding_window_probabilities
-from vfnet.fusion.roi import window_grid, window_weights
+from vfnet.inference.sliding_window import sliding_window_probabilities
 from vfnet.networks.vfn import build_vfn, init_as_view_average
-from vfnet.plans import plan_vfn
 from vfnet.views import VIEWS
+from vfnet.windows import window_grid, window_weights
 
 torch.set_num_threads(1)
 
@@ -219,14 +219,11 @@ class XRamp(torch.nn.Module):
 
 def test_mirroring_is_explicit_and_independent_of_batching():
     volume = np.zeros((4, 16, 16, 24), dtype=np.float32)
-    config = VfnConfig([16, 16, 16], [8, 8, 8], [0, 0, 0])
-    lone = sliding_window_probabilities(XRamp(), volume, VfnConfig([16, 16, 16], [8, 8, 8], [0, 0, 0], batch_size=1))
-    batched = sliding_window_probabilities(XRamp(), volume, VfnConfig([16, 16, 16], [8, 8, 8], [0, 0, 0],
-                                                                      batch_size=2))
+    lone = sliding_window_probabilities(XRamp(), volume, [16, 16, 16], [8, 8, 8], batch_size=1)
+    batched = sliding_window_probabilities(XRamp(), volume, [16, 16, 16], [8, 8, 8], batch_size=2)
     np.testing.assert_allclose(lone, batched, atol=1e-6)  # no hidden test-time augmentation
     assert lone[1, :, :, -1].min() > 0.9
-    config.mirror = (2,)
-    mirrored = sliding_window_probabilities(XRamp(), volume, config)
+    mirrored = sliding_window_probabilities(XRamp(), volume, [16, 16, 16], [8, 8, 8], mirror_axes=(2,))
     # sigmoid(a) and sigmoid(-a) average to one half everywhere: asked for, every window is mirrored
     np.testing.assert_allclose(mirrored[1], 0.5, atol=1e-6)
 

@@ -10,7 +10,7 @@ import torch
 from vfnet.fusion.methods import fuse, fused_probabilities, majority_vote, vfn_fused_probabilities
 from vfnet.fusion.roi import roi_from_mask
 from vfnet.fusion.stack import fit_stack, stack_probabilities
-from vfnet.inference.models import tta_axes
+from vfnet.prediction.models import tta_axes
 from vfnet.training.data2d import augmentation_2d
 from vfnet.training.data_vfn import VfnPatchSampler, tile_batches
 from vfnet.training.trainer import Trainer, TrainingConfig
@@ -115,7 +115,7 @@ def test_validation_at_iteration_zero(tmp_path):
 def test_no_mirroring_in_planned_training_and_tta_axes(demo_preprocessed):
     from batchgenerators.transforms.spatial_transforms import MirrorTransform
 
-    from vfnet.plans import Plan
+    from vfnet.experiment_planning.plans import Plan
 
     assert not any(isinstance(t, MirrorTransform) for t in augmentation_2d([16, 16]).transforms)
     assert any(isinstance(t, MirrorTransform) for t in augmentation_2d([16, 16], (1,)).transforms)
@@ -141,10 +141,10 @@ def test_cca_crossval_scores_stack_and_prediction_uses_the_scored_pairs(demo_pre
     from click.testing import CliRunner
 
     from vfnet import paths
+    from vfnet.experiment_planning.plans import Plan
     from vfnet.fusion.crossval import crossval
-    from vfnet.plans import Plan
-    from vfnet.training.train2d import train_2d_unit
-    from vfnet.training.train_vfn import train_vfn_unit
+    from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
+    from vfnet.preprocessing.data import PreprocessedDataset
     from vfnet_cli.predict import predict_entry
 
     plan = Plan.load(demo_preprocessed)
@@ -157,8 +157,24 @@ def test_cca_crossval_scores_stack_and_prediction_uses_the_scored_pairs(demo_pre
     vfn_dir = paths.unit_dir(paths.results_root() / demo_preprocessed.name, "quick", "vfn", "0")
     summary = json.loads((vfn_dir / "summary.json").read_text())
     assert summary["best_iteration"] in (0, 2, 4) and summary["start_val_pseudo_dice"] is not None
+    # the leakage check on the records this training wrote: clean, then a VFN whose record claims its test fold
+    from vfnet.atomic import read_json, write_json
+    from vfnet.fusion.leakage import find_leaks
+
+    leaks, checks = find_leaks(None, "quick")
+    assert leaks == [] and checks > 50
+    record_path = vfn_dir / "unit.json"
+    honest = read_json(record_path)
+    test_case = PreprocessedDataset(demo_preprocessed).fold_cases(["0"])[0]
+    write_json(record_path, {**honest, "train_cases": honest["train_cases"] + [test_case]})
+    leaks, _ = find_leaks(None, "quick")
+    assert leaks and all(test_case in leak and "vfn unit '0'" in leak for leak in leaks), leaks
+    write_json(record_path, honest)
+
     table = crossval(None, "quick", device="cpu", quiet=True)
     assert {"stack", "vfn", "mean", "majority"} <= set(table["methods"])
+    # every case is scored once, by the models of the fold that left it out
+    assert sorted(table["cases"]) == PreprocessedDataset(demo_preprocessed).all_cases
     assert {"vfn vs mean", "vfn vs majority", "vfn vs stack"} <= set(table["tests"])
     for fold in plan["fold_names"]:
         assert (paths.results_root() / demo_preprocessed.name / "quick" / "stack" / fold / "stack.json").is_file()

@@ -6,10 +6,10 @@ from click.testing import CliRunner
 
 from vfnet import paths
 from vfnet.atomic import write_json
-from vfnet.data import PreprocessedDataset
+from vfnet.experiment_planning.plans import Plan
 from vfnet.fusion.fusion_set import map_sources
 from vfnet.fusion.leakage import find_leaks
-from vfnet.plans import Plan
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.views import VIEWS
 from vfnet_cli.fusion import check_leakage_entry
 

@@ -20,9 +20,8 @@ from vfnet.atomic import read_json
 from vfnet.deployment import export_model, install_model
 from vfnet.fusion.leakage import find_leaks
 from vfnet.imageio import read_image
-from vfnet.planning import plan_and_preprocess
-from vfnet.training.train2d import train_2d_unit
-from vfnet.training.train_vfn import train_vfn_unit
+from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
+from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess
 from vfnet.views import VIEWS
 from vfnet_cli.evaluate import evaluate_entry
 from vfnet_cli.fusion import crossval_entry
@@ -31,6 +30,9 @@ from vfnet_cli.predict import predict_entry
 PRESET = "quick"
 TINY_2D = {"iterations": 30, "batch_size": 8, "num_workers": 0, "val_every": 30}
 TINY_VFN = {"iterations": 6, "batch_size": 2, "val_every": 6}
+# Dice the toy pipeline must reach (organ class): well below what it measures, far above chance
+MIN_TEST_DICE = 0.6
+MIN_FUSED_DICE = 0.6
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -84,6 +86,10 @@ def test_crossval_table_has_every_method_and_records_the_best(trained):
         assert method in table["methods"] and method + "+pp" in table["methods"]
     assert {"vfn vs majority", "vfn vs mean", "vfn vs stack"} <= set(table["tests"])
     assert set(table["cases"]) == set(read_json(root / "vfnet_preprocessed" / raw.name / "splits.json")["folds"]["C"])
+    organ = {method: table["summary"][method]["organ"]["mean"] for method in table["summary"]}
+    # measured: each view 0.61-0.64, majority 0.81, mean 0.82, stack 0.90, vfn 0.82
+    assert min(organ[m] for m in ("majority", "mean", "stack", "vfn", "vfn-noimage")) >= MIN_FUSED_DICE, organ
+    assert organ["majority"] >= min(organ[v] for v in VIEWS), organ
     best = read_json(folder / "best_method.json")
     assert best["method"] in ("majority", "mean", "staple", "stack", "vfn", "vfn-noimage")
     assert "| majority |" in (folder / "crossval.md").read_text()
@@ -153,7 +159,7 @@ def test_predict_real_ct_and_its_dicom_series_in_their_own_geometry(trained, sha
         np.testing.assert_allclose(label.GetOrigin(), image.GetOrigin(), atol=1e-4)
         np.testing.assert_allclose(label.GetDirection(), image.GetDirection(), atol=1e-6)
     # the in-memory predictor gives the same labels for the real CT, as an image and as an array
-    from vfnet.inference.predictor import VfnetPredictor
+    from vfnet.prediction.predictor import VfnetPredictor
 
     predictor = VfnetPredictor(preset=PRESET, fusion="majority", postprocess=False, device="cpu")
     ct = sitk.ReadImage(str(inputs / "abdomen_ct_3mm.nii.gz"))
@@ -177,7 +183,9 @@ def test_predictions_evaluate_against_the_test_labels(trained, tmp_path):
     summary = read_json(out / "summary.json")
     assert summary  # structure checked in test_evaluate; here: the pipeline's output is evaluable
     dice = [case["labels"]["organ"]["dice"] for case in summary["cases"].values()]
-    assert len(dice) == 2 and all(0.0 <= d <= 1.0 for d in dice)
+    # measured 0.88 and 0.83 (majority fusion, 30 iterations per view); the organ fills a few percent of the
+    # volume, so an untrained, all-organ or view-swapped pipeline stays far below this bound
+    assert len(dice) == 2 and min(dice) >= MIN_TEST_DICE, dice
 
 
 def test_export_install_predict_gives_the_same_labels(trained, tmp_path, monkeypatch):

@@ -9,10 +9,10 @@ import pytest
 
 from vfnet import paths
 from vfnet.atomic import read_json
-from vfnet.data import PreprocessedDataset
 from vfnet.errors import PlanError
-from vfnet.planning import plan_and_preprocess
-from vfnet.plans import Plan, make_splits, make_units
+from vfnet.experiment_planning.plans import Plan, make_splits, make_units
+from vfnet.preprocessing.data import PreprocessedDataset
+from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess
 from vfnet.views import VIEWS
 
 
@@ -85,15 +85,15 @@ def test_preprocessed_arrays_are_canonical_normalized_and_memory_mappable(demo_p
 def test_rerun_skips_finished_cases_and_changed_plan_redoes_them(demo_preprocessed, monkeypatch):
     again = plan_and_preprocess(None, num_processes=1, quiet=True)["_run"]
     assert again["preprocessed"] == 0 and again["skipped"] == 8
-    import vfnet.plans
+    import vfnet.experiment_planning.plans
 
-    original = vfnet.plans.plan_normalization
+    original = vfnet.experiment_planning.plans.plan_normalization
 
     def ct_like(info, fingerprint):
         schemes = original(info, fingerprint)
         return {k: {"scheme": "ct", "clip": [0.0, 300.0], "mean": 100.0, "std": 50.0} for k in schemes}
 
-    monkeypatch.setattr(vfnet.plans, "plan_normalization", ct_like)
+    monkeypatch.setattr(vfnet.experiment_planning.plans, "plan_normalization", ct_like)
     redone = plan_and_preprocess(None, num_processes=1, quiet=True)["_run"]
     assert redone["preprocessed"] == 8
 

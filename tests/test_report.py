@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from vfnet import paths
 from vfnet.atomic import atomic_path, write_json
-from vfnet.data import PreprocessedDataset
+from vfnet.experiment_planning.plans import Plan
 from vfnet.networks.vfn import build_vfn
-from vfnet.planning import copy_dataset_files
-from vfnet.plans import Plan
+from vfnet.paths import copy_dataset_files
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.reporting import choose_cases, make_report
 from vfnet.reporting.figures import middle_slice
 from vfnet.views import VIEWS

@@ -12,17 +12,17 @@ from click.testing import CliRunner
 from torch import nn
 
 from vfnet import paths
-from vfnet.data import PreprocessedDataset
 from vfnet.errors import PlanError, VfnetError
+from vfnet.experiment_planning.plans import Plan
 from vfnet.inference.predict2d import load_unit_network, predict_volume_2d
 from vfnet.networks.unet2d import UNet2D
-from vfnet.plans import Plan
-from vfnet.training.data2d import fixed_batches, load_view_volumes, make_train_loader, slice_stacks
+from vfnet.pipeline.units import train_2d_unit
+from vfnet.preprocessing.data import PreprocessedDataset
+from vfnet.training.data2d import fixed_batches, load_view_volumes, make_train_loader
 from vfnet.training.losses import DiceCELoss, SoftDiceLoss
-from vfnet.training.train2d import train_2d_unit
 from vfnet.training.trainer import StepLR, Trainer, TrainingConfig
 from vfnet.training.units import split_validation
-from vfnet.views import VIEWS
+from vfnet.views import VIEWS, slice_stacks
 from vfnet_cli.train import train_all_entry, train_entry
 
 TINY = {"iterations": 4, "val_every": 2, "batch_size": 4, "num_workers": 0, "val_batches": 1}
@@ -221,7 +221,7 @@ def test_print_jobs_lists_every_unit_of_a_cca_plan(demo_preprocessed):
 @pytest.mark.realdata
 def test_hippocampus_axial_unit_on_a_handful_of_cases(shared_data, vfnet_env):
     from dataset_conversion.msd import convert_msd
-    from vfnet.planning import plan_and_preprocess
+    from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess
 
     source = shared_data / "Task04_Hippocampus"
     subset = vfnet_env / "source" / "Task04_Hippocampus"

@@ -11,14 +11,15 @@ from click.testing import CliRunner
 
 from vfnet import paths
 from vfnet.atomic import write_json
-from vfnet.data import PreprocessedDataset
 from vfnet.errors import ModelNotFoundError, PlanError
+from vfnet.experiment_planning.plans import Plan
 from vfnet.fusion.crossval import crossval
-from vfnet.inference.models import load_3d_models
 from vfnet.inference.predict3d import load_unit_network_3d
-from vfnet.plans import Plan
-from vfnet.training.data3d import crop_padded_nd, load_volumes, make_train_loader_3d
-from vfnet.training.train3d import train_3d_unit
+from vfnet.pipeline.units import train_3d_unit
+from vfnet.prediction.models import load_3d_models
+from vfnet.preprocessing.data import PreprocessedDataset
+from vfnet.training.data2d import crop_padded
+from vfnet.training.data3d import load_volumes, make_train_loader_3d
 from vfnet.views import VIEWS
 from vfnet_cli.predict import predict_entry
 from vfnet_cli.train import train_entry
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_crop_pads_outside_the_volume():
     array = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
-    crop = crop_padded_nd(array, [-1, 2, 1], [4, 4, 3], fill=-7)
+    crop = crop_padded(array, [-1, 2, 1], [4, 4, 3], fill=-7)
     assert crop.shape == (2, 4, 4, 3)
     np.testing.assert_array_equal(crop[:, 1:, :2], array[:, :, 2:, 1:4])
     assert (crop[:, 0] == -7).all() and (crop[:, :, 2:] == -7).all()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from vfnet.experiment_planning.plans import plan_unet3d, plan_vfn
 from vfnet.fusion.methods import majority_vote, mean_fusion, vfn_input
 from vfnet.networks.unet3d import build_unet3d
 from vfnet.networks.vfn import (
@@ -19,7 +20,6 @@ from vfnet.networks.vfn import (
     vfn_in_channels,
     vfn_probabilities,
 )
-from vfnet.plans import plan_unet3d, plan_vfn
 from vfnet.views import VIEWS
 
 torch.set_num_threads(1)
@@ -135,8 +135,8 @@ def test_checkpoint_says_whether_it_has_the_view_prior():
 @pytest.mark.parametrize("saved_with_prior", [True, False])
 def test_load_vfn_builds_the_network_its_checkpoint_holds(tmp_path, saved_with_prior):
     # a VFN trained before the prior existed (or with "view_prior": false) still loads under a prior plan
-    from vfnet.inference.models import load_vfn
-    from vfnet.plans import SCHEMA_VERSION, Plan
+    from vfnet.experiment_planning.plans import SCHEMA_VERSION, Plan
+    from vfnet.fusion.models import load_vfn
 
     plan = Plan({**hippocampus_plan(), "schema_version": SCHEMA_VERSION, "num_classes": 3,
                  "channel_names": {"0": "MRI"}})
@@ -166,7 +166,8 @@ def test_vfn_has_fewer_parameters_than_planned_unet3d():
     vfn = count_parameters(build_vfn(plan, num_image_channels=1, num_classes=3))
     unet = count_parameters(build_unet3d(plan, in_channels=1, num_classes=3))
     print(f"\nHippocampus-like plan: VFN {vfn:,} parameters, 3D U-Net {unet:,} ({100 * vfn / unet:.1f}%)")
-    assert 0 < vfn < unet
+    # the paper: the VFN has about 10% of a 3D network's parameters (measured 5.1% of the planned U-Net)
+    assert 0.02 * unet < vfn < 0.15 * unet
 
 
 def test_networks_do_not_import_simpleitk():

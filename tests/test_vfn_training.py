@@ -55,3 +55,14 @@ def test_short_vfn_training_recovers_what_two_views_missed():
         assert dice(label > 0, majority > 0) < 0.8  # majority really misses the upper half
     print("Dice gains of VFN over majority:", gains)
     assert np.mean(gains) > 0.05, gains
+
+
+def test_vfn_training_alone_needs_its_fusion_set_and_names_the_command(demo_preprocessed):
+    # training never builds fusion sets (fusion is a later stage); vfnet.pipeline.units.train_vfn_unit does
+    import pytest
+
+    from vfnet.errors import ModelNotFoundError
+    from vfnet.training.train_vfn import fit_vfn_unit
+
+    with pytest.raises(ModelNotFoundError, match="vfnet_build_fusion_set"):
+        fit_vfn_unit(None, "0", "default", device="cpu", quiet=True)

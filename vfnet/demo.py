@@ -15,7 +15,7 @@ from pathlib import Path
 from vfnet import paths
 from vfnet.atomic import read_json
 from vfnet.demo_data import make_demo_dataset
-from vfnet.planning import plan_and_preprocess, plan_summary
+from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess, plan_summary
 from vfnet.views import VIEWS
 
 # A 6-minute budget for the whole holdout plan; the demo trains half of its 2D units (not the
@@ -48,10 +48,9 @@ def run_demo(workdir: Path, data: Path | None = None, preset: str = DEMO_PRESET)
     """Run every stage in order and return where each result is."""
     from vfnet.evaluation.evaluate import evaluate_folders
     from vfnet.fusion.crossval import crossval, crossval_markdown
-    from vfnet.inference.predict import predict
+    from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
+    from vfnet.prediction.predict import predict
     from vfnet.reporting.report import make_report
-    from vfnet.training.train2d import train_2d_unit
-    from vfnet.training.train_vfn import train_vfn_unit
 
     start = time.perf_counter()
     workdir = Path(workdir).resolve()

@@ -29,8 +29,9 @@ from vfnet import __version__, paths
 from vfnet.atomic import atomic_path, read_json
 from vfnet.checkpoint import WEIGHT_KEYS, load_checkpoint, save_checkpoint, weights_only_state
 from vfnet.errors import CheckpointError, ModelNotFoundError, PlanError, VfnetError
-from vfnet.inference.models import FINAL_CHECKPOINT, _train_hint, deployment_units
-from vfnet.plans import Plan
+from vfnet.experiment_planning.plans import Plan
+from vfnet.fusion.models import FINAL_CHECKPOINT
+from vfnet.prediction.models import _train_hint, deployment_units
 from vfnet.views import VIEWS
 from vfnet.zipsafe import extract_member, staging_folder
 

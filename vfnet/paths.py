@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from vfnet.errors import DatasetNotFoundError
 ENV_VARS = ("vfnet_raw", "vfnet_preprocessed", "vfnet_results")
 _DEFAULT_SUBDIRS = {"vfnet_raw": "raw", "vfnet_preprocessed": "preprocessed", "vfnet_results": "results"}
 # MSD / nnU-Net v1 folders (TaskXX_Name) and nnU-Net v2 folders (DatasetXXX_Name) alike
+# inside a preprocessed dataset: the arrays of every case, and the VFN fusion sets
+ARRAYS_DIR = "arrays"
+FUSION_DIR = "fusion"
 _TASK_RE = re.compile(r"^(?:Task|Dataset)(\d{2,3})_(.+)$")
 _notice_given = False
 
@@ -121,3 +125,17 @@ def unit_dir(dataset_folder: Path, preset: str, network: str, unit: str) -> Path
     ``network`` is ``2d_axial``, ``2d_coronal``, ``2d_sagittal``, ``vfn``, ``vfn_noimage`` or ``3d``.
     """
     return dataset_folder / preset / network / unit
+
+
+def fusion_set_dir(preprocessed: Path, preset: str, vfn_unit: str) -> Path:
+    """Folder of the fusion set of VFN unit ``vfn_unit``: ``<preprocessed>/fusion/<preset>/<unit>``."""
+    return Path(preprocessed) / FUSION_DIR / preset / vfn_unit
+
+
+def copy_dataset_files(preprocessed: Path, results: Path) -> None:
+    """Keep plans, dataset.json and fingerprint beside the models so results are self-contained."""
+    results.mkdir(parents=True, exist_ok=True)
+    for name in ("plans.json", "dataset.json", "fingerprint.json", "splits.json"):
+        source = preprocessed / name
+        if source.is_file():
+            shutil.copyfile(source, results / name)

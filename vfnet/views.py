@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 VIEWS = ("axial", "coronal", "sagittal")
@@ -66,3 +68,10 @@ def context_indices(index: int, num_slices: int, context: int) -> np.ndarray:
     """Slice indices of a ``context``-slice stack centred on ``index``, clamped at the edges."""
     half = context // 2
     return np.clip(np.arange(index - half, index - half + context), 0, num_slices - 1)
+
+
+def slice_stacks(image_view: np.ndarray, indices: Sequence[int], context: int) -> np.ndarray:
+    """Network inputs (B, C·context, H, W) of slices ``indices`` of a view-layout image (C, S, H, W)."""
+    index = np.stack([context_indices(int(i), image_view.shape[1], context) for i in indices])
+    stacks = image_view[:, index]  # (C, B, context, H, W)
+    return np.ascontiguousarray(stacks.swapaxes(0, 1).reshape(len(indices), -1, *image_view.shape[-2:]))

@@ -69,7 +69,7 @@ class PresetType(click.ParamType):
 
     def convert(self, value, param, ctx):
         from vfnet.errors import PlanError
-        from vfnet.plans import check_preset
+        from vfnet.experiment_planning.plans import check_preset
 
         try:
             return check_preset(str(value))
@@ -92,7 +92,7 @@ def resolve_preset(preset: str, budget: float | None) -> str:
     """``--budget N`` names the preset ``budgetN``; combined with another preset than the default it is an error."""
     if budget is None:
         return preset
-    from vfnet.plans import budget_preset
+    from vfnet.experiment_planning.plans import budget_preset
 
     if preset not in ("default", budget_preset(budget)):
         raise click.UsageError(f"--budget {budget:g} and --preset {preset} contradict each other; give one")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from vfnet.planning import plan_and_preprocess, plan_summary
+from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess, plan_summary
 from vfnet_cli.common import command, dataset_option, processes_option, quiet_option
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from vfnet.inference.models import PREDICT_METHODS
-from vfnet.inference.predict import MODELS, predict
+from vfnet.prediction.models import PREDICT_METHODS
+from vfnet.prediction.predict import MODELS, predict
 from vfnet_cli.common import command, dataset_option, preset_option, quiet_option
 
 

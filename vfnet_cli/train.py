@@ -5,10 +5,8 @@ from __future__ import annotations
 import click
 
 from vfnet.pipeline.jobs import STAGE_ORDER, job_commands, train_all
+from vfnet.pipeline.units import train_2d_unit, train_3d_unit, train_vfn_unit
 from vfnet.training.budget import ALLOCATIONS
-from vfnet.training.train2d import train_2d_unit
-from vfnet.training.train3d import train_3d_unit
-from vfnet.training.train_vfn import train_vfn_unit
 from vfnet.views import VIEWS
 from vfnet_cli.common import budget_option, command, dataset_option, preset_option, quiet_option, resolve_preset
 

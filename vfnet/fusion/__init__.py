@@ -11,7 +11,8 @@ from vfnet.fusion.methods import (
     vfn_input,
 )
 from vfnet.fusion.postprocess import keep_largest_component
-from vfnet.fusion.roi import crop_to_roi, pad_to_size, roi_from_mask, sliding_window_starts
+from vfnet.fusion.roi import crop_to_roi, roi_from_mask
+from vfnet.windows import pad_to_size, sliding_window_starts
 
 __all__ = [
     "METHODS",

@@ -17,17 +17,17 @@ from tqdm import tqdm
 
 from vfnet import paths
 from vfnet.atomic import read_json, write_json
-from vfnet.data import PreprocessedDataset
+from vfnet.device import resolve_device
 from vfnet.errors import ModelNotFoundError
 from vfnet.evaluation.metrics import dice
 from vfnet.evaluation.stats import paired_tests, summarize
+from vfnet.experiment_planning.plans import Plan
 from vfnet.fusion.fusion_set import load_view_maps
 from vfnet.fusion.methods import VfnConfig, fuse
+from vfnet.fusion.models import FINAL_CHECKPOINT, load_vfn
 from vfnet.fusion.postprocess import keep_largest_component
 from vfnet.fusion.stack import fit_unit_stack
-from vfnet.inference.models import FINAL_CHECKPOINT, load_vfn
-from vfnet.plans import Plan
-from vfnet.training.trainer import resolve_device
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.views import VIEWS
 
 FUSION_METHODS = ("majority", "mean", "staple", "stack", "vfn", "vfn-noimage")

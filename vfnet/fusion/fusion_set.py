@@ -15,15 +15,13 @@ import numpy as np
 from tqdm import tqdm
 
 from vfnet import paths
-from vfnet.atomic import atomic_path, read_json, write_json
-from vfnet.data import PreprocessedDataset
+from vfnet.atomic import atomic_path, write_json
 from vfnet.errors import ModelNotFoundError, PlanError
+from vfnet.experiment_planning.plans import Plan
 from vfnet.fusion.methods import vfn_input
 from vfnet.fusion.roi import roi_from_mask
-from vfnet.plans import Plan
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.views import VIEWS
-
-FUSION_DIR = "fusion"
 
 
 def map_sources(plan: Plan, data: PreprocessedDataset, vfn_unit: str) -> dict[str, str]:
@@ -62,10 +60,6 @@ def load_view_maps(results: Path, preset: str, unit_by_view: dict[str, str], cas
     return maps
 
 
-def fusion_set_dir(preprocessed: Path, preset: str, vfn_unit: str) -> Path:
-    return Path(preprocessed) / FUSION_DIR / preset / vfn_unit
-
-
 def build_fusion_set(dataset: str | int | None, vfn_unit: str, preset: str = "default",
                      quiet: bool = False) -> Path:
     """Write the fusion set of VFN unit ``vfn_unit`` (a fold, ``all`` or ``holdout``).
@@ -83,7 +77,7 @@ def build_fusion_set(dataset: str | int | None, vfn_unit: str, preset: str = "de
     sources = map_sources(plan, data, str(vfn_unit))
     if not sources:
         raise PlanError(f"VFN unit {vfn_unit} of {name} has no training cases")
-    out = fusion_set_dir(preprocessed, preset, str(vfn_unit))
+    out = paths.fusion_set_dir(preprocessed, preset, str(vfn_unit))
     vfn = plan["vfn"]
     manifest = {"dataset": name, "vfn_unit": str(vfn_unit), "preset": preset, "split_mode": plan["split_mode"],
                 "num_image_channels": plan.num_channels, "num_classes": plan.num_classes,
@@ -103,10 +97,3 @@ def build_fusion_set(dataset: str | int | None, vfn_unit: str, preset: str = "de
         }
     write_json(out / "manifest.json", manifest)
     return out
-
-
-def load_manifest(folder: Path) -> dict:
-    path = Path(folder) / "manifest.json"
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path} not found; build it with vfnet_build_fusion_set")
-    return read_json(path)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from vfnet import paths
 from vfnet.atomic import read_json
-from vfnet.data import PreprocessedDataset
-from vfnet.fusion.fusion_set import FUSION_DIR
-from vfnet.plans import Plan
+from vfnet.experiment_planning.plans import Plan
+from vfnet.paths import FUSION_DIR
+from vfnet.preprocessing.data import PreprocessedDataset
 
 
 def _trained_on(results: Path, preset: str, network: str, unit: str) -> set[str] | None:

@@ -14,21 +14,20 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from vfnet.errors import ModelNotFoundError, VfnetError
 from vfnet.fusion.postprocess import keep_largest_component
-from vfnet.fusion.roi import Roi, crop_to_roi, pad_to_size, roi_from_mask, window_grid, window_weights
+from vfnet.fusion.roi import Roi, crop_to_roi, roi_from_mask
 from vfnet.fusion.stack import stack_probabilities
-from vfnet.networks.vfn import vfn_probabilities
+from vfnet.inference.sliding_window import sliding_window_probabilities
 from vfnet.resolution import downsample_image, normalise_factor, upsample_probabilities
 from vfnet.views import VIEWS
+from vfnet.windows import pad_to_size
 
 METHODS = ("majority", "mean", "staple", "stack", "vfn", "vfn-noimage")
 IMAGE_PERCENTILES = (0.5, 99.5)
@@ -173,63 +172,6 @@ def vfn_input(image: np.ndarray | None, view_probs: Mapping[str, np.ndarray], us
     return np.stack(parts).astype(np.float32, copy=False)
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _window_probabilities(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    # a lone window goes twice: one-sample batches take PyTorch's slow CPU path (see below)
-    if len(batch) == 1:
-        return vfn_probabilities(model(torch.cat([batch, batch]))).float()[:1]
-    return vfn_probabilities(model(batch)).float()
-
-
-def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, config: VfnConfig) -> np.ndarray:
-    """Probabilities (num_classes, z, y, x) of ``model`` over a (C, z, y, x) volume at least one patch large.
-
-    Windows of the planned patch at the planned stride cover the volume; overlapping
-    outputs are averaged with ``config.weighting`` weights. Runs in batches, with fp16
-    autocast on CUDA. With ``config.mirror`` (test-time augmentation, asked for explicitly,
-    e.g. ``vfnet_predict --tta``) every window also runs mirrored along each of the axes in
-    ``config.mirror`` and the outputs are averaged. A batch holding a single window is sent
-    twice and only the first output kept: PyTorch's CPU convolution takes a slow path for
-    one-sample batches with few channels, and the pair is faster than the window alone
-    (0.09 s against 0.15 s for a Hippocampus patch on 2 cores); the result is the same.
-    The model's train/eval mode is restored afterwards.
-    """
-    patch = [int(p) for p in config.patch_size]
-    if any(s < p for s, p in zip(volume.shape[1:], patch)):
-        raise ValueError(f"volume {volume.shape[1:]} is smaller than the patch {patch}; pad it first")
-    device = torch.device(config.device) if config.device is not None else _device_of(model)
-    model.to(device)
-    windows = window_grid(volume.shape[1:], patch, config.stride)
-    weights = torch.from_numpy(window_weights(patch, config.weighting)).to(device)
-    tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(device)
-    total, norm = None, torch.zeros(volume.shape[1:], device=device)
-    autocast = (torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda"
-                else contextlib.nullcontext())
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), autocast:
-            for first in tqdm(range(0, len(windows), config.batch_size), desc="VFN windows", disable=config.quiet):
-                chunk = windows[first:first + config.batch_size]
-                batch = torch.stack([tensor[(slice(None), *w)] for w in chunk])
-                probs = _window_probabilities(model, batch)
-                for axis in config.mirror:
-                    probs = probs + _window_probabilities(model, batch.flip(axis - 3)).flip(axis - 3)
-                probs = probs / (1 + len(config.mirror))
-                if total is None:
-                    total = torch.zeros((probs.shape[1], *volume.shape[1:]), device=device)
-                for window, p in zip(chunk, probs):
-                    total[(slice(None), *window)] += p * weights
-                    norm[window] += weights
-    finally:
-        model.train(was_training)
-    return (total / norm).cpu().numpy()
-
-
 def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, model: torch.nn.Module, vfn_config,
              use_image: bool | None):
     """(majority vote, ROI, VFN probabilities inside the ROI); ROI and probabilities are None for an empty vote."""
@@ -251,7 +193,9 @@ def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, mod
     roi = roi_from_mask(majority, config.roi_margin, min_size, majority.shape)
     inputs = vfn_input(image, probs, use_image, roi)
     volume, back = pad_to_size(downsample_image(inputs, factor), config.patch_size)
-    fused = sliding_window_probabilities(model, volume, config)[(slice(None), *back)]
+    fused = sliding_window_probabilities(model, volume, config.patch_size, config.stride, config.weighting,
+                                         config.batch_size, config.device, config.quiet,
+                                         mirror_axes=config.mirror)[(slice(None), *back)]
     if fused.shape[0] != num_classes:
         raise VfnetError(f"the VFN predicts {fused.shape[0]} classes but the maps have {num_classes}")
     return majority, roi, upsample_probabilities(fused, inputs.shape[1:])

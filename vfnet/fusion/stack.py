@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vfnet.atomic import read_json, write_json
+from vfnet.paths import fusion_set_dir
 from vfnet.views import VIEWS
 
 EPSILON = 1e-4
@@ -104,8 +105,6 @@ def load_stack(results: Path, preset: str, unit: str) -> dict | None:
 def fit_unit_stack(preprocessed: Path, results: Path, preset: str, unit: str, num_image_channels: int,
                    num_classes: int) -> dict | None:
     """Fit (or read) the stack of VFN unit ``unit`` from its fusion set; None when there is no fusion set."""
-    from vfnet.fusion.fusion_set import fusion_set_dir
-
     existing = load_stack(results, preset, unit)
     if existing is not None:
         return existing

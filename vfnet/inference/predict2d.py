@@ -1,7 +1,7 @@
 """Whole-volume prediction with one view's 2D network, and the held-out maps of a training unit.
 
 Slices are taken along the view in batches, each with its planned context (the same
-:func:`vfnet.training.data2d.slice_stacks` as in training), and the softmax maps are
+:func:`vfnet.views.slice_stacks` as in training), and the softmax maps are
 restacked into the canonical (z, y, x) layout with :func:`vfnet.views.from_view`. A unit
 trained on downsampled volumes (``input_downsample`` in its checkpoint) predicts at that
 resolution and its maps are upsampled to the input's grid (:mod:`vfnet.resolution`). Slices
@@ -26,13 +26,15 @@ from tqdm import tqdm
 
 from vfnet.atomic import atomic_path, write_json
 from vfnet.checkpoint import load_checkpoint
-from vfnet.data import PreprocessedDataset
 from vfnet.errors import ModelNotFoundError
 from vfnet.evaluation.metrics import dice
 from vfnet.networks.unet2d import UNet2D, build_unet2d, unet2d_from_config
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import downsample_image, normalise_factor, upsample_probabilities
-from vfnet.training.data2d import slice_stacks
-from vfnet.views import from_view, to_view
+from vfnet.training.units import TrainedUnit
+from vfnet.views import from_view, slice_stacks, to_view
+
+PREDICT_BATCH = 64
 
 
 def load_unit_network(unit_dir: Path, plan: Mapping, view: str, device: str | torch.device = "cpu",
@@ -138,3 +140,13 @@ def predict_held_out(network: torch.nn.Module, dataset: PreprocessedDataset, cas
                "mean_per_class": class_means, "cases": per_case}
     write_json(unit_dir / "summary.json", summary)
     return summary
+
+
+def predict_trained_unit_2d(trained: TrainedUnit) -> dict:
+    """The held-out prediction of a 2D unit that has just trained (``after_training`` of
+    :func:`vfnet.training.train2d.fit_2d_unit`): its final checkpoint predicts ``predict_cases``."""
+    setup, view = trained.setup, trained.view
+    network = load_unit_network(setup.out, setup.plan, view, setup.device)
+    return predict_held_out(network, trained.data, trained.predict_cases, view,
+                            setup.plan["views"][view]["context_slices"], trained.class_names, setup.out,
+                            setup.device, PREDICT_BATCH, trained.quiet, extra=trained.metadata)

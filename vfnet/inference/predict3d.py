@@ -3,8 +3,8 @@
 The volume is padded to at least one patch, covered by windows of the planned patch at half
 a patch's stride (nnU-Net's overlap), and the softmax outputs of overlapping windows are
 averaged with Gaussian weights, by the same sliding window as the VFN
-(:func:`vfnet.fusion.methods.sliding_window_probabilities`; like the VFN's, a batch holding a
-single window also runs its mirror image and averages the two).
+(:func:`vfnet.inference.sliding_window.sliding_window_probabilities`, without mirroring unless
+``tta`` asks for it).
 
 Example:
     >>> net = load_unit_network_3d(unit_dir, plan, "cpu")
@@ -24,18 +24,15 @@ import torch
 from tqdm import tqdm
 
 from vfnet.atomic import write_json
-from vfnet.data import PreprocessedDataset
-from vfnet.fusion.methods import VfnConfig, sliding_window_probabilities
-from vfnet.fusion.roi import pad_to_size
 from vfnet.inference.predict2d import per_class_dice, restore_network, save_probabilities
+from vfnet.inference.sliding_window import sliding_window_probabilities
 from vfnet.networks.unet3d import UNet3D, build_unet3d
+from vfnet.preprocessing.data import PreprocessedDataset
+from vfnet.training.train3d import train_hint
+from vfnet.training.units import TrainedUnit
+from vfnet.windows import pad_to_size
 
 FINAL_CHECKPOINT = "checkpoint_final.pth"
-
-
-def unet3d_config(network: UNet3D) -> dict:
-    """Constructor arguments of a 3D U-Net, stored in checkpoints so it can be rebuilt exactly."""
-    return {"in_channels": network.in_channels, "num_classes": network.num_classes, "features": network.features}
 
 
 def load_unit_network_3d(unit_dir: Path, plan: Mapping, device: str | torch.device = "cpu",
@@ -47,7 +44,7 @@ def load_unit_network_3d(unit_dir: Path, plan: Mapping, device: str | torch.devi
 
     Args:
         unit_dir: ``<results>/<preset>/3d/<unit>``.
-        plan: a :class:`vfnet.plans.Plan` or the plans.json dict.
+        plan: a :class:`vfnet.experiment_planning.plans.Plan` or the plans.json dict.
         device: where the network goes.
         checkpoint: file name inside ``unit_dir``.
         hint: the command that trains the unit, for the error message.
@@ -58,12 +55,9 @@ def load_unit_network_3d(unit_dir: Path, plan: Mapping, device: str | torch.devi
                            device, hint or f"vfnet_train 3d {Path(unit_dir).name}")
 
 
-def window_config(patch_size: Sequence[int], device: str | torch.device | None = None, batch_size: int = 2,
-                  quiet: bool = True) -> VfnConfig:
-    """Sliding-window settings of the 3D U-Net: the planned patch at half a patch's stride, Gaussian weights."""
-    patch = [int(p) for p in patch_size]
-    return VfnConfig(patch, [max(1, p // 2) for p in patch], [0, 0, 0], batch_size=batch_size, device=device,
-                     quiet=quiet)
+def window_stride(patch_size: Sequence[int]) -> list[int]:
+    """Sliding-window stride of the 3D U-Net: half a patch (nnU-Net's overlap)."""
+    return [max(1, int(p) // 2) for p in patch_size]
 
 
 @torch.no_grad()
@@ -80,12 +74,13 @@ def predict_volume_3d(network: torch.nn.Module, image: np.ndarray, patch_size: S
         tta: also predict the 7 mirrorings and average (8× the time).
     """
     padded, back = pad_to_size(np.asarray(image, dtype=np.float32), patch_size)
-    config = window_config(patch_size, device, batch_size)
+    patch = [int(p) for p in patch_size]
     flips = [()] + ([(1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3)] if tta else [])
     total = None
     for axes in flips:
         volume = np.ascontiguousarray(np.flip(padded, axes)) if axes else padded
-        probs = sliding_window_probabilities(network, volume, config)
+        probs = sliding_window_probabilities(network, volume, patch, window_stride(patch), batch_size=batch_size,
+                                             device=device)
         probs = np.flip(probs, axes) if axes else probs
         total = probs if total is None else total + probs
     return np.ascontiguousarray((total / len(flips))[(slice(None), *back)], dtype=np.float32)
@@ -121,3 +116,14 @@ def predict_held_out_3d(network: torch.nn.Module, dataset: PreprocessedDataset, 
                "cases": per_case}
     write_json(unit_dir / "summary.json", summary)
     return summary
+
+
+def predict_trained_unit_3d(trained: TrainedUnit) -> dict:
+    """The held-out prediction of a 3D unit that has just trained (``after_training`` of
+    :func:`vfnet.training.train3d.fit_3d_unit`): its final checkpoint predicts ``predict_cases``."""
+    setup = trained.setup
+    network = load_unit_network_3d(setup.out, setup.plan, setup.device,
+                                   hint=train_hint(setup.preprocessed.name, trained.metadata["unit"],
+                                                  trained.metadata["preset"]))
+    return predict_held_out_3d(network, trained.data, trained.predict_cases, setup.plan["unet3d"]["patch_size"],
+                               trained.class_names, setup.out, setup.device, trained.quiet, extra=trained.metadata)

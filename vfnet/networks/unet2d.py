@@ -110,7 +110,7 @@ def build_unet2d(plan: Mapping, view: str, features: Sequence[int] | None = None
     """The U-Net of one view as planned (``plan["views"][view]``).
 
     Args:
-        plan: plans.json as a dict or :class:`vfnet.plans.Plan`.
+        plan: plans.json as a dict or :class:`vfnet.experiment_planning.plans.Plan`.
         view: axial, coronal or sagittal.
         features: override the planned widths (tests and benchmarks); depth follows its length.
         **kwargs: ``norm`` / ``downsample`` of :class:`UNet2D`.

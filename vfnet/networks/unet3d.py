@@ -77,8 +77,13 @@ def build_unet3d(plan, in_channels: int, num_classes: int) -> UNet3D:
     """The 3D U-Net baseline of a plan (``plan["unet3d"]["features"]``).
 
     Args:
-        plan: a :class:`vfnet.plans.Plan` or the plans.json dict.
+        plan: a :class:`vfnet.experiment_planning.plans.Plan` or the plans.json dict.
         in_channels: image channels.
         num_classes: background + foreground classes.
     """
     return UNet3D(in_channels, num_classes, plan["unet3d"]["features"])
+
+
+def unet3d_config(network: UNet3D) -> dict:
+    """Constructor arguments of a 3D U-Net, stored in checkpoints so it can be rebuilt exactly."""
+    return {"in_channels": network.in_channels, "num_classes": network.num_classes, "features": network.features}

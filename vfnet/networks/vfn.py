@@ -151,7 +151,7 @@ def build_vfn(plan, num_image_channels: int, num_classes: int, use_image: bool =
     """The VFN of a plan (``plan["vfn"]["features"]`` and ``["view_prior"]``).
 
     Args:
-        plan: a :class:`vfnet.plans.Plan` or the plans.json dict.
+        plan: a :class:`vfnet.experiment_planning.plans.Plan` or the plans.json dict.
         num_image_channels: M image channels.
         num_classes: background + foreground classes.
         use_image: False for the no-image ablation.

@@ -20,7 +20,7 @@ from pathlib import Path
 from vfnet import paths
 from vfnet.atomic import read_json
 from vfnet.errors import VfnetError
-from vfnet.plans import Plan
+from vfnet.experiment_planning.plans import Plan
 from vfnet.views import VIEWS
 
 STAGE_ORDER = ("2d", "vfn", "3d")
@@ -66,7 +66,7 @@ class TrainingJob:
 
 
 def _jobs_2d(plan: Plan, results: Path, preset: str, views: Sequence[str]) -> list[TrainingJob]:
-    from vfnet.training.train2d import train_2d_unit
+    from vfnet.pipeline.units import train_2d_unit
 
     jobs = []
     for view in views:
@@ -82,7 +82,7 @@ def _jobs_2d(plan: Plan, results: Path, preset: str, views: Sequence[str]) -> li
 
 
 def _jobs_vfn(plan: Plan, results: Path, preset: str, views: Sequence[str]) -> list[TrainingJob]:
-    from vfnet.training.train_vfn import train_vfn_unit
+    from vfnet.pipeline.units import train_vfn_unit
 
     jobs = []
     for use_image, network, flag in ((True, "vfn", []), (False, "vfn_noimage", ["--no-image"])):
@@ -99,7 +99,7 @@ def _jobs_vfn(plan: Plan, results: Path, preset: str, views: Sequence[str]) -> l
 
 
 def _jobs_3d(plan: Plan, results: Path, preset: str, views: Sequence[str]) -> list[TrainingJob]:
-    from vfnet.training.train3d import train_3d_unit
+    from vfnet.pipeline.units import train_3d_unit
 
     jobs = []
     for unit in plan.units("3d"):
@@ -149,7 +149,7 @@ def dataset_jobs(dataset: str | int | None, preset: str, stage: str = "all",
 def job_commands(dataset: str | int | None, preset: str = "default", stage: str = "all",
                  views: Sequence[str] | None = None, include_finished: bool = False) -> list[str]:
     """One shell command per unfinished unit (all units with ``include_finished``)."""
-    from vfnet.plans import budget_minutes
+    from vfnet.experiment_planning.plans import budget_minutes
 
     name, jobs = dataset_jobs(dataset, preset, stage, views)
     if budget_minutes(preset) is not None:
@@ -182,9 +182,9 @@ def train_all(dataset: str | int | None, preset: str = "default", stage: str = "
     Returns:
         The unit folders trained in this call.
     """
-    from vfnet.plans import budget_minutes
+    from vfnet.device import resolve_device
+    from vfnet.experiment_planning.plans import budget_minutes
     from vfnet.training.budget import load_or_plan_budget
-    from vfnet.training.trainer import resolve_device
 
     name, jobs = dataset_jobs(dataset, preset, stage, views)
     preprocessed = paths.preprocessed_dataset(name)

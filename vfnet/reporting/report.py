@@ -25,13 +25,14 @@ from tqdm import tqdm
 from vfnet import __version__, paths
 from vfnet.atomic import atomic_path, read_json
 from vfnet.checkpoint import load_checkpoint
-from vfnet.data import PreprocessedDataset
 from vfnet.errors import CheckpointError, VfnetError
 from vfnet.evaluation.metrics import dice
+from vfnet.experiment_planning.plans import NETWORKS_2D, Plan
 from vfnet.fusion.crossval import test_folds
 from vfnet.fusion.methods import VfnConfig, fuse, majority_vote
-from vfnet.inference.models import FINAL_CHECKPOINT, _train_hint, load_vfn
-from vfnet.plans import NETWORKS_2D, Plan
+from vfnet.fusion.models import FINAL_CHECKPOINT, load_vfn
+from vfnet.prediction.models import _train_hint
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.reporting.figures import CaseRow, draw_case_rows
 from vfnet.views import VIEWS
 

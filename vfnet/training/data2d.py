@@ -2,7 +2,7 @@
 
 The input of a slice is its ``context_slices`` neighbours (clamped at the volume's edges)
 times the image channels, channel-major: [c0 s−1, c0 s, c0 s+1, c1 s−1, ...]. The same
-:func:`slice_stacks` serves training and prediction, so both see identical inputs.
+:func:`vfnet.views.slice_stacks` serves training and prediction, so both see identical inputs.
 Volumes are read into RAM once, already in the view's layout (via :mod:`vfnet.views`).
 
 Example:
@@ -29,9 +29,9 @@ from batchgenerators.transforms.color_transforms import (
 from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
-from vfnet.data import PreprocessedDataset
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import IDENTITY, downsample_image, downsample_label, normalise_factor
-from vfnet.views import context_indices, to_view
+from vfnet.views import slice_stacks, to_view
 
 MAX_FOREGROUND_POINTS = 20000  # per class and case: enough to sample centres, small in RAM
 
@@ -79,39 +79,64 @@ def load_view_volumes(dataset: PreprocessedDataset, cases: Sequence[str], view: 
     return volumes
 
 
-def slice_stacks(image_view: np.ndarray, indices: Sequence[int], context: int) -> np.ndarray:
-    """Network inputs (B, C·context, H, W) of slices ``indices`` of a view-layout image (C, S, H, W)."""
-    index = np.stack([context_indices(int(i), image_view.shape[1], context) for i in indices])
-    stacks = image_view[:, index]  # (C, B, context, H, W)
-    return np.ascontiguousarray(stacks.swapaxes(0, 1).reshape(len(indices), -1, *image_view.shape[-2:]))
-
-
 def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: float = 0) -> np.ndarray:
-    """Window of ``size`` over the last two axes starting at ``start`` (may be negative); outside is ``fill``."""
-    out = np.full(array.shape[:-2] + tuple(size), fill, dtype=array.dtype)
+    """Window of ``size`` over the last ``len(size)`` axes starting at ``start`` (may be negative).
+
+    Voxels outside the array are ``fill``; leading axes (channels) are kept whole. Serves the
+    2D slice windows and the 3D patches alike.
+    """
+    spatial = array.shape[-len(size):]
+    out = np.full(array.shape[:-len(size)] + tuple(int(s) for s in size), fill, dtype=array.dtype)
     src, dst = [], []
-    for begin, length, extent in zip(start, size, array.shape[-2:]):
-        lo, hi = max(begin, 0), min(begin + length, extent)
+    for begin, length, extent in zip(start, size, spatial):
+        lo, hi = max(int(begin), 0), min(int(begin) + int(length), extent)
         src.append(slice(lo, max(lo, hi)))
         dst.append(slice(lo - begin, lo - begin + max(0, hi - lo)))
     out[(..., *dst)] = array[(..., *src)]
     return out
 
 
-def _window_start(extent: int, length: int, centre: int | None) -> int:
+def _window_start(extent: int, length: int, centre: int | None, rng: np.random.Generator) -> int:
     # Windows stay inside the slice where it is large enough; smaller slices sit somewhere inside the window.
     lo, hi = min(0, extent - length), max(0, extent - length)
     if centre is None:
-        return int(np.random.randint(lo, hi + 1))
+        return int(rng.integers(lo, hi + 1))
     return int(np.clip(centre - length // 2, lo, hi))
 
 
-class SliceSampler(SlimDataLoaderBase):
+class SeededSampler(SlimDataLoaderBase):
+    """A batchgenerators data loader with its own random generator (no numpy global state).
+
+    In-process it draws from ``default_rng(seed)``; each background worker (batchgenerators
+    calls :meth:`set_thread_id` in every worker) draws from ``default_rng([seed, worker])``, so
+    workers never repeat each other's batches.
+    """
+
+    def __init__(self, data, batch_size: int, seed: int = 0):
+        super().__init__(data, batch_size)
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+
+    def set_thread_id(self, thread_id: int) -> None:
+        super().set_thread_id(thread_id)
+        self.rng = np.random.default_rng([self.seed, int(thread_id)])
+
+    def _foreground_centre(self, volume: ViewVolume) -> np.ndarray:
+        points = volume.foreground[list(volume.foreground)[self.rng.integers(len(volume.foreground))]]
+        return points[self.rng.integers(len(points))]
+
+    def generate_train_batch(self) -> dict:
+        samples = [self.sample(self._data[self.rng.integers(len(self._data))],
+                               i >= self.batch_size - self.num_foreground) for i in range(self.batch_size)]
+        return {"data": np.stack([s[0] for s in samples]), "target": np.stack([s[1] for s in samples])}
+
+
+class SliceSampler(SeededSampler):
     """Endless random batches ``{"data": (B, C·context, *patch), "target": (B, 1, *patch)}`` (float32).
 
-    Uses numpy's global RNG (seeded per background worker by batchgenerators, by the
-    trainer in-process). The last ``oversample_foreground`` share of every batch is centred
-    on a foreground voxel of a randomly chosen class; the rest are random slices and crops.
+    Draws from its own generator (:class:`SeededSampler`). The last ``oversample_foreground``
+    share of every batch is centred on a foreground voxel of a randomly chosen class; the rest
+    are random slices and crops.
 
     Args:
         volumes: from :func:`load_view_volumes`.
@@ -119,11 +144,12 @@ class SliceSampler(SlimDataLoaderBase):
         context: slices per stack.
         batch_size: samples per batch.
         oversample_foreground: share of each batch forced onto foreground (about 1/3).
+        seed: seed of the sampler's generator.
     """
 
     def __init__(self, volumes: list[ViewVolume], patch_size: Sequence[int], context: int, batch_size: int,
-                 oversample_foreground: float = 0.33):
-        super().__init__(volumes, batch_size)
+                 oversample_foreground: float = 0.33, seed: int = 0):
+        super().__init__(volumes, batch_size, seed)
         self.patch_size, self.context = [int(p) for p in patch_size], int(context)
         self.num_foreground = round(batch_size * oversample_foreground)
 
@@ -131,21 +157,15 @@ class SliceSampler(SlimDataLoaderBase):
         """(C·context, *patch) input and (1, *patch) label of one slice window."""
         centre = None
         if force_foreground and volume.foreground:
-            points = volume.foreground[list(volume.foreground)[np.random.randint(len(volume.foreground))]]
-            centre = points[np.random.randint(len(points))]
+            centre = self._foreground_centre(volume)
             index = int(centre[0])
         else:
-            index = np.random.randint(volume.label.shape[0])
-        start = [_window_start(volume.label.shape[1 + a], self.patch_size[a], None if centre is None else centre[1 + a])
-                 for a in range(2)]
+            index = int(self.rng.integers(volume.label.shape[0]))
+        start = [_window_start(volume.label.shape[1 + a], self.patch_size[a],
+                               None if centre is None else centre[1 + a], self.rng) for a in range(2)]
         stack = slice_stacks(volume.image, [index], self.context)[0]
         return (crop_padded(stack, start, self.patch_size),
                 crop_padded(volume.label[index][None], start, self.patch_size).astype(np.float32))
-
-    def generate_train_batch(self) -> dict:
-        samples = [self.sample(self._data[np.random.randint(len(self._data))],
-                               i >= self.batch_size - self.num_foreground) for i in range(self.batch_size)]
-        return {"data": np.stack([s[0] for s in samples]), "target": np.stack([s[1] for s in samples])}
 
 
 def augmentation_2d(patch_size: Sequence[int], mirror_axes: Sequence[int] = ()) -> Compose:
@@ -180,13 +200,14 @@ def make_train_loader(volumes: list[ViewVolume], patch_size: Sequence[int], cont
     Background workers keep the network from waiting for data; in-process loading is for
     tests and debugging. Call ``loader._finish()`` (or :func:`close_loader`) when done.
     """
-    return start_loader(SliceSampler(volumes, patch_size, context, batch_size),
+    return start_loader(SliceSampler(volumes, patch_size, context, batch_size, seed=seed),
                         augmentation_2d(patch_size, mirror_axes) if augment else None, num_workers, seed)
 
 
 def start_loader(sampler, transform, num_workers: int, seed: int = 0):
     """Batches of ``sampler`` through ``transform``, in ``num_workers`` background processes (0: in-process),
-    each worker seeded from ``seed``. The 2D and 3D training loaders both start here."""
+    each worker's numpy global RNG seeded from ``seed`` (batchgenerators' transforms draw from it; the
+    samplers have their own generators). The 2D and 3D training loaders both start here."""
     if num_workers <= 0:
         return SingleThreadedAugmenter(sampler, transform)
     seeds = [seed * 1000 + i for i in range(num_workers)]
@@ -197,18 +218,8 @@ def start_loader(sampler, transform, num_workers: int, seed: int = 0):
 def fixed_batches(volumes: list[ViewVolume], patch_size: Sequence[int], context: int, batch_size: int,
                   num_batches: int, seed: int = 0) -> list[dict]:
     """The same validation batches at every validation (no augmentation), drawn once with ``seed``."""
-    return seeded_batches(SliceSampler(volumes, patch_size, context, batch_size), num_batches, seed)
-
-
-def seeded_batches(sampler, num_batches: int, seed: int) -> list[dict]:
-    """``num_batches`` batches of ``sampler`` drawn with numpy's global RNG seeded by ``seed``, which is
-    restored afterwards (the samplers use the global RNG, as batchgenerators' workers seed it)."""
-    state = np.random.get_state()
-    np.random.seed(seed % 2**32)
-    try:
-        return [sampler.generate_train_batch() for _ in range(num_batches)]
-    finally:
-        np.random.set_state(state)
+    sampler = SliceSampler(volumes, patch_size, context, batch_size, seed=seed)
+    return [sampler.generate_train_batch() for _ in range(num_batches)]
 
 
 def close_loader(loader) -> None:

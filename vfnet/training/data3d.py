@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 from batchgenerators.transforms.abstract_transforms import Compose
 from batchgenerators.transforms.color_transforms import (
     BrightnessMultiplicativeTransform,
@@ -30,10 +29,17 @@ from batchgenerators.transforms.color_transforms import (
 from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform
 
-from vfnet.data import PreprocessedDataset
+from vfnet.preprocessing.data import PreprocessedDataset
 
 # One volume type for 2D and 3D sampling: a 3D volume is a ViewVolume in the canonical layout.
-from vfnet.training.data2d import ViewVolume, _foreground_points, _window_start, seeded_batches, start_loader
+from vfnet.training.data2d import (
+    SeededSampler,
+    ViewVolume,
+    _foreground_points,
+    _window_start,
+    crop_padded,
+    start_loader,
+)
 
 
 def load_volumes(dataset: PreprocessedDataset, cases: Sequence[str], with_foreground: bool = True) -> list[ViewVolume]:
@@ -48,27 +54,10 @@ def load_volumes(dataset: PreprocessedDataset, cases: Sequence[str], with_foregr
     return volumes
 
 
-def crop_padded_nd(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: float = 0) -> np.ndarray:
-    """Window of ``size`` over the last ``len(size)`` axes starting at ``start`` (may be negative).
-
-    Voxels outside the array are ``fill``; leading axes (channels) are kept whole.
-    """
-    spatial = array.shape[-len(size):]
-    out = np.full(array.shape[:-len(size)] + tuple(int(s) for s in size), fill, dtype=array.dtype)
-    src, dst = [], []
-    for begin, length, extent in zip(start, size, spatial):
-        lo, hi = max(int(begin), 0), min(int(begin) + int(length), extent)
-        src.append(slice(lo, max(lo, hi)))
-        dst.append(slice(lo - begin, lo - begin + max(0, hi - lo)))
-    out[(..., *dst)] = array[(..., *src)]
-    return out
-
-
-class PatchSampler3D(SlimDataLoaderBase):
+class PatchSampler3D(SeededSampler):
     """Endless random batches ``{"data": (B, C, *patch), "target": (B, 1, *patch)}`` (float32).
 
-    Uses numpy's global RNG (seeded per background worker by batchgenerators, by the
-    trainer in-process). The last ``oversample_foreground`` share of every batch is centred
+    Draws from its own generator (:class:`vfnet.training.data2d.SeededSampler`). The last ``oversample_foreground`` share of every batch is centred
     on a foreground voxel of a randomly chosen class; the rest are random windows.
 
     Args:
@@ -76,11 +65,12 @@ class PatchSampler3D(SlimDataLoaderBase):
         patch_size: planned (z, y, x) patch.
         batch_size: patches per batch.
         oversample_foreground: share of each batch forced onto foreground (about 1/3).
+        seed: seed of the sampler's generator.
     """
 
     def __init__(self, volumes: list[ViewVolume], patch_size: Sequence[int], batch_size: int,
-                 oversample_foreground: float = 0.33):
-        super().__init__(volumes, batch_size)
+                 oversample_foreground: float = 0.33, seed: int = 0):
+        super().__init__(volumes, batch_size, seed)
         self.patch_size = [int(p) for p in patch_size]
         # at least one foreground patch per batch, even with the batch of 2 of 3D presets
         self.num_foreground = max(1, round(batch_size * oversample_foreground)) if oversample_foreground > 0 else 0
@@ -89,17 +79,11 @@ class PatchSampler3D(SlimDataLoaderBase):
         """(C, *patch) image and (1, *patch) label of one window."""
         centre = None
         if force_foreground and volume.foreground:
-            points = volume.foreground[list(volume.foreground)[np.random.randint(len(volume.foreground))]]
-            centre = points[np.random.randint(len(points))]
-        start = [_window_start(volume.label.shape[a], self.patch_size[a], None if centre is None else int(centre[a]))
-                 for a in range(3)]
-        return (crop_padded_nd(volume.image, start, self.patch_size),
-                crop_padded_nd(volume.label, start, self.patch_size)[None].astype(np.float32))
-
-    def generate_train_batch(self) -> dict:
-        samples = [self.sample(self._data[np.random.randint(len(self._data))],
-                               i >= self.batch_size - self.num_foreground) for i in range(self.batch_size)]
-        return {"data": np.stack([s[0] for s in samples]), "target": np.stack([s[1] for s in samples])}
+            centre = self._foreground_centre(volume)
+        start = [_window_start(volume.label.shape[a], self.patch_size[a], None if centre is None else int(centre[a]),
+                               self.rng) for a in range(3)]
+        return (crop_padded(volume.image, start, self.patch_size),
+                crop_padded(volume.label, start, self.patch_size)[None].astype(np.float32))
 
 
 def augmentation_3d() -> Compose:
@@ -119,11 +103,12 @@ def make_train_loader_3d(volumes: list[ViewVolume], patch_size: Sequence[int], b
 
     Stop the workers with :func:`vfnet.training.data2d.close_loader` when done.
     """
-    return start_loader(PatchSampler3D(volumes, patch_size, batch_size), augmentation_3d() if augment else None,
-                        num_workers, seed)
+    return start_loader(PatchSampler3D(volumes, patch_size, batch_size, seed=seed),
+                        augmentation_3d() if augment else None, num_workers, seed)
 
 
 def fixed_batches_3d(volumes: list[ViewVolume], patch_size: Sequence[int], batch_size: int, num_batches: int,
                      seed: int = 0) -> list[dict]:
     """The same validation batches at every validation (no augmentation), drawn once with ``seed``."""
-    return seeded_batches(PatchSampler3D(volumes, patch_size, batch_size), num_batches, seed)
+    sampler = PatchSampler3D(volumes, patch_size, batch_size, seed=seed)
+    return [sampler.generate_train_batch() for _ in range(num_batches)]

@@ -20,11 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from vfnet.fusion.roi import sliding_window_starts
+from vfnet.atomic import read_json
+from vfnet.errors import ModelNotFoundError
 from vfnet.resolution import IDENTITY, downsample_image, downsample_label, normalise_factor
 from vfnet.views import VIEWS
+from vfnet.windows import sliding_window_starts
 
 AUGMENTATIONS = ("none", "paper")
+
+
+def load_manifest(folder: Path) -> dict:
+    """The manifest.json of a fusion set (its cases, their folds, source units and ROIs)."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} not found; build it with vfnet_build_fusion_set")
+    return read_json(path)
 
 
 def load_fusion_samples(folder: Path, cases: list[str], input_downsample=None,

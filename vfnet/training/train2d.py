@@ -1,8 +1,9 @@
-"""``vfnet_train 2d VIEW UNIT`` as a library call: train one view's U-Net on a unit, then predict its held-out folds.
+"""Train one view's U-Net on a unit: ``vfnet_train 2d VIEW UNIT`` up to its final checkpoint.
 
 Validation and the best checkpoint use a split carved from the unit's own training
 cases; the folds the unit predicts are never seen before the final checkpoint predicts
-them. Results go to ``$vfnet_results/TaskXX_Name/<preset>/2d_<view>/<unit>/``.
+them. Results go to ``$vfnet_results/TaskXX_Name/<preset>/2d_<view>/<unit>/``. The held-out
+prediction is the ``after_training`` callback that :mod:`vfnet.pipeline.units` passes.
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ from pathlib import Path
 import torch
 
 from vfnet.atomic import write_json
-from vfnet.data import PreprocessedDataset
 from vfnet.errors import VfnetError
-from vfnet.inference.predict2d import load_unit_network, predict_held_out
+from vfnet.experiment_planning.plans import Plan
 from vfnet.networks.unet2d import build_unet2d
-from vfnet.plans import Plan
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import normalise_factor
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
 from vfnet.training.losses import DiceCELoss
 from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
 from vfnet.training.units import (
     SEED,
+    AfterTraining,
+    TrainedUnit,
     clear_previous_run,
     held_out_split,
     prepare_unit,
@@ -32,7 +34,6 @@ from vfnet.training.units import (
 from vfnet.views import VIEWS
 
 VALIDATION_BATCHES = 5
-PREDICT_BATCH = 64
 
 
 def _check_view(view: str) -> str:
@@ -41,10 +42,11 @@ def _check_view(view: str) -> str:
     return view
 
 
-def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "default", device: str = "auto",
-                  num_threads: int | None = None, resume: bool = False, quiet: bool = False, overwrite: bool = False,
-                  schedule_overrides: dict | None = None, features: Sequence[int] | None = None) -> Path:
-    """Train the 2D U-Net of ``view`` on ``unit`` and predict the unit's held-out folds.
+def fit_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "default", device: str = "auto",
+                num_threads: int | None = None, resume: bool = False, quiet: bool = False, overwrite: bool = False,
+                schedule_overrides: dict | None = None, features: Sequence[int] | None = None,
+                after_training: AfterTraining | None = None) -> Path:
+    """Train the 2D U-Net of ``view`` on ``unit``, then hand it to ``after_training``.
 
     Args:
         dataset: id or name of a preprocessed dataset (None: the only one).
@@ -57,6 +59,8 @@ def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str =
         quiet: no progress bars or console messages.
         schedule_overrides: replace keys of the preset's schedule (tests, benchmarks).
         features: replace the planned widths (tests, benchmarks).
+        after_training: called with the :class:`TrainedUnit` once the final checkpoint exists
+            (held-out prediction, which writes summary.json); None leaves the unit unfinished.
 
     Returns:
         The unit's results folder.
@@ -84,12 +88,10 @@ def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str =
                features, {"network": network_name, "unit": str(unit), "preset": preset,
                           "dataset": preprocessed.name})
 
-    network = load_unit_network(out, plan, view, torch_device)
-    class_names = [name for name, _ in sorted(plan["labels"].items(), key=lambda kv: kv[1])]
-    predict_held_out(network, data, predict_cases, view, plan["views"][view]["context_slices"], class_names, out,
-                     torch_device, PREDICT_BATCH, quiet,
-                     extra={"network": network_name, "unit": str(unit), "preset": preset,
-                            "dataset": preprocessed.name})
+    if after_training is not None:
+        after_training(TrainedUnit(setup, data, predict_cases, view=view, quiet=quiet,
+                                   metadata={"network": network_name, "unit": str(unit), "preset": preset,
+                                             "dataset": preprocessed.name}))
     return setup.finish()
 
 

@@ -1,11 +1,12 @@
-"""``vfnet_train 3d UNIT`` as a library call: train the planned 3D U-Net baseline, then predict its held-out folds.
+"""Train the planned 3D U-Net baseline on a unit: ``vfnet_train 3d UNIT`` up to its final checkpoint.
 
 The baseline of the paper's 2D-versus-3D comparison: nnU-Net-shaped (``plan["unet3d"]``),
 trained on 3D patches with DiceCE loss by the same trainer as the views and the VFN
 (checkpoints, resume, log, progress.png, mixed precision on CUDA). Validation and the best
 checkpoint use a split carved from the unit's own training cases; the folds the unit
 predicts are only seen by the final checkpoint. Results go to
-``$vfnet_results/TaskXX_Name/<preset>/3d/<unit>/``.
+``$vfnet_results/TaskXX_Name/<preset>/3d/<unit>/``. The held-out prediction is the
+``after_training`` callback that :mod:`vfnet.pipeline.units` passes.
 """
 
 from __future__ import annotations
@@ -18,16 +19,23 @@ import torch
 
 from vfnet.atomic import write_json
 from vfnet.checkpoint import load_checkpoint
-from vfnet.data import PreprocessedDataset
-from vfnet.inference.predict3d import load_unit_network_3d, predict_held_out_3d, unet3d_config
-from vfnet.networks.unet3d import UNet3D, build_unet3d
+from vfnet.experiment_planning.plans import Plan
+from vfnet.networks.unet3d import UNet3D, build_unet3d, unet3d_config
 from vfnet.networks.vfn import count_parameters
-from vfnet.plans import Plan
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.training.data2d import close_loader
 from vfnet.training.data3d import fixed_batches_3d, load_volumes, make_train_loader_3d
 from vfnet.training.losses import DiceCELoss
 from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
-from vfnet.training.units import SEED, clear_previous_run, held_out_split, prepare_unit, unit_finished
+from vfnet.training.units import (
+    SEED,
+    AfterTraining,
+    TrainedUnit,
+    clear_previous_run,
+    held_out_split,
+    prepare_unit,
+    unit_finished,
+)
 
 NETWORK = "3d"
 VALIDATION_BATCHES = 5
@@ -38,11 +46,11 @@ def train_hint(dataset: str, unit: str, preset: str) -> str:
     return f"vfnet_train 3d {unit} -d {dataset} --preset {preset}"
 
 
-def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", device: str = "auto",
-                  num_threads: int | None = None, resume: bool = False, quiet: bool = False, overwrite: bool = False,
-                  schedule_overrides: dict | None = None, features: Sequence[int] | None = None,
-                  stop_at: int | None = None) -> Path:
-    """Train the 3D U-Net on ``unit`` and predict the unit's held-out folds.
+def fit_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", device: str = "auto",
+                num_threads: int | None = None, resume: bool = False, quiet: bool = False, overwrite: bool = False,
+                schedule_overrides: dict | None = None, features: Sequence[int] | None = None,
+                stop_at: int | None = None, after_training: AfterTraining | None = None) -> Path:
+    """Train the 3D U-Net on ``unit``, then hand it to ``after_training``.
 
     Args:
         dataset: id or name of a preprocessed dataset (None: the only one).
@@ -56,6 +64,8 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
         features: replace the planned widths (tests, benchmarks).
         stop_at: stop after this many iterations with a latest checkpoint and no prediction
             (to check that a long schedule starts; continue later with ``resume``).
+        after_training: called with the :class:`TrainedUnit` once the final checkpoint exists
+            (held-out prediction, which writes summary.json); None leaves the unit unfinished.
 
     Returns:
         The unit's results folder.
@@ -81,14 +91,14 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
         if trainer.iteration < trainer.config.iterations:
             return out  # stopped early on purpose: no final checkpoint, nothing to predict yet
 
-    network = load_unit_network_3d(out, plan, torch_device, hint=train_hint(preprocessed.name, unit, preset))
-    class_names = [name for name, _ in sorted(plan["labels"].items(), key=lambda kv: kv[1])]
-    state = load_checkpoint(out / "checkpoint_final.pth")
-    predict_held_out_3d(network, data, predict_cases, plan["unet3d"]["patch_size"], class_names, out, torch_device,
-                        quiet, extra={**metadata, "parameters": count_parameters(network),
-                                      "iterations": int(state["iteration"]),
-                                      "best_val_pseudo_dice": float(state["best_dice"]),
-                                      "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1)})
+    if after_training is not None:
+        state = load_checkpoint(out / "checkpoint_final.pth")
+        config = state.get("metadata", {}).get("network_config")
+        network = UNet3D(**config) if config else build_unet3d(plan, plan.num_channels, plan.num_classes)
+        after_training(TrainedUnit(setup, data, predict_cases, quiet=quiet, metadata={
+            **metadata, "parameters": count_parameters(network), "iterations": int(state["iteration"]),
+            "best_val_pseudo_dice": float(state["best_dice"]),
+            "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1)}))
     return setup.finish()
 
 

@@ -1,6 +1,7 @@
-"""``vfnet_train vfn UNIT`` as a library call: train the Volumetric Fusion Net on a fusion set.
+"""Train the Volumetric Fusion Net on a fusion set (``vfnet_train vfn UNIT`` once its fusion set exists).
 
-The VFN of test fold k trains on the fusion set of fold k (built by vfnet_build_fusion_set),
+The VFN of test fold k trains on the fusion set of fold k (built by vfnet_build_fusion_set, or
+by :func:`vfnet.pipeline.units.train_vfn_unit` when missing),
 with patches cropped inside each case's region of interest (planned: crops only, so each
 channel keeps its view and the anatomy its sides; ``"augmentation": "paper"`` adds the
 paper's rotations and flips), Dice (+ cross-entropy for several classes), and the preset's
@@ -17,12 +18,12 @@ from pathlib import Path
 
 import torch
 
+from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.errors import PlanError
-from vfnet.fusion.fusion_set import build_fusion_set, fusion_set_dir, load_manifest
 from vfnet.networks.vfn import build_vfn, count_parameters
 from vfnet.resolution import normalise_factor
-from vfnet.training.data_vfn import AUGMENTATIONS, VfnPatchSampler, load_fusion_samples, tile_batches
+from vfnet.training.data_vfn import AUGMENTATIONS, VfnPatchSampler, load_fusion_samples, load_manifest, tile_batches
 from vfnet.training.losses import DiceCELoss, SoftDiceLoss
 from vfnet.training.trainer import (
     StepLR,
@@ -45,17 +46,18 @@ def sgd_momentum(params, lr: float):
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-5)
 
 
-def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", use_image: bool = True,
-                   device: str = "auto", num_threads: int | None = None, resume: bool = False,
-                   quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None,
-                   overwrite: bool = False, seed: int = SEED) -> Path:
+def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", use_image: bool = True,
+                 device: str = "auto", num_threads: int | None = None, resume: bool = False,
+                 quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None,
+                 overwrite: bool = False, seed: int = SEED) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set.
 
     ``seed`` seeds the weights and the patch sampling (the validation cases stay the same); a
     seed other than the default trains into ``vfn_seed<seed>`` beside the unit, to measure how
     much the VFN's result depends on it.
 
-    The fusion set is built first when it does not exist yet. ``stop_at`` stops after that
+    The fusion set must exist (:func:`vfnet.pipeline.units.train_vfn_unit` builds it when
+    missing; a missing one raises ``ModelNotFoundError`` naming the command). ``stop_at`` stops after that
     many iterations with a latest checkpoint and no summary (to check that a long schedule
     starts; continue later with ``resume``).
 
@@ -68,10 +70,7 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
         setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
     if resume and unit_finished(out):
         return out
-    folder = fusion_set_dir(preprocessed, preset, str(unit))
-    if not (folder / "manifest.json").is_file():
-        # the fusion set is a pure function of finished 2D units: build it when missing
-        build_fusion_set(preprocessed.name, str(unit), preset, quiet=quiet)
+    folder = paths.fusion_set_dir(preprocessed, preset, str(unit))
     manifest = load_manifest(folder)
     cases = sorted(manifest["cases"])
     train_cases, val_cases = split_validation(cases, key=f"vfn-{unit}")

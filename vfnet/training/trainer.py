@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from vfnet.atomic import atomic_path, remove_stale_temporaries
 from vfnet.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
-from vfnet.errors import CheckpointError, PlanError, VfnetError
+from vfnet.device import resolve_device
+from vfnet.errors import CheckpointError, PlanError
 from vfnet.training.losses import foreground_counts
 
 CHECKPOINTS = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth")
@@ -151,18 +152,9 @@ def plot_progress(history: list[dict], path: Path) -> None:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
+    # only for batchgenerators' transforms, which draw from numpy's global RNG; vfnet's samplers own generators
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; asking for CUDA without one is a user error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VfnetError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
-    return device
 
 
 def saved_iteration(out_dir: Path, name: str = "checkpoint_latest.pth") -> int:

@@ -1,11 +1,12 @@
 """What every training unit starts with: its dataset, plan entry, schedule, device and folder,
-its training / validation / held-out cases, and a clean folder for a fresh run."""
+its training / validation / held-out cases, and a clean folder for a fresh run; and what it
+hands on when trained (:class:`TrainedUnit`) to the later stage that predicts its held-out folds."""
 
 from __future__ import annotations
 
 import shutil
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +15,11 @@ import torch
 
 from vfnet import paths
 from vfnet.atomic import read_json
-from vfnet.data import PreprocessedDataset
+from vfnet.device import resolve_device
 from vfnet.errors import PlanError, VfnetError
-from vfnet.planning import copy_dataset_files
-from vfnet.plans import Plan, budget_minutes
+from vfnet.experiment_planning.plans import Plan, budget_minutes
+from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.training.budget import load_or_plan_budget
-from vfnet.training.trainer import resolve_device
 
 SEED = 12345
 VALIDATION_FRACTION = 0.15
@@ -51,6 +51,39 @@ class UnitSetup:
         return self.final
 
 
+@dataclass
+class TrainedUnit:
+    """A unit whose final checkpoint is written: what held-out prediction needs.
+
+    Training never imports inference; the stage above (:mod:`vfnet.pipeline.units`) passes an
+    ``after_training`` callback that takes this, predicts ``predict_cases`` and writes summary.json
+    (which makes the unit finished) before a staging folder is swapped in.
+
+    Args:
+        setup: the unit's resolved inputs; ``setup.out`` holds the checkpoints.
+        data: the preprocessed dataset.
+        predict_cases: the held-out cases the unit predicts.
+        metadata: recorded at the top of the unit's summary.json.
+        view: the view of a 2D unit, else None.
+        quiet: no progress bars.
+    """
+
+    setup: UnitSetup
+    data: PreprocessedDataset
+    predict_cases: list[str]
+    metadata: dict
+    view: str | None = None
+    quiet: bool = False
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names ordered by label value (background first)."""
+        return [name for name, _ in sorted(self.setup.plan["labels"].items(), key=lambda kv: kv[1])]
+
+
+AfterTraining = Callable[[TrainedUnit], object]
+
+
 def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str, preset: str, device: str,
                  schedule_overrides: dict | None = None, resume: bool = False, overwrite: bool = False) -> UnitSetup:
     """Resolve a unit of ``stage`` (``2d``, ``vfn``, ``3d``) and create its results folder.
@@ -73,7 +106,7 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
     spec = plan.unit(stage, unit)
     torch_device = resolve_device(device)
     results = paths.results_root() / preprocessed.name
-    copy_dataset_files(preprocessed, results)
+    paths.copy_dataset_files(preprocessed, results)
     out = paths.unit_dir(results, preset, network, str(unit))
     final = out
     if unit_finished(out) and not resume:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
 
 from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.dataset import training_cases
-from vfnet.fingerprint import compute_fingerprint
+from vfnet.experiment_planning.fingerprint import compute_fingerprint
+from vfnet.experiment_planning.plans import DEFAULT_FOLDS, make_splits, plan_experiment, preprocessing_hash
 from vfnet.integrity import verify_dataset
-from vfnet.plans import DEFAULT_FOLDS, make_splits, plan_experiment, preprocessing_hash
-from vfnet.preprocessing import preprocess_dataset
+from vfnet.preprocessing.preprocessing import preprocess_dataset
 
 
 def plan_and_preprocess(dataset: str | int | None, num_processes: int = 2, num_folds: int = DEFAULT_FOLDS,
@@ -45,15 +43,6 @@ def plan_and_preprocess(dataset: str | int | None, num_processes: int = 2, num_f
     plan["_run"] = {"preprocessed": done, "skipped": skipped, "seconds": round(time.perf_counter() - start, 1),
                     "folder": str(out)}
     return plan
-
-
-def copy_dataset_files(preprocessed: Path, results: Path) -> None:
-    """Keep plans, dataset.json and fingerprint beside the models so results are self-contained."""
-    results.mkdir(parents=True, exist_ok=True)
-    for name in ("plans.json", "dataset.json", "fingerprint.json", "splits.json"):
-        source = preprocessed / name
-        if source.is_file():
-            shutil.copyfile(source, results / name)
 
 
 def plan_summary(plan: dict) -> str:

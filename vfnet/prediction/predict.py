@@ -22,8 +22,8 @@ from vfnet.dicom import series_note
 from vfnet.errors import ImageWriteError, VfnetError, disk_full_message
 from vfnet.imageio import nifti_raw_check, read_canonical, write_like, written_image_problem
 from vfnet.inference.inputs import InputCase, discover_cases
-from vfnet.inference.models import DeployedModels, UNet3DModels, load_3d_models, load_deployed_models
-from vfnet.preprocessing import class_values, preprocess_image, resample_to_shape
+from vfnet.prediction.models import DeployedModels, UNet3DModels, load_3d_models, load_deployed_models
+from vfnet.preprocessing.preprocessing import class_values, preprocess_image, resample_to_shape
 
 MODELS = ("vfnet", "3d")
 
@@ -70,7 +70,7 @@ def segment_canonical(channels: list[np.ndarray], spacing, models: DeployedModel
                       postprocess: bool, tta: bool, name: str = "image") -> tuple[np.ndarray, dict]:
     """Label values (z, y, x) in the canonical grid of LPS-oriented channel arrays, and the maps behind them.
 
-    The one segmentation path of ``vfnet_predict`` and :class:`vfnet.inference.predictor.VfnetPredictor`.
+    The one segmentation path of ``vfnet_predict`` and :class:`vfnet.prediction.predictor.VfnetPredictor`.
 
     Raises:
         VfnetError: wrong channel count, channels of different shapes, or NaN / infinite voxels.

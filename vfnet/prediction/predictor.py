@@ -21,8 +21,8 @@ import SimpleITK as sitk
 
 from vfnet.errors import VfnetError
 from vfnet.imageio import from_canonical, geometry_of, to_canonical
-from vfnet.inference.models import load_3d_models, load_deployed_models
-from vfnet.inference.predict import PredictionReport, predict, segment_canonical
+from vfnet.prediction.models import load_3d_models, load_deployed_models
+from vfnet.prediction.predict import PredictionReport, predict, segment_canonical
 
 
 class VfnetPredictor:

@@ -11,39 +11,16 @@ import torch
 
 from vfnet import paths
 from vfnet.atomic import read_json
-from vfnet.checkpoint import load_checkpoint
+from vfnet.device import resolve_device
 from vfnet.errors import ModelNotFoundError, VfnetError
+from vfnet.experiment_planning.plans import Plan
 from vfnet.fusion.methods import METHODS, VfnConfig, fuse, fused_probabilities
+from vfnet.fusion.models import FINAL_CHECKPOINT, load_vfn
 from vfnet.fusion.postprocess import keep_largest_component
 from vfnet.fusion.stack import load_stack, stack_path
 from vfnet.inference.predict2d import load_unit_network, predict_volume_2d
 from vfnet.inference.predict3d import load_unit_network_3d, predict_volume_3d
-from vfnet.networks.vfn import build_vfn, state_has_view_prior
-from vfnet.plans import Plan
-from vfnet.resolution import normalise_factor
-from vfnet.training.trainer import resolve_device
 from vfnet.views import VIEWS, permutation
-
-FINAL_CHECKPOINT = "checkpoint_final.pth"
-BEST_CHECKPOINT = "checkpoint_best.pth"
-
-
-def load_vfn(unit_dir: Path, plan: Plan, use_image: bool = True, device: str | torch.device = "cpu"):
-    """The trained VFN of a finished unit folder, in eval mode: the checkpoint that validated best
-    (every validation case, iteration 0 included), else the final one."""
-    path = Path(unit_dir) / FINAL_CHECKPOINT
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path} not found")
-    if (Path(unit_dir) / BEST_CHECKPOINT).is_file():
-        path = Path(unit_dir) / BEST_CHECKPOINT
-    checkpoint = load_checkpoint(path)
-    state = checkpoint.get("network", checkpoint)
-    model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image,
-                      view_prior=state_has_view_prior(state))
-    model.load_state_dict(state)
-    # the in-plane resolution the VFN trained at travels with its weights (see vfnet.resolution)
-    model.input_downsample = normalise_factor(checkpoint.get("metadata", {}).get("input_downsample"))
-    return model.to(device).eval()
 
 
 def deployment_units(plan: Plan, folds: list[str] | None) -> tuple[list[str], list[str]]:

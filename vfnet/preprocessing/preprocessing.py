@@ -20,8 +20,7 @@ from vfnet.atomic import atomic_path, read_json, remove_stale_temporaries, write
 from vfnet.dataset import CaseFiles
 from vfnet.errors import VfnetError
 from vfnet.imageio import read_canonical
-
-ARRAYS_DIR = "arrays"
+from vfnet.paths import ARRAYS_DIR
 
 
 def resample(volume: np.ndarray, spacing, target, order: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 
 from vfnet.atomic import read_json
 from vfnet.errors import PlanError, VfnetError
-from vfnet.preprocessing import ARRAYS_DIR
+from vfnet.paths import ARRAYS_DIR
 
 
 class PreprocessedDataset:

@@ -1,0 +1,81 @@
+"""Sliding-window inference of a 3D network over a volume: the VFN inside its ROI and the 3D U-Net.
+
+Example:
+    >>> probs = sliding_window_probabilities(net, volume, [64, 64, 64], [32, 32, 32], mirror_axes=())
+    >>> probs.shape == (num_classes, *volume.shape[1:])
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vfnet.networks.vfn import vfn_probabilities
+from vfnet.windows import window_grid, window_weights
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _window_probabilities(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    # a lone window goes twice: one-sample batches take PyTorch's slow CPU path (see below)
+    if len(batch) == 1:
+        return vfn_probabilities(model(torch.cat([batch, batch]))).float()[:1]
+    return vfn_probabilities(model(batch)).float()
+
+
+def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, patch_size: Sequence[int],
+                                 stride: Sequence[int], weighting: str = "gaussian", batch_size: int = 4,
+                                 device: str | torch.device | None = None, quiet: bool = True,
+                                 mirror_axes: Sequence[int] = ()) -> np.ndarray:
+    """Probabilities (num_classes, z, y, x) of ``model`` over a (C, z, y, x) volume at least one patch large.
+
+    Windows of ``patch_size`` at ``stride`` cover the volume; overlapping outputs are averaged
+    with ``weighting`` weights (:func:`vfnet.windows.window_weights`). Logits become
+    probabilities with :func:`vfnet.networks.vfn.vfn_probabilities` (a softmax; a one-channel
+    head gives (1 − p, p)). Runs in batches of ``batch_size`` windows on ``device`` (None: the
+    model's), with fp16 autocast on CUDA. With ``mirror_axes`` (spatial axes, 0 z, 1 y, 2 x;
+    test-time augmentation, asked for explicitly, e.g. ``vfnet_predict --tta``) every window also
+    runs mirrored along each of those axes and the outputs are averaged. A batch holding a single window is sent
+    twice and only the first output kept: PyTorch's CPU convolution takes a slow path for
+    one-sample batches with few channels, and the pair is faster than the window alone
+    (0.09 s against 0.15 s for a Hippocampus patch on 2 cores); the result is the same.
+    The model's train/eval mode is restored afterwards.
+    """
+    patch = [int(p) for p in patch_size]
+    if any(s < p for s, p in zip(volume.shape[1:], patch)):
+        raise ValueError(f"volume {volume.shape[1:]} is smaller than the patch {patch}; pad it first")
+    device = torch.device(device) if device is not None else _device_of(model)
+    model.to(device)
+    windows = window_grid(volume.shape[1:], patch, stride)
+    weights = torch.from_numpy(window_weights(patch, weighting)).to(device)
+    tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(device)
+    total, norm = None, torch.zeros(volume.shape[1:], device=device)
+    autocast = (torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast:
+            for first in tqdm(range(0, len(windows), batch_size), desc="windows", disable=quiet):
+                chunk = windows[first:first + batch_size]
+                batch = torch.stack([tensor[(slice(None), *w)] for w in chunk])
+                probs = _window_probabilities(model, batch)
+                for axis in mirror_axes:
+                    probs = probs + _window_probabilities(model, batch.flip(axis - 3)).flip(axis - 3)
+                probs = probs / (1 + len(mirror_axes))
+                if total is None:
+                    total = torch.zeros((probs.shape[1], *volume.shape[1:]), device=device)
+                for window, p in zip(chunk, probs):
+                    total[(slice(None), *window)] += p * weights
+                    norm[window] += weights
+    finally:
+        model.train(was_training)
+    return (total / norm).cpu().numpy()
