@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,6 @@ from vfnet.training.budget import (
     allocate,
     plan_budget,
     unit_costs,
-    vfn_downsample,
 )
 from vfnet.training.calibration import candidate_factors
 from vfnet.training.units import prepare_unit
@@ -111,15 +109,6 @@ def test_views_coarsen_only_when_the_budget_is_short(demo_preprocessed):
     tight = plan_budget(plan, splits, 45.0, _calibration())
     assert {tuple(v["input_downsample"]) for v in tight["views"].values()} == {(1, 2, 2)}
     assert abs(tight["planned_total_s"] - 45 * 60) < 0.05 * 45 * 60
-    # the VFN fuses at the coarsest view's resolution
-    assert Budget(Path("budget.json"), roomy).schedule("vfn", "0")["input_downsample"] == [1, 1, 1]
-    assert Budget(Path("budget.json"), tight).schedule("vfn", "0")["input_downsample"] == [1, 2, 2]
-
-
-def test_vfn_downsample_is_the_coarsest_view_per_axis():
-    views = {"axial": {"input_downsample": [1, 4, 4]}, "coronal": {"input_downsample": [1, 2, 2]},
-             "sagittal": {"input_downsample": [2, 1, 1]}}
-    assert vfn_downsample(views) == [2, 4, 4]
 
 
 def test_replan_uses_measured_speed_and_keeps_started_units(demo_preprocessed, tmp_path):

@@ -180,8 +180,6 @@ class Budget:
         if stage == "2d":
             setting = self.data["views"][network[3:]]
             schedule.update({k: setting[k] for k in ("input_downsample", "patch_size", "features")})
-        elif stage == "vfn":
-            schedule["input_downsample"] = vfn_downsample(self.data["views"])
         return schedule
 
     def record(self, network: str, unit: str, seconds: float) -> None:
@@ -237,21 +235,8 @@ class Budget:
             if network.startswith("2d_"):
                 view = self.data["views"][network[3:]]
                 extra = f", downsample {view['input_downsample']}, patch {view['patch_size']}"
-            elif network == "vfn":
-                extra = f", downsample {vfn_downsample(self.data['views'])}"
             lines.append(f"  {network}: {len(units)} unit(s), {its[0]}-{its[-1]} iterations{extra}")
         return lines
-
-
-def vfn_downsample(views: dict[str, dict]) -> list[int]:
-    """The VFN's in-plane factor: the coarsest view's, per axis.
-
-    The VFN slides 3D windows over the whole region of interest, so at full resolution it costs
-    more than the three 2D views together once the views train downsampled (CHAOST2 at
-    budget 60: 4.1 s against 1.5 s per case). At the coarsest view's resolution no view's map
-    is sharper than what the VFN sees, and one or two windows cover the region.
-    """
-    return [max(int(v["input_downsample"][axis]) for v in views.values()) for axis in range(3)]
 
 
 def budget_path(results: Path, preset: str) -> Path:

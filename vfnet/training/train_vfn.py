@@ -94,8 +94,8 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     if augmentation not in AUGMENTATIONS:
         raise PlanError(f"plans.json: vfn augmentation '{augmentation}' unknown; expected one of "
                         f"{', '.join(AUGMENTATIONS)}")
-    # a budget may fuse at the coarsest view's in-plane resolution (see vfnet.training.budget)
-    factor = normalise_factor(schedule.get("input_downsample"))
+    # the plan may have the VFN fuse at a coarser in-plane resolution (see plan_vfn); a schedule may override it
+    factor = normalise_factor(schedule.get("input_downsample", vfn.get("input_downsample")))
     train_batches = VfnPatchSampler(load_fusion_samples(folder, train_cases, factor, plan.num_classes),
                                     augment=augmentation == "paper", seed=seed + start_iteration, **common)
     # every validation case, whole, at every validation (iteration 0 included)
