@@ -81,3 +81,24 @@ def test_uneven_slice_positions_are_an_error(tmp_path):
     writer.Execute(image)
     with pytest.raises(ImageReadError, match="not evenly spaced .*3.000 mm between the slices at 6.000 and 9.000"):
         read_image(folder)
+
+
+def test_reading_a_series_keeps_the_process_locale(tmp_path):
+    # GDCM's folder scan sets the C locale; left so, every later text file would be written as ASCII
+    import locale
+
+    from vfnet.atomic import read_json, write_json
+    from vfnet.imageio import is_dicom_folder
+
+    write_series(tmp_path / "s", "1.2.3", 4)  # GDCM's writer leaves the C locale too
+    before = locale.setlocale(locale.LC_ALL, "C.UTF-8")
+    try:
+        assert is_dicom_folder(tmp_path / "s")
+        read_image(tmp_path / "s")
+        assert locale.setlocale(locale.LC_ALL) == before
+        # and vfnet's own text files are UTF-8 whatever the locale
+        locale.setlocale(locale.LC_ALL, "C")
+        write_json(tmp_path / "note.json", {"text": "VFN − mean ± 1"})
+        assert read_json(tmp_path / "note.json")["text"] == "VFN − mean ± 1"
+    finally:
+        locale.setlocale(locale.LC_ALL, "C.UTF-8")

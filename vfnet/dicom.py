@@ -19,6 +19,8 @@ Example:
 
 from __future__ import annotations
 
+import locale
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +32,29 @@ POSITION_TAG, ORIENTATION_TAG = "0020|0032", "0020|0037"
 STEP_RTOL = 0.01
 
 
-def series_in(folder: Path) -> dict[str, list[str]]:
-    """Series UID → its slice files (sorted by GDCM along the slice normal) of a folder."""
+@contextmanager
+def gdcm_scan(quiet: bool = True):
+    """Around GDCM's folder scans: its warnings hidden, and the process's locale kept.
+
+    GDCM sets the C locale while it scans a folder and leaves it so; afterwards Python would
+    write every text file (logs, Markdown with "−" or "±") as ASCII and fail. Warnings such
+    as "No Series were found" for an ordinary folder are answers, not problems.
+    """
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    saved = locale.setlocale(locale.LC_ALL)
+    sitk.ProcessObject.SetGlobalWarningDisplay(shown and not quiet)
     try:
-        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-        return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
+        yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def series_in(folder: Path) -> dict[str, list[str]]:
+    """Series UID → its slice files (sorted by GDCM along the slice normal) of a folder."""
+    with gdcm_scan():
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
 
 
 def choose_series(folder: Path, series_uid: str | None = None) -> tuple[str, list[str]]:
@@ -129,7 +145,8 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
     step = check_slice_positions(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
-    image = reader.Execute()
+    with gdcm_scan(quiet=False):
+        image = reader.Execute()
     if step is not None and image.GetDimension() == 3 and abs(image.GetSpacing()[2] - step) > STEP_RTOL * step:
         spacing = list(image.GetSpacing())
         image.SetSpacing(spacing[:2] + [step])  # the positions, not SliceThickness, say how far apart slices are

@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from vfnet.atomic import atomic_path
-from vfnet.dicom import read_dicom_series
+from vfnet.dicom import gdcm_scan, read_dicom_series
 from vfnet.errors import ImageReadError, ImageWriteError
 
 CANONICAL_ORIENTATION = "LPS"
@@ -50,13 +50,8 @@ def strip_suffix(name: str) -> str:
 def is_dicom_folder(path: Path) -> bool:
     if not path.is_dir():
         return False
-    # GDCM warns "No Series were found" for every ordinary folder; that is an answer, not a problem
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
+    with gdcm_scan():
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def read_image(path: str | Path, verify: bool = True, series: str | None = None) -> sitk.Image:

@@ -366,9 +366,9 @@ def evaluate_folders(reference_dir: str | Path, prediction_dir: str | Path, labe
     files = {"json": output_dir / "summary.json", "markdown": output_dir / "summary.md",
              "boxplot": output_dir / "boxplot.png"}
     with atomic_path(files["json"]) as tmp:
-        tmp.write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     with atomic_path(files["markdown"]) as tmp:
-        tmp.write_text(render_markdown(summary, method_table(dice_by_method)))
+        tmp.write_text(render_markdown(summary, method_table(dice_by_method)), encoding="utf-8")
     save_boxplot(dice_by_method, files["boxplot"])
     summary["output_files"] = {key: str(path) for key, path in files.items()}
     return summary

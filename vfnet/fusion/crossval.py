@@ -144,7 +144,7 @@ def crossval(dataset: str | int | None, preset: str = "default", device: str = "
     from vfnet.atomic import atomic_path
 
     with atomic_path(folder / "crossval.md") as tmp:
-        tmp.write_text(crossval_markdown(out))
+        tmp.write_text(crossval_markdown(out), encoding="utf-8")
     return out
 
 

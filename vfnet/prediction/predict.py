@@ -162,7 +162,7 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
     log_path = target / "vfnet_predict.log"
 
     def log(entry: dict) -> None:  # one line per case as it finishes: a killed run keeps what it did
-        with open(log_path, "a") as handle:
+        with open(log_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
 
     log({"model": model, "fusion": fusion, "postprocess": postprocess, "tta": tta, "folds": models.folds,

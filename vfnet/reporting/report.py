@@ -231,7 +231,7 @@ def write_index(out_dir: Path, title: str, notes: list[str], figure: Path | None
     lines += ["", "## Cross-validation", ""]
     if crossval_md is not None:
         # demote the table's own headings below this page's
-        lines += [("##" + line) if line.startswith("#") else line for line in crossval_md.read_text().splitlines()]
+        lines += [("##" + line) if line.startswith("#") else line for line in crossval_md.read_text(encoding="utf-8").splitlines()]
     else:
         lines.append("No crossval.md yet: run `vfnet_crossval` for the table of every fusion method.")
     lines += ["", "## Training curves", ""]
@@ -244,7 +244,7 @@ def write_index(out_dir: Path, title: str, notes: list[str], figure: Path | None
         lines += [head, "", body, ""]
     path = out_dir / "index.md"
     with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines).rstrip() + "\n")
+        tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     return path
 
 

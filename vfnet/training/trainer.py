@@ -215,7 +215,7 @@ class Trainer:
     def log(self, message: str) -> None:
         """Append to ``training.log`` and, unless quiet, print above the progress bar."""
         line = f"{datetime.now():%Y-%m-%d %H:%M:%S} {message}"
-        with open(self.out_dir / "training.log", "a") as handle:
+        with open(self.out_dir / "training.log", "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
         if not self.quiet:
             tqdm.write(message)
