@@ -34,3 +34,11 @@ class ImageReadError(VfnetError):
 
 class ImageWriteError(VfnetError):
     """An image could not be written completely (full disk, file-size limit, read-only folder)."""
+
+
+class PresetNotFoundError(ModelNotFoundError):
+    """No trained preset fits what was asked; ``presets`` lists the trained ones."""
+
+    def __init__(self, message: str, presets: list[str] | None = None):
+        super().__init__(message)
+        self.presets = list(presets or [])

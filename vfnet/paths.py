@@ -121,3 +121,56 @@ def unit_dir(dataset_folder: Path, preset: str, network: str, unit: str) -> Path
     ``network`` is ``2d_axial``, ``2d_coronal``, ``2d_sagittal``, ``vfn``, ``vfn_noimage`` or ``3d``.
     """
     return dataset_folder / preset / network / unit
+
+
+def trained_presets(dataset_folder: Path, network_prefix: str = "") -> list[str]:
+    """Presets under a results dataset folder holding at least one finished unit, sorted.
+
+    Args:
+        dataset_folder: ``<results>/<Task>``.
+        network_prefix: count only units of networks whose folder starts with it (``2d``, ``3d``, ``vfn``).
+    """
+    if not Path(dataset_folder).is_dir():
+        return []
+    return sorted(p.name for p in Path(dataset_folder).iterdir()
+                  if p.is_dir() and any(p.glob(f"{network_prefix}*/*/checkpoint_final.pth")))
+
+
+def trained_units(dataset_folder: Path, preset: str, network: str) -> list[str]:
+    """Units of ``network`` (e.g. ``2d_axial``) trained to the end in ``preset``, sorted."""
+    folder = Path(dataset_folder) / preset / network
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / "checkpoint_final.pth").is_file())
+
+
+def resolve_preset(dataset_folder: Path, preset: str | None, network_prefix: str = "2d") -> str:
+    """The preset a command should use: ``preset`` when given and trained, else the only trained one.
+
+    Args:
+        dataset_folder: ``<results>/<Task>``.
+        preset: the one asked for, or None.
+        network_prefix: which networks count as trained (``2d`` for the views, ``3d`` for the baseline).
+
+    Raises:
+        PresetNotFoundError: nothing trained, several presets and none asked for, or the one asked
+            for is not trained; ``presets`` lists those that are.
+    """
+    from vfnet.errors import PresetNotFoundError
+
+    found = trained_presets(dataset_folder, network_prefix)
+    name = Path(dataset_folder).name
+    if preset is not None and preset in found:
+        return preset
+    if not found:
+        wanted = preset or "quick"
+        raise PresetNotFoundError(
+            f"nothing is trained for {name} yet (no finished {network_prefix} unit under {dataset_folder}); "
+            f"train it with: vfnet_train_all -d {name} --preset {wanted}", [])
+    if preset is None:
+        if len(found) == 1:
+            return found[0]
+        raise PresetNotFoundError(f"{name} has several trained presets ({', '.join(found)}); choose one with "
+                                  f"--preset", found)
+    raise PresetNotFoundError(f"preset '{preset}' of {name} has no trained {network_prefix} unit; trained "
+                              f"preset(s): {', '.join(found)}", found)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 
 import click
@@ -20,6 +21,7 @@ class _Command(click.Command):
     """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["vfnet_args"] = list(args)  # to write the corrected command into error messages
         multi_value = {name for param in self.params if isinstance(param, click.Option) and param.multiple
                        for name in param.opts if name in ("-f", "--folds")}
         expanded, current = [], None
@@ -48,9 +50,48 @@ def command(func):
             click.echo("Interrupted.", err=True)
             sys.exit(130)
 
+    # vfnet_predict's entry is predict_entry: the command's name is the script's, for messages
+    name = "vfnet_" + func.__name__.removesuffix("_entry")
     return click.version_option(__version__, "--version", prog_name="vfnet")(
-        click.command(cls=_Command, context_settings=CONTEXT, help=func.__doc__)(wrapper)
+        click.command(name=name, cls=_Command, context_settings=CONTEXT, help=func.__doc__)(wrapper)
     )
+
+
+def command_line_with(option: str, value: str) -> str:
+    """The command being run, as typed, with ``option value`` replacing any ``option`` given.
+
+    Used by errors that know the command that would work (e.g. with ``--preset quick``).
+    """
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return f"{option} {value}"
+    args, kept, skip = ctx.meta.get("vfnet_args", []), [], False
+    for token in args:
+        if skip:
+            skip = False
+        elif token == option:
+            skip = True
+        elif not token.startswith(f"{option}="):
+            kept.append(shlex.quote(token))
+    return " ".join([ctx.command_path, *kept, option, value])
+
+
+def use_trained_preset(dataset: str | int | None, preset: str | None, network_prefix: str = "2d") -> str:
+    """The preset a command works on: ``--preset`` when trained, else the dataset's only trained preset.
+
+    Raises:
+        PresetNotFoundError: with the presets that are trained and the command line that would work.
+    """
+    from vfnet import paths
+    from vfnet.errors import PresetNotFoundError
+
+    try:
+        return paths.resolve_preset(paths.results_dataset(dataset), preset, network_prefix)
+    except PresetNotFoundError as exc:
+        if not exc.presets:
+            raise
+        raise PresetNotFoundError(f"{exc}; run: {command_line_with('--preset', exc.presets[0])}",
+                                  exc.presets) from None
 
 
 dataset_option = click.option(
@@ -91,6 +132,10 @@ def resolve_preset(preset: str, budget: float | None) -> str:
     if preset not in ("default", budget_preset(budget)):
         raise click.UsageError(f"--budget {budget:g} and --preset {preset} contradict each other; give one")
     return budget_preset(budget)
+trained_preset_option = click.option(
+    "--preset", type=PresetType(), default=None,
+    help="Trained preset whose models to use (quick, default, paper, budget<N>). Default: the dataset's only "
+         "trained (or installed) preset; with several, name one.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 processes_option = click.option("-np", "--num-processes", type=int, default=2, show_default=True,
                                  help="Worker processes for reading and preprocessing.")

@@ -9,7 +9,7 @@ import click
 
 from vfnet.inference.models import PREDICT_METHODS
 from vfnet.inference.predict import MODELS, predict
-from vfnet_cli.common import command, dataset_option, preset_option, quiet_option
+from vfnet_cli.common import command, dataset_option, quiet_option, trained_preset_option, use_trained_preset
 
 
 @command
@@ -19,7 +19,7 @@ from vfnet_cli.common import command, dataset_option, preset_option, quiet_optio
 @click.option("-o", "--output", "target", required=True, type=click.Path(path_type=Path),
               help="Output folder (never inside the input). One <case>.nii.gz per case.")
 @dataset_option
-@preset_option
+@trained_preset_option
 @click.option("--model", type=click.Choice(list(MODELS)), default="vfnet", show_default=True,
               help="vfnet: the three views fused; 3d: the 3D U-Net baseline (vfnet_train 3d) instead.")
 @click.option("-f", "--folds", multiple=True,
@@ -55,6 +55,7 @@ def predict_entry(source, target, dataset, preset, model, folds, fusion, postpro
     With --model 3d the planned 3D U-Net baseline (fold ensemble of vfnet_train 3d) segments
     each case instead of the views and the fusion.
     """
+    preset = use_trained_preset(dataset, preset, "3d" if model == "3d" else "2d")
     report = predict(source, target, dataset, preset, list(folds) or None, fusion, postprocess, tta,
                      save_probabilities, overwrite, device, quiet, model)
     if report.written:

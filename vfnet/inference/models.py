@@ -26,13 +26,38 @@ FINAL_CHECKPOINT = "checkpoint_final.pth"
 BEST_CHECKPOINT = "checkpoint_best.pth"
 
 
-def load_vfn(unit_dir: Path, plan: Plan, use_image: bool = True, device: str | torch.device = "cpu"):
-    """The trained VFN of a finished unit folder, in eval mode: the checkpoint that validated best
-    (every validation case, iteration 0 included), else the final one."""
+CHECKPOINTS = {"final": FINAL_CHECKPOINT, "best": BEST_CHECKPOINT}
+
+
+def checkpoint_name(checkpoint: str) -> str:
+    """``final`` → ``checkpoint_final.pth``, ``best`` → ``checkpoint_best.pth`` (nnU-Net's ``-chk``)."""
+    if checkpoint in CHECKPOINTS.values():
+        return checkpoint
+    if checkpoint not in CHECKPOINTS:
+        raise VfnetError(f"checkpoint '{checkpoint}' unknown; expected one of {', '.join(CHECKPOINTS)}")
+    return CHECKPOINTS[checkpoint]
+
+
+def _require_checkpoint(unit_dir: Path, name: str) -> None:
+    if not (Path(unit_dir) / name).is_file():
+        raise ModelNotFoundError(f"{Path(unit_dir) / name} not found (an exported model carries only the final "
+                                 "checkpoints of its 2D units); predict with -chk final")
+
+
+def load_vfn(unit_dir: Path, plan: Plan, use_image: bool = True, device: str | torch.device = "cpu",
+             checkpoint: str | None = None):
+    """The trained VFN of a finished unit folder, in eval mode.
+
+    ``checkpoint`` None (the default) takes the checkpoint that validated best (every validation
+    case, iteration 0 included) when there is one, else the final one; ``final`` or ``best`` takes that one.
+    """
     path = Path(unit_dir) / FINAL_CHECKPOINT
     if not path.is_file():
         raise ModelNotFoundError(f"{path} not found")
-    if (Path(unit_dir) / BEST_CHECKPOINT).is_file():
+    if checkpoint is not None:
+        path = Path(unit_dir) / checkpoint_name(checkpoint)
+        _require_checkpoint(unit_dir, path.name)
+    elif (Path(unit_dir) / BEST_CHECKPOINT).is_file():
         path = Path(unit_dir) / BEST_CHECKPOINT
     state = torch.load(path, map_location="cpu", weights_only=False)
     state = state.get("network", state)
@@ -156,8 +181,11 @@ def _train_hint(dataset: str, preset: str, network: str, unit: str) -> str:
             f"vfnet_train vfn {unit}{flag} -d {dataset} --preset {preset}")
 
 
-def load_fusion_models(results: Path, preset: str, method: str, plan: Plan, units: list[str], device) -> list:
+def load_fusion_models(results: Path, preset: str, method: str, plan: Plan, units: list[str], device,
+                       checkpoint: str | None = None) -> list:
     """The fusion models of ``method`` for ``units`` (one each), in their order.
+
+    ``checkpoint`` None: each VFN's best-validated checkpoint (else final); ``final`` or ``best``: that one.
 
     Raises:
         ModelNotFoundError: one is missing; the message names the command that makes it.
@@ -177,18 +205,53 @@ def load_fusion_models(results: Path, preset: str, method: str, plan: Plan, unit
         if not (unit_dir / FINAL_CHECKPOINT).is_file():
             raise ModelNotFoundError(f"no trained {network} model '{unit}' in {unit_dir}; train it with: "
                                      f"{_train_hint(name, preset, network, unit)} (or use --fusion mean)")
-        out.append(load_vfn(unit_dir, plan, method != "vfn-noimage", device))
+        out.append(load_vfn(unit_dir, plan, method != "vfn-noimage", device, checkpoint))
     return out
 
 
-def load_deployed_models(dataset: str | int | None, preset: str = "default", folds: list[str] | None = None,
-                         fusion: str | None = None, device: str = "auto") -> DeployedModels:
-    """Load what ``vfnet_predict`` needs from ``$vfnet_results/TaskXX_Name`` alone."""
+def _check_units(plan: Plan, network: str, units: list[str], results: Path, preset: str) -> None:
+    """Every unit asked for is one of the plan's; the error names the plan's units and the trained ones."""
+    known = [u["name"] for u in plan.units(network)]
+    unknown = [u for u in units if u not in known]
+    if unknown:
+        trained = paths.trained_units(results, preset, "2d_axial" if network == "2d" else network)
+        default = "holdout" if plan["split_mode"] == "holdout" else "all K folds"
+        raise ModelNotFoundError(
+            f"unit(s) {', '.join(unknown)} are not in the {plan['split_mode']} plan of {results.name} (its {network} "
+            f"units: {', '.join(known)}; trained in preset {preset}: {', '.join(trained) or 'none'}); leave out "
+            f"-f to use {default}")
+
+
+def _missing_unit(results: Path, preset: str, network: str, unit: str, what: str) -> ModelNotFoundError:
+    trained = paths.trained_units(results, preset, network)
+    return ModelNotFoundError(
+        f"no trained {what} for unit {unit} in {paths.unit_dir(results, preset, network, unit)} (trained {network} "
+        f"units of preset {preset}: {', '.join(trained) or 'none'}; trained presets: "
+        f"{', '.join(paths.trained_presets(results)) or 'none'}); train it with: "
+        f"{_train_hint(results.name, preset, network, unit)}")
+
+
+def load_deployed_models(dataset: str | int | None, preset: str | None = None, folds: list[str] | None = None,
+                         fusion: str | None = None, device: str = "auto", checkpoint: str | None = None
+                         ) -> DeployedModels:
+    """Load what ``vfnet_predict`` needs from ``$vfnet_results/TaskXX_Name`` alone.
+
+    Args:
+        dataset: id or name of a trained dataset (None: the only one).
+        preset: the training preset whose models to use (None: the only trained one).
+        folds: 2D units to ensemble (default: every fold unit, or holdout).
+        fusion: fusion method (default: the one crossval recorded).
+        device: auto, cpu or cuda.
+        checkpoint: ``final`` or ``best`` (the one that validated best) for every network; None: the
+            views' final checkpoints and each VFN's best, the models cross-validation scored.
+    """
     results = paths.results_dataset(dataset)
-    name = results.name
+    preset = paths.resolve_preset(results, preset)
     plan = Plan.load(results)
     torch_device = resolve_device(device)
     units, fusion_units = deployment_units(plan, folds)
+    _check_units(plan, "2d", units, results, preset)
+    checkpoint_file = checkpoint_name(checkpoint or "final")
     best_path = results / preset / "crossval" / "best_method.json"
     best = read_json(best_path) if best_path.is_file() else {"method": "vfn", "postprocess": False}
     method = fusion or best["method"]
@@ -201,12 +264,13 @@ def load_deployed_models(dataset: str | int | None, preset: str = "default", fol
         for unit in units:
             unit_dir = paths.unit_dir(results, preset, f"2d_{view}", unit)
             if not (unit_dir / FINAL_CHECKPOINT).is_file():
-                raise ModelNotFoundError(f"no trained {view} model for unit {unit} in {unit_dir}; train it with: "
-                                         f"{_train_hint(name, preset, f'2d_{view}', unit)}")
-            models.view_networks[view].append(load_unit_network(unit_dir, plan, view, torch_device))
+                raise _missing_unit(results, preset, f"2d_{view}", unit, f"{view} model")
+            _require_checkpoint(unit_dir, checkpoint_file)
+            models.view_networks[view].append(load_unit_network(unit_dir, plan, view, torch_device, checkpoint_file))
     if method in ("stack", "vfn", "vfn-noimage", "vfn-all"):
         fusion_units = ["all"] if method == "vfn-all" else fusion_units
-        models.fusion_models[method] = load_fusion_models(results, preset, method, plan, fusion_units, torch_device)
+        models.fusion_models[method] = load_fusion_models(results, preset, method, plan, fusion_units, torch_device,
+                                                          checkpoint)
         models.fusion_units = fusion_units
     return models
 
@@ -236,28 +300,32 @@ class UNet3DModels:
         return keep_largest_component(labels, self.plan.num_classes) if postprocess else labels
 
 
-def load_3d_models(dataset: str | int | None, preset: str = "default", folds: list[str] | None = None,
-                   device: str = "auto") -> UNet3DModels:
+def load_3d_models(dataset: str | int | None, preset: str | None = None, folds: list[str] | None = None,
+                   device: str = "auto", checkpoint: str | None = None) -> UNet3DModels:
     """Load the 3D U-Net fold ensemble that ``vfnet_predict --model 3d`` needs from ``$vfnet_results`` alone.
 
     Args:
         dataset: id or name of a trained dataset (None: the only one).
-        preset: the training preset whose models to use.
+        preset: the training preset whose models to use (None: the only one with trained 3D units).
         folds: 3D units to ensemble (default: the K fold units in CCA mode, ``holdout`` in holdout
             mode; ``["all"]``: the unit trained on every case).
         device: auto, cpu or cuda.
+        checkpoint: ``final`` (None) or ``best``.
     """
     results = paths.results_dataset(dataset)
+    preset = paths.resolve_preset(results, preset, "3d")
     name = results.name
     plan = Plan.load(results)
     torch_device = resolve_device(device)
     units = folds or (["holdout"] if plan["split_mode"] == "holdout" else list(plan["fold_names"]))
     models = UNet3DModels(plan, [str(u) for u in units], torch_device)
     for unit in models.folds:
-        plan.unit("3d", unit)  # an unknown unit lists the plan's 3D units
+        _check_units(plan, "3d", [unit], results, preset)
         unit_dir = paths.unit_dir(results, preset, "3d", unit)
         hint = f"vfnet_train 3d {unit} -d {name} --preset {preset}"
         if not (unit_dir / FINAL_CHECKPOINT).is_file():
-            raise ModelNotFoundError(f"no trained 3D U-Net for unit {unit} in {unit_dir}; train it with: {hint}")
-        models.networks.append(load_unit_network_3d(unit_dir, plan, torch_device, hint=hint))
+            raise _missing_unit(results, preset, "3d", unit, "3D U-Net")
+        _require_checkpoint(unit_dir, checkpoint_name(checkpoint or "final"))
+        models.networks.append(load_unit_network_3d(unit_dir, plan, torch_device,
+                                                    checkpoint_name(checkpoint or "final"), hint=hint))
     return models
