@@ -33,13 +33,14 @@ def test_folds_option_takes_several_values_like_nnunet(monkeypatch):
 
     seen = {}
 
-    def fake_predict(source, target, dataset, preset, folds, *rest):
+    def fake_predict(source, target, dataset, preset, folds, *rest, **options):
         seen["folds"] = folds
         from vfnet.inference.predict import PredictionReport
 
         return PredictionReport()
 
     monkeypatch.setattr(cli, "predict", fake_predict)
+    monkeypatch.setattr(cli, "use_trained_preset", lambda dataset, preset, network: preset)
     result = CliRunner().invoke(cli.predict_entry, ["-i", ".", "-o", "/nonexistent_out", "-f", "0", "1", "3", "-q"])
     assert result.exit_code == 0, result.output
     assert seen["folds"] == ["0", "1", "3"]

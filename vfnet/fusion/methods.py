@@ -212,7 +212,8 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, con
     model.eval()
     try:
         with torch.inference_mode(), autocast:
-            for first in tqdm(range(0, len(windows), config.batch_size), desc="VFN windows", disable=config.quiet):
+            for first in tqdm(range(0, len(windows), config.batch_size), desc="VFN windows", leave=False,
+                              delay=2, disable=True if config.quiet else None):
                 chunk = windows[first:first + config.batch_size]
                 batch = torch.stack([tensor[(slice(None), *w)] for w in chunk])
                 probs = _window_probabilities(model, batch)

@@ -13,10 +13,10 @@ from vfnet import paths
 from vfnet.atomic import read_json
 from vfnet.errors import ModelNotFoundError, VfnetError
 from vfnet.fusion.methods import METHODS, VfnConfig, fuse, fused_probabilities
-from vfnet.fusion.postprocess import keep_largest_component
+from vfnet.fusion.postprocess import apply_postprocessing
 from vfnet.fusion.stack import load_stack, stack_path
 from vfnet.inference.predict2d import load_unit_network, predict_volume_2d
-from vfnet.inference.predict3d import load_unit_network_3d, predict_volume_3d
+from vfnet.inference.predict3d import load_unit_network_3d, predict_volume_3d, window_stride
 from vfnet.networks.vfn import build_vfn, state_has_view_prior
 from vfnet.plans import Plan
 from vfnet.training.trainer import resolve_device
@@ -113,12 +113,21 @@ class DeployedModels:
     plan: Plan
     folds: list[str]
     fusion_method: str
-    default_postprocess: bool
+    default_postprocess: bool | tuple[int, ...]  # True: every label; a tuple: the classes crossval chose
     device: torch.device
     view_networks: dict[str, list[torch.nn.Module]] = field(default_factory=dict)
     fusion_models: dict[str, list] = field(default_factory=dict)
     batch_size: int = 64
     fusion_units: list[str] | None = None  # the VFN / stack units loaded, when the fusion has models
+    step_size: float | None = None  # VFN windows' step as a fraction of the patch; None: the planned stride
+    quiet: bool = True  # no progress bars inside a case
+
+    def vfn_config(self) -> VfnConfig:
+        """The planned VFN windows, with :attr:`step_size` when set."""
+        config = VfnConfig.from_plan(self.plan, device=self.device, quiet=self.quiet)
+        if self.step_size is not None:
+            config.stride = window_stride(config.patch_size, self.step_size)
+        return config
 
     def fold_view_probabilities(self, image: np.ndarray, tta: bool = False) -> list[dict[str, np.ndarray]]:
         """Per fold unit, per view, the softmax maps (averaged over mirrorings along :func:`tta_axes` with ``tta``)."""
@@ -133,7 +142,7 @@ class DeployedModels:
                     dims = [a + 1 for a in flip]
                     flipped = np.flip(image, dims) if flip else image
                     probs = predict_volume_2d(network, np.ascontiguousarray(flipped), view, context,
-                                              self.device, self.batch_size)
+                                              self.device, self.batch_size, self.quiet)
                     probs = np.flip(probs, dims) if flip else probs
                     total = probs if total is None else total + probs
                 out[k][view] = total / len(flips)
@@ -143,13 +152,18 @@ class DeployedModels:
         """Per view, the mean over the fold ensemble (and mirrorings with ``tta``) of the softmax maps."""
         return _mean_maps(self.fold_view_probabilities(image, tta))
 
-    def segment(self, method: str, image: np.ndarray, tta: bool = False,
-                postprocess: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(labels (z, y, x) uint8, the views' mean maps) of ``image`` fused with ``method``."""
+    def segment(self, method: str, image: np.ndarray, tta: bool = False, postprocess: bool | tuple[int, ...] = False,
+                probabilities: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(labels (z, y, x) uint8, the views' mean maps) of ``image`` fused with ``method``.
+
+        ``postprocess``: True cleans every label, a tuple the classes it names. With
+        ``probabilities`` the maps also hold ``"fused"``: the fused class probabilities (K, z, y, x)
+        before post-processing (majority and STAPLE have none: the one-hot of their labels).
+        """
         per_fold = self.fold_view_probabilities(image, tta)
         mean_maps = _mean_maps(per_fold)
         models = self.fusion_models.get(method, [])
-        config = VfnConfig.from_plan(self.plan, device=self.device)
+        config = self.vfn_config()
         if method.startswith("vfn") and tta and self.plan["vfn"].get("augmentation", "none") == "paper":
             config.mirror = (0, 1, 2)  # the paper's augmentation flipped every axis
         base = "vfn" if method == "vfn-all" else method
@@ -158,12 +172,19 @@ class DeployedModels:
             for maps, model in zip(per_fold, models):
                 probs = fused_probabilities(base, maps, image, model=model, vfn_config=config)
                 fused = probs if fused is None else fused + probs
+            fused = fused / len(models)
             labels = np.argmax(fused, axis=0).astype(np.uint8)
-            if postprocess:
-                labels = keep_largest_component(labels, self.plan.num_classes)
         else:
-            labels = fuse(base, mean_maps, image, model=models[0] if models else None, vfn_config=config,
-                          postprocess=postprocess)
+            model = models[0] if models else None
+            labels = fuse(base, mean_maps, image, model=model, vfn_config=config)
+            fused = None
+            if probabilities and base in ("mean", "stack", "vfn", "vfn-noimage"):
+                fused = fused_probabilities(base, mean_maps, image, model=model, vfn_config=config)
+        if probabilities:
+            if fused is None:
+                fused = np.eye(self.plan.num_classes, dtype=np.float32)[labels].transpose(3, 0, 1, 2)
+            mean_maps = {**mean_maps, "fused": fused}
+        labels = apply_postprocessing(labels, postprocess, self.plan.num_classes)
         return labels, mean_maps
 
 
@@ -207,6 +228,17 @@ def load_fusion_models(results: Path, preset: str, method: str, plan: Plan, unit
                                      f"{_train_hint(name, preset, network, unit)} (or use --fusion mean)")
         out.append(load_vfn(unit_dir, plan, method != "vfn-noimage", device, checkpoint))
     return out
+
+
+def recorded_postprocessing(best: dict, plan: Plan) -> bool | tuple[int, ...]:
+    """The post-processing crossval chose (best_method.json): the classes whose largest component to keep.
+
+    Records from before per-label decisions hold only ``postprocess`` (every label or none).
+    """
+    if "postprocess_labels" not in best:
+        return bool(best.get("postprocess", False))
+    ordered = [name for name, _ in sorted(plan["labels"].items(), key=lambda kv: kv[1])]
+    return tuple(ordered.index(name) for name in best["postprocess_labels"] if name in ordered)
 
 
 def _check_units(plan: Plan, network: str, units: list[str], results: Path, preset: str) -> None:
@@ -257,7 +289,7 @@ def load_deployed_models(dataset: str | int | None, preset: str | None = None, f
     method = fusion or best["method"]
     if method not in PREDICT_METHODS:
         raise VfnetError(f"fusion '{method}' unknown; expected one of {', '.join(PREDICT_METHODS)}")
-    models = DeployedModels(plan, units, method, bool(best.get("postprocess", False)) if not fusion else False,
+    models = DeployedModels(plan, units, method, recorded_postprocessing(best, plan) if not fusion else False,
                             torch_device)
     for view in VIEWS:
         models.view_networks[view] = []
@@ -285,19 +317,23 @@ class UNet3DModels:
     networks: list[torch.nn.Module] = field(default_factory=list)
     batch_size: int = 2
 
+    step_size: float = 0.5
+    quiet: bool = True
+
     def probabilities(self, image: np.ndarray, tta: bool = False) -> np.ndarray:
         """Mean softmax (num_classes, z, y, x) of the fold networks (and mirrorings with ``tta``)."""
         patch = self.plan["unet3d"]["patch_size"]
         total = None
         for network in self.networks:
-            probs = predict_volume_3d(network, image, patch, self.device, self.batch_size, tta=tta)
+            probs = predict_volume_3d(network, image, patch, self.device, self.batch_size, tta=tta,
+                                      step_size=self.step_size, quiet=self.quiet)
             total = probs if total is None else total + probs
         return total / len(self.networks)
 
-    def segment(self, probabilities: np.ndarray, postprocess: bool = False) -> np.ndarray:
+    def segment(self, probabilities: np.ndarray, postprocess: bool | tuple[int, ...] = False) -> np.ndarray:
         """Class labels (z, y, x) uint8: the argmax, optionally with only the largest component per label."""
         labels = np.argmax(probabilities, axis=0).astype(np.uint8)
-        return keep_largest_component(labels, self.plan.num_classes) if postprocess else labels
+        return apply_postprocessing(labels, postprocess, self.plan.num_classes)
 
 
 def load_3d_models(dataset: str | int | None, preset: str | None = None, folds: list[str] | None = None,

@@ -69,7 +69,7 @@ def restore_network(path: Path, build: Callable[[dict | None], torch.nn.Module],
 
 @torch.no_grad()
 def predict_volume_2d(network: torch.nn.Module, image: np.ndarray, view: str, context_slices: int,
-                      device: str | torch.device = "cpu", batch_size: int = 32) -> np.ndarray:
+                      device: str | torch.device = "cpu", batch_size: int = 32, quiet: bool = True) -> np.ndarray:
     """Softmax probabilities (num_classes, z, y, x) float32 of a canonical image (C, z, y, x).
 
     Args:
@@ -79,6 +79,8 @@ def predict_volume_2d(network: torch.nn.Module, image: np.ndarray, view: str, co
         context_slices: slices per input stack, as planned.
         device: where the network is; CUDA runs in mixed precision.
         batch_size: slices per forward pass.
+        quiet: no progress bar; otherwise a bar over the slices appears when the volume takes
+            more than two seconds, and only on a terminal.
     """
     device = torch.device(device)
     image = np.asarray(image, dtype=np.float32)
@@ -87,7 +89,8 @@ def predict_volume_2d(network: torch.nn.Module, image: np.ndarray, view: str, co
     num_slices = image_view.shape[1]
     network.eval()
     out = None
-    for begin in range(0, num_slices, batch_size):
+    for begin in tqdm(range(0, num_slices, batch_size), desc=f"{view} slices", unit="batch", leave=False,
+                      delay=2, disable=True if quiet else None):
         indices = list(range(begin, min(begin + batch_size, num_slices)))
         inputs = torch.from_numpy(slice_stacks(image_view, indices, context_slices)).to(device)
         with torch.autocast(device.type, enabled=device.type == "cuda"):

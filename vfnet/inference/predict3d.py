@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from vfnet.atomic import write_json
 from vfnet.data import PreprocessedDataset
+from vfnet.errors import VfnetError
 from vfnet.fusion.methods import VfnConfig, sliding_window_probabilities
 from vfnet.fusion.roi import pad_to_size
 from vfnet.inference.predict2d import per_class_dice, restore_network, save_probabilities
@@ -58,17 +59,25 @@ def load_unit_network_3d(unit_dir: Path, plan: Mapping, device: str | torch.devi
                            device, hint or f"vfnet_train 3d {Path(unit_dir).name}")
 
 
+def window_stride(patch_size: Sequence[int], step_size: float = 0.5) -> list[int]:
+    """Step between windows as nnU-Net's ``--step-size``: a fraction of the patch (0.5 = half-patch overlap)."""
+    if not 0 < step_size <= 1:
+        raise VfnetError(f"step size {step_size:g} must be in (0, 1]: a fraction of the patch between windows")
+    return [max(1, round(int(p) * step_size)) for p in patch_size]
+
+
 def window_config(patch_size: Sequence[int], device: str | torch.device | None = None, batch_size: int = 2,
-                  quiet: bool = True) -> VfnConfig:
-    """Sliding-window settings of the 3D U-Net: the planned patch at half a patch's stride, Gaussian weights."""
+                  quiet: bool = True, step_size: float = 0.5) -> VfnConfig:
+    """Sliding-window settings of the 3D U-Net: the planned patch at ``step_size`` patches' stride, Gaussian weights."""
     patch = [int(p) for p in patch_size]
-    return VfnConfig(patch, [max(1, p // 2) for p in patch], [0, 0, 0], batch_size=batch_size, device=device,
+    return VfnConfig(patch, window_stride(patch, step_size), [0, 0, 0], batch_size=batch_size, device=device,
                      quiet=quiet)
 
 
 @torch.no_grad()
 def predict_volume_3d(network: torch.nn.Module, image: np.ndarray, patch_size: Sequence[int],
-                      device: str | torch.device = "cpu", batch_size: int = 2, tta: bool = False) -> np.ndarray:
+                      device: str | torch.device = "cpu", batch_size: int = 2, tta: bool = False,
+                      step_size: float = 0.5, quiet: bool = True) -> np.ndarray:
     """Softmax probabilities (num_classes, z, y, x) float32 of a preprocessed canonical image (C, z, y, x).
 
     Args:
@@ -78,9 +87,11 @@ def predict_volume_3d(network: torch.nn.Module, image: np.ndarray, patch_size: S
         device: where to run; CUDA runs in mixed precision.
         batch_size: windows per forward pass.
         tta: also predict the 7 mirrorings and average (8× the time).
+        step_size: step between windows as a fraction of the patch (nnU-Net's default 0.5).
+        quiet: no progress bar over the windows.
     """
     padded, back = pad_to_size(np.asarray(image, dtype=np.float32), patch_size)
-    config = window_config(patch_size, device, batch_size)
+    config = window_config(patch_size, device, batch_size, quiet, step_size)
     flips = [()] + ([(1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3)] if tta else [])
     total = None
     for axes in flips:
