@@ -15,7 +15,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class _Command(click.Command):
-    """A click command whose repeatable ``-f/--folds`` option also takes several values, nnU-Net style.
+    """A click command whose repeatable ``-f/--folds`` (or ``-i/--input``) option also takes several values,
+    nnU-Net style.
 
     ``-f 0 1 2`` is read as ``-f 0 -f 1 -f 2`` (click itself gives an option one value).
     """
@@ -23,7 +24,7 @@ class _Command(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["vfnet_args"] = list(args)  # to write the corrected command into error messages
         multi_value = {name for param in self.params if isinstance(param, click.Option) and param.multiple
-                       for name in param.opts if name in ("-f", "--folds")}
+                       for name in param.opts if name in ("-f", "--folds", "-i", "--input")}
         expanded, current = [], None
         for token in args:
             if token in multi_value:
@@ -83,10 +84,21 @@ def use_trained_preset(dataset: str | int | None, preset: str | None, network_pr
         PresetNotFoundError: with the presets that are trained and the command line that would work.
     """
     from vfnet import paths
-    from vfnet.errors import PresetNotFoundError
+    from vfnet.errors import DatasetNotFoundError, PresetNotFoundError
 
     try:
-        return paths.resolve_preset(paths.results_dataset(dataset), preset, network_prefix)
+        results = paths.results_dataset(dataset)
+    except DatasetNotFoundError:
+        for root in (paths.preprocessed_root(), paths.raw_root()):  # known, but nothing trained yet
+            try:
+                name = paths.resolve_dataset(dataset, root)
+            except DatasetNotFoundError:
+                continue
+            raise PresetNotFoundError(f"nothing is trained for {name} yet; train it with: vfnet_train_all -d {name} "
+                                      f"--preset {preset or 'quick'}") from None
+        raise
+    try:
+        return paths.resolve_preset(results, preset, network_prefix)
     except PresetNotFoundError as exc:
         if not exc.presets:
             raise
