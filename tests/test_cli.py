@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,15 @@ from click.testing import CliRunner
 
 from vfnet import __version__
 
-SCRIPTS = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+
+def _scripts(pyproject: Path) -> dict[str, str]:
+    """[project.scripts] of pyproject.toml (tomllib is Python 3.11+; vfnet supports 3.10)."""
+    section = pyproject.read_text().split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    return {name.strip(): target.strip().strip('"') for name, target in
+            (line.split("=", 1) for line in section.splitlines() if "=" in line)}
+
+
+SCRIPTS = _scripts(Path(__file__).resolve().parents[1] / "pyproject.toml")
 
 
 def _command(target: str):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import sys
 from pathlib import Path
 
 from vfnet.errors import DatasetNotFoundError
@@ -14,6 +14,13 @@ _DEFAULT_SUBDIRS = {"vfnet_raw": "raw", "vfnet_preprocessed": "preprocessed", "v
 # MSD / nnU-Net v1 folders (TaskXX_Name) and nnU-Net v2 folders (DatasetXXX_Name) alike
 _TASK_RE = re.compile(r"^(?:Task|Dataset)(\d{2,3})_(.+)$")
 _notice_given = False
+logger = logging.getLogger(__name__)
+
+
+def default_data_root() -> Path:
+    """Where the three folders go when their variables are unset: ``~/vfnet_data`` (``$HOME`` or the
+    user's profile folder), whatever the current directory."""
+    return Path.home() / "vfnet_data"
 
 
 def _folder(var: str) -> Path:
@@ -22,27 +29,24 @@ def _folder(var: str) -> Path:
     if value:
         return Path(value)
     if not _notice_given:
-        print(
-            "vfnet: vfnet_raw / vfnet_preprocessed / vfnet_results are not set; "
-            "using ./vfnet_data/{raw,preprocessed,results}",
-            file=sys.stderr,
-        )
+        logger.warning("vfnet_raw / vfnet_preprocessed / vfnet_results are not set; using %s/{raw,preprocessed,"
+                       "results} (set them to keep data elsewhere)", default_data_root())
         _notice_given = True
-    return Path("vfnet_data") / _DEFAULT_SUBDIRS[var]
+    return default_data_root() / _DEFAULT_SUBDIRS[var]
 
 
 def raw_root() -> Path:
-    """Folder of raw datasets (``$vfnet_raw`` or ``./vfnet_data/raw``)."""
+    """Folder of raw datasets (``$vfnet_raw`` or ``~/vfnet_data/raw``)."""
     return _folder("vfnet_raw")
 
 
 def preprocessed_root() -> Path:
-    """Folder of preprocessed datasets (``$vfnet_preprocessed`` or ``./vfnet_data/preprocessed``)."""
+    """Folder of preprocessed datasets (``$vfnet_preprocessed`` or ``~/vfnet_data/preprocessed``)."""
     return _folder("vfnet_preprocessed")
 
 
 def results_root() -> Path:
-    """Folder of trained models (``$vfnet_results`` or ``./vfnet_data/results``)."""
+    """Folder of trained models (``$vfnet_results`` or ``~/vfnet_data/results``)."""
     return _folder("vfnet_results")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import shlex
 import sys
 
@@ -37,11 +38,22 @@ class _Command(click.Command):
         return super().parse_args(ctx, expanded)
 
 
+def _configure_logging() -> None:
+    """The library logs (``logging.getLogger(__name__)``); a command shows its INFO and above on stderr."""
+    root = logging.getLogger("vfnet")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("vfnet: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
 def command(func):
     """Turn ``func`` into a click command with ``--version``; a VfnetError exits 2 with its message."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        _configure_logging()
         try:
             return func(*args, **kwargs)
         except VfnetError as exc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from vfnet.training.budget import ALLOCATIONS
 from vfnet.pipeline.jobs import STAGE_ORDER, job_commands, train_all
+from vfnet.training.budget import ALLOCATIONS
 from vfnet.training.train2d import train_2d_unit
 from vfnet.training.train3d import train_3d_unit
 from vfnet.training.train_vfn import train_vfn_unit

@@ -116,7 +116,7 @@ def crossval(dataset: str | int | None, preset: str = "default", device: str = "
         for method in methods:
             if method not in methods_seen:
                 methods_seen.append(method)
-        for case in tqdm(data.fold_cases([fold]), desc=f"crossval fold {fold}", unit="case", disable=quiet):
+        for case in tqdm(data.fold_cases([fold]), desc=f"crossval fold {fold}", unit="case", disable=True if quiet else None):
             image, label = data.load(case, mmap=False)
             maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, name)
             entry = {"fold": fold, "dice": {}, "seconds": {}}

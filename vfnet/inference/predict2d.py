@@ -126,7 +126,7 @@ def predict_held_out(network: torch.nn.Module, dataset: PreprocessedDataset, cas
     """
     unit_dir = Path(unit_dir)
     per_case = {}
-    for case in tqdm(cases, desc=f"predicting {view}", disable=quiet, unit="case"):
+    for case in tqdm(cases, desc=f"predicting {view}", disable=True if quiet else None, unit="case"):
         image, label = dataset.load(case)
         probabilities = predict_volume_2d(network, image, view, context_slices, device, batch_size)
         save_probabilities(unit_dir / "predictions" / f"{case}.npz", probabilities)

@@ -114,7 +114,7 @@ def predict_held_out_3d(network: torch.nn.Module, dataset: PreprocessedDataset, 
     """
     unit_dir = Path(unit_dir)
     per_case = {}
-    for case in tqdm(cases, desc="predicting 3d", disable=quiet, unit="case"):
+    for case in tqdm(cases, desc="predicting 3d", disable=True if quiet else None, unit="case"):
         image, label = dataset.load(case, mmap=False)
         start = time.perf_counter()
         probabilities = predict_volume_3d(network, image, patch_size, device)

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,8 @@ from vfnet.errors import PlanError
 from vfnet.plans import Plan, budget_minutes, plan_2d_view
 from vfnet.resolution import downsampled_shape
 from vfnet.views import VIEWS, view_shape
+
+logger = logging.getLogger(__name__)
 
 BUDGET_VERSION = 1
 SHARE_2D = 0.8  # of the time left for training steps; the VFN units share the rest
@@ -178,9 +181,8 @@ def calibrate(plan: Plan, device: torch.device, max_step_s: float = float("inf")
                                                   device, 1) / BATCH["2d"]
             settings.insert(0, setting)  # finest first
             if not quiet:
-                print(f"  calibration {view} x{list(factor)}: {setting['step_s']:.3f} s/step "
-                      f"({setting['batch_s']:.3f} s/batch to load), "
-                      f"{1000 * setting['slice_s']:.1f} ms/slice", flush=True)
+                logger.info("  calibration %s x%s: %.3f s/step (%.3f s/batch to load), %.1f ms/slice", view,
+                            list(factor), setting["step_s"], setting["batch_s"], 1000 * setting["slice_s"])
             if setting["step_s"] > max_step_s:
                 break
         views[view] = settings
@@ -437,7 +439,7 @@ def load_or_plan_budget(preprocessed: Path, results: Path, preset: str, device: 
     plan = Plan.load(preprocessed)
     splits = read_json(Path(preprocessed) / "splits.json")
     if not quiet:
-        print(f"Calibrating {preset} ({minutes:g} min) on {device}...", flush=True)
+        logger.info("Calibrating %s (%g min) on %s...", preset, minutes, device)
     units_2d = len(plan.units("2d")) * len(VIEWS)
     calibration = calibrate(plan, device, minutes * 60 * SHARE_2D / units_2d / TARGET_ITERATIONS_2D, quiet=quiet)
     budget = Budget(path, plan_budget(plan, splits, minutes, calibration, allocation or DEFAULT_ALLOCATION))
