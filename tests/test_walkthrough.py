@@ -105,7 +105,7 @@ def test_new_user_walkthrough(demo, tmp_path, monkeypatch):
     assert "Skipped 2 case(s)" in skipped and "--overwrite" in skipped
 
     # evaluate, report, a second model, the ensemble of both, post-processing of an existing folder
-    run(evaluate_entry, "-r", references, "-p", first, "-d", "99", "-q")
+    run(evaluate_entry, "-ref", references, "-pred", first, "-d", "99", "-q")
     assert read_json(first / "summary.json")["num_cases"] == 2
     assert "Report written" in run(report_entry, "-d", "99", "-q", "--num-cases", 1)
     second = tmp_path / "second"
@@ -140,7 +140,7 @@ def test_new_user_walkthrough(demo, tmp_path, monkeypatch):
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     (lonely / "demo_009.nii.gz").write_bytes((first / "demo_009.nii.gz").read_bytes())
-    assert "missing" in run(evaluate_entry, "-r", references, "-p", lonely, "-q", code=1)
+    assert "missing" in run(evaluate_entry, "-ref", references, "-pred", lonely, "-q", code=1)
     assert "at least two" in one_sentence(ensemble_entry, "-i", first, "-o", tmp_path / "e1")
     assert "--save-probabilities" in one_sentence(ensemble_entry, "-i", first, lonely, "-o", tmp_path / "e2")
 

@@ -54,7 +54,8 @@ def check_leakage_entry(dataset, preset):
 @command
 @dataset_option
 @trained_preset_option
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the VFNs run: auto (CUDA when available), cpu or cuda.")
 @quiet_option
 def crossval_entry(dataset, preset, device, quiet):
     """Cross-validate every fusion method on every held-out case and write a Table-1-style summary.
