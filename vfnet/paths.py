@@ -149,7 +149,8 @@ def trained_units(dataset_folder: Path, preset: str, network: str) -> list[str]:
 
 
 def resolve_preset(dataset_folder: Path, preset: str | None, network_prefix: str = "2d") -> str:
-    """The preset a command should use: ``preset`` when given and trained, else the only trained one.
+    """The preset a command should use: ``preset`` when given and trained (or begun: its folder
+    exists, and the command names what is missing), else the only trained one.
 
     Args:
         dataset_folder: ``<results>/<Task>``.
@@ -164,12 +165,13 @@ def resolve_preset(dataset_folder: Path, preset: str | None, network_prefix: str
 
     found = trained_presets(dataset_folder, network_prefix)
     name = Path(dataset_folder).name
-    if preset is not None and preset in found:
+    if preset is not None and (preset in found or (Path(dataset_folder) / preset).is_dir()):
         return preset
     if not found:
         wanted = preset or "quick"
+        head = f"no results for preset '{preset}' in {dataset_folder}: " if preset else ""
         raise PresetNotFoundError(
-            f"nothing is trained for {name} yet (no finished {network_prefix} unit under {dataset_folder}); "
+            f"{head}nothing is trained for {name} yet (no finished {network_prefix} unit under {dataset_folder}); "
             f"train it with: vfnet_train_all -d {name} --preset {wanted}", [])
     if preset is None:
         if len(found) == 1:

@@ -11,7 +11,7 @@ import torch
 
 from vfnet import paths
 from vfnet.atomic import read_json
-from vfnet.errors import ModelNotFoundError, VfnetError
+from vfnet.errors import ModelNotFoundError, PlanError, VfnetError
 from vfnet.fusion.methods import METHODS, VfnConfig, fuse, fused_probabilities
 from vfnet.fusion.postprocess import apply_postprocessing
 from vfnet.fusion.stack import load_stack, stack_path
@@ -197,6 +197,8 @@ def _train_hint(dataset: str, preset: str, network: str, unit: str) -> str:
         return f"vfnet_train 2d {network[3:]} {unit} -d {dataset} --preset {preset}"
     if network == "stack":
         return f"vfnet_crossval -d {dataset} --preset {preset}"
+    if network == "3d":
+        return f"vfnet_train 3d {unit} -d {dataset} --preset {preset}"
     flag = " --no-image" if network == "vfn_noimage" else ""
     return (f"vfnet_build_fusion_set -f {unit} -d {dataset} --preset {preset} && "
             f"vfnet_train vfn {unit}{flag} -d {dataset} --preset {preset}")
@@ -248,7 +250,7 @@ def _check_units(plan: Plan, network: str, units: list[str], results: Path, pres
     if unknown:
         trained = paths.trained_units(results, preset, "2d_axial" if network == "2d" else network)
         default = "holdout" if plan["split_mode"] == "holdout" else "all K folds"
-        raise ModelNotFoundError(
+        raise PlanError(
             f"unit(s) {', '.join(unknown)} are not in the {plan['split_mode']} plan of {results.name} (its {network} "
             f"units: {', '.join(known)}; trained in preset {preset}: {', '.join(trained) or 'none'}); leave out "
             f"-f to use {default}")
