@@ -198,7 +198,7 @@ def main() -> None:
                                       "-d", "4", "--preset", PRESET, "-f", "0", "--device", "cpu", "--overwrite"],
                                      vfnet_env, log)
         state_path.write_text(json.dumps(state, indent=1))
-    predict_log = [json.loads(line) for line in (vfnet_pred / "vfnet_predict.log").read_text().splitlines()
+    predict_log = [json.loads(line) for line in (vfnet_pred / "vfnet_predict.jsonl").read_text().splitlines()
                    if line.startswith("{")]
     setting = [entry for entry in predict_log if "fusion" in entry][-1]
     # short names, relative to the work folder, so the table names the tools and no machine paths

@@ -69,7 +69,7 @@ def convert_msd(source: Path, task_id: int | None = None, quiet: bool = False) -
     ]
     for sub in ("imagesTr", "labelsTr"):
         (target / sub).mkdir(parents=True, exist_ok=True)
-    for entry in tqdm(training, desc="converting", unit="case", disable=quiet):
+    for entry in tqdm(training, desc="converting", unit="case", disable=True if quiet else None):
         image, label = source / entry["image"], source / entry["label"]
         for path in (image, label):
             if not path.is_file():
@@ -82,7 +82,7 @@ def convert_msd(source: Path, task_id: int | None = None, quiet: bool = False) -
         if (source / "imagesTs").is_dir() else []
     if tests:
         (target / "imagesTs").mkdir(exist_ok=True)
-        for path in tqdm(tests, desc="converting test images", unit="case", disable=quiet):
+        for path in tqdm(tests, desc="converting test images", unit="case", disable=True if quiet else None):
             _write_channels(path, target / "imagesTs", _case_id(path.name), info.num_channels)
     info.name = name
     info.num_training = len(training)

@@ -76,7 +76,7 @@ def extract_organs(images: Path, label_maps: Path, labels_json: Path, organs: li
     if not cases:
         raise VfnetError(f"no case has both an image in {images} and a label map in {label_maps}")
     target = paths.raw_root() / task
-    for case_id in tqdm(cases, desc="extracting organs", unit="case", disable=quiet):
+    for case_id in tqdm(cases, desc="extracting organs", unit="case", disable=True if quiet else None):
         label_map = read_image(map_files[case_id])
         array = sitk.GetArrayFromImage(label_map)
         out = np.zeros(array.shape, dtype=np.uint8)

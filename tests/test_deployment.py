@@ -176,7 +176,13 @@ def test_cli_export(vfnet_env, tmp_path):
     result = CliRunner().invoke(export_model_entry, ["-d", "Task07", "-o", str(tmp_path / "m.zip"), "--preset", PRESET])
     assert result.exit_code == 0, result.output
     assert "Exported 16 unit(s) of Task07_Tiny" in result.output and zipfile.is_zipfile(tmp_path / "m.zip")
+    # an untrained preset: the trained ones and the command that works
     result = CliRunner().invoke(export_model_entry, ["-o", str(tmp_path / "m.zip"), "--preset", "default"])
+    assert result.exit_code == 2 and "trained preset(s): quick" in result.output
+    assert f"vfnet_export_model -o {tmp_path / 'm.zip'} --preset quick" in result.output
+    # a missing unit of the trained preset (found without --preset): the command that trains it
+    (paths.unit_dir(paths.results_root() / NAME, PRESET, "2d_axial", "0") / "checkpoint_final.pth").unlink()
+    result = CliRunner().invoke(export_model_entry, ["-o", str(tmp_path / "m.zip")])
     assert result.exit_code == 2 and "vfnet_train 2d axial 0" in result.output
 
 

@@ -184,6 +184,6 @@ def test_cca_crossval_scores_stack_and_prediction_uses_the_scored_pairs(demo_pre
         result = CliRunner().invoke(predict_entry, ["-i", str(raw / "imagesTs"), "-o", str(out / fusion),
                                                     "--preset", "quick", "--fusion", fusion, "--device", "cpu", "-q"])
         assert result.exit_code == 0, result.output
-        header = json.loads((out / fusion / "vfnet_predict.log").read_text().splitlines()[0])
+        header = json.loads((out / fusion / "vfnet_predict.jsonl").read_text().splitlines()[0])
         assert header["fusion_units"] == (["all"] if fusion == "vfn-all" else ["0", "1", "2", "3"])
         assert len(list((out / fusion).glob("*.nii.gz"))) == 2

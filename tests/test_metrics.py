@@ -172,3 +172,37 @@ def test_markdown_table_and_method_table():
     # majority's case means are 70 and 65: mean 67.5, std 3.54
     assert "| majority | 67.50 ± 3.54 | 65.00 | 66.25 | 67.50 | 68.75 | 70.00 | 2 |" in overall
     assert "| vfn | 75.00 ± 7.07 | 70.00 |" in overall  # case means 80 and 70
+
+
+def _full_volume_surface_distances(reference, prediction, spacing):
+    """The uncropped computation, as it was before cropping to the union bounding box."""
+    from scipy import ndimage
+
+    from vfnet.evaluation.metrics import surface
+
+    ref_surface, pred_surface = surface(reference), surface(prediction)
+    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)
+    to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=spacing)
+    return to_pred[ref_surface], to_ref[pred_surface]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hd95_on_the_union_box_equals_the_full_volume(seed):
+    from vfnet.evaluation.metrics import surface_distances
+
+    rng = np.random.default_rng(seed)
+    shape = (30, 40, 36)
+    reference, prediction = np.zeros(shape, bool), np.zeros(shape, bool)
+    for mask in (reference, prediction):
+        for _ in range(rng.integers(1, 4)):  # a few random blobs, some touching the array border
+            corner = rng.integers(0, np.array(shape) - 3)
+            size = rng.integers(2, 12, size=3)
+            mask[tuple(slice(c, c + s) for c, s in zip(corner, size))] = True
+        mask &= rng.random(shape) > 0.1  # ragged surfaces and holes
+    spacing = (2.5, 0.8, 0.7)
+    cropped = surface_distances(reference, prediction, spacing)
+    full = _full_volume_surface_distances(reference, prediction, spacing)
+    for a, b in zip(cropped, full):
+        np.testing.assert_array_equal(np.sort(a), np.sort(b))
+    expected = float(np.percentile(np.concatenate(full), 95))
+    assert hd95(reference, prediction, spacing) == expected

@@ -47,13 +47,17 @@ def test_unknown_and_ambiguous_names_list_what_exists(tmp_path):
         paths.resolve_dataset(4, tmp_path)
 
 
-def test_default_folders_when_variables_unset(monkeypatch, capsys):
+def test_default_folders_when_variables_unset(monkeypatch, tmp_path, caplog):
     for var in paths.ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(paths, "_notice_given", False)
-    assert str(paths.raw_root()) == "vfnet_data/raw"
-    assert str(paths.results_root()) == "vfnet_data/results"
-    assert capsys.readouterr().err.count("not set") == 1
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)  # the current directory does not matter
+    with caplog.at_level("WARNING", logger="vfnet.paths"):
+        assert paths.raw_root() == tmp_path / "home" / "vfnet_data" / "raw"
+        assert paths.results_root() == tmp_path / "home" / "vfnet_data" / "results"
+    notices = [r.getMessage() for r in caplog.records if "not set" in r.getMessage()]
+    assert len(notices) == 1 and str(tmp_path / "home" / "vfnet_data") in notices[0]
 
 
 def test_variables_win(monkeypatch, tmp_path):

@@ -8,6 +8,7 @@ Run as ``python -m vfnet.demo --workdir vfnet_demo [--data <MSD task folder>]``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from pathlib import Path
@@ -118,6 +119,7 @@ def run_demo(workdir: Path, data: Path | None = None, preset: str = DEMO_PRESET)
 
 
 def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("vfnet_demo"), help="where the demo writes everything")
     parser.add_argument("--data", type=Path, default=None, help="an MSD task folder instead of the synthetic data")

@@ -52,3 +52,11 @@ def disk_full_message(exc: OSError) -> str | None:
         return None
     where = f" writing {exc.filename}" if exc.filename else ""
     return f"{os.strerror(exc.errno).lower()}{where}; free some disk space (or raise the file-size limit) and rerun"
+
+
+class PresetNotFoundError(ModelNotFoundError):
+    """No trained preset fits what was asked; ``presets`` lists the trained ones."""
+
+    def __init__(self, message: str, presets: list[str] | None = None):
+        super().__init__(message)
+        self.presets = list(presets or [])

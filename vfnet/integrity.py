@@ -201,8 +201,8 @@ def verify_dataset(folder: Path, num_processes: int = 2, quiet: bool = False) ->
 
 
 def _run_parallel(jobs: list, num_processes: int, quiet: bool) -> list[CaseReport]:
-    bar = {"total": len(jobs), "desc": "checking cases", "unit": "case", "disable": quiet or not jobs, "leave": False}
+    bar = {"total": len(jobs), "desc": "checking cases", "unit": "case", "disable": True if quiet or not jobs else None, "leave": False}
     if num_processes <= 1 or len(jobs) < 4:
         return [check_case(*job) for job in tqdm(jobs, **bar)]
-    with get_context("fork").Pool(num_processes) as pool:
+    with get_context().Pool(num_processes) as pool:
         return list(tqdm(pool.imap(_check_case_args, jobs, chunksize=4), **bar))

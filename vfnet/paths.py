@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 from vfnet.errors import DatasetNotFoundError
@@ -18,6 +18,13 @@ ARRAYS_DIR = "arrays"
 FUSION_DIR = "fusion"
 _TASK_RE = re.compile(r"^(?:Task|Dataset)(\d{2,3})_(.+)$")
 _notice_given = False
+logger = logging.getLogger(__name__)
+
+
+def default_data_root() -> Path:
+    """Where the three folders go when their variables are unset: ``~/vfnet_data`` (``$HOME`` or the
+    user's profile folder), whatever the current directory."""
+    return Path.home() / "vfnet_data"
 
 
 def _folder(var: str) -> Path:
@@ -26,27 +33,24 @@ def _folder(var: str) -> Path:
     if value:
         return Path(value)
     if not _notice_given:
-        print(
-            "vfnet: vfnet_raw / vfnet_preprocessed / vfnet_results are not set; "
-            "using ./vfnet_data/{raw,preprocessed,results}",
-            file=sys.stderr,
-        )
+        logger.warning("vfnet_raw / vfnet_preprocessed / vfnet_results are not set; using %s/{raw,preprocessed,"
+                       "results} (set them to keep data elsewhere)", default_data_root())
         _notice_given = True
-    return Path("vfnet_data") / _DEFAULT_SUBDIRS[var]
+    return default_data_root() / _DEFAULT_SUBDIRS[var]
 
 
 def raw_root() -> Path:
-    """Folder of raw datasets (``$vfnet_raw`` or ``./vfnet_data/raw``)."""
+    """Folder of raw datasets (``$vfnet_raw`` or ``~/vfnet_data/raw``)."""
     return _folder("vfnet_raw")
 
 
 def preprocessed_root() -> Path:
-    """Folder of preprocessed datasets (``$vfnet_preprocessed`` or ``./vfnet_data/preprocessed``)."""
+    """Folder of preprocessed datasets (``$vfnet_preprocessed`` or ``~/vfnet_data/preprocessed``)."""
     return _folder("vfnet_preprocessed")
 
 
 def results_root() -> Path:
-    """Folder of trained models (``$vfnet_results`` or ``./vfnet_data/results``)."""
+    """Folder of trained models (``$vfnet_results`` or ``~/vfnet_data/results``)."""
     return _folder("vfnet_results")
 
 
@@ -139,3 +143,58 @@ def copy_dataset_files(preprocessed: Path, results: Path) -> None:
         source = preprocessed / name
         if source.is_file():
             shutil.copyfile(source, results / name)
+
+
+def trained_presets(dataset_folder: Path, network_prefix: str = "") -> list[str]:
+    """Presets under a results dataset folder holding at least one finished unit, sorted.
+
+    Args:
+        dataset_folder: ``<results>/<Task>``.
+        network_prefix: count only units of networks whose folder starts with it (``2d``, ``3d``, ``vfn``).
+    """
+    if not Path(dataset_folder).is_dir():
+        return []
+    return sorted(p.name for p in Path(dataset_folder).iterdir()
+                  if p.is_dir() and any(p.glob(f"{network_prefix}*/*/checkpoint_final.pth")))
+
+
+def trained_units(dataset_folder: Path, preset: str, network: str) -> list[str]:
+    """Units of ``network`` (e.g. ``2d_axial``) trained to the end in ``preset``, sorted."""
+    folder = Path(dataset_folder) / preset / network
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / "checkpoint_final.pth").is_file())
+
+
+def resolve_preset(dataset_folder: Path, preset: str | None, network_prefix: str = "2d") -> str:
+    """The preset a command should use: ``preset`` when given and trained (or begun: its folder
+    exists, and the command names what is missing), else the only trained one.
+
+    Args:
+        dataset_folder: ``<results>/<Task>``.
+        preset: the one asked for, or None.
+        network_prefix: which networks count as trained (``2d`` for the views, ``3d`` for the baseline).
+
+    Raises:
+        PresetNotFoundError: nothing trained, several presets and none asked for, or the one asked
+            for is not trained; ``presets`` lists those that are.
+    """
+    from vfnet.errors import PresetNotFoundError
+
+    found = trained_presets(dataset_folder, network_prefix)
+    name = Path(dataset_folder).name
+    if preset is not None and (preset in found or (Path(dataset_folder) / preset).is_dir()):
+        return preset
+    if not found:
+        wanted = preset or "quick"
+        head = f"no results for preset '{preset}' in {dataset_folder}: " if preset else ""
+        raise PresetNotFoundError(
+            f"{head}nothing is trained for {name} yet (no finished {network_prefix} unit under {dataset_folder}); "
+            f"train it with: vfnet_train_all -d {name} --preset {wanted}", [])
+    if preset is None:
+        if len(found) == 1:
+            return found[0]
+        raise PresetNotFoundError(f"{name} has several trained presets ({', '.join(found)}); choose one with "
+                                  f"--preset", found)
+    raise PresetNotFoundError(f"preset '{preset}' of {name} has no trained {network_prefix} unit; trained "
+                              f"preset(s): {', '.join(found)}", found)

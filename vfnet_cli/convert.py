@@ -37,14 +37,19 @@ def convert_msd_entry(source, task_id, quiet):
 @click.option("--organs", required=True, multiple=True,
               help="Organ names to keep, one label each, in order; 'a+b' merges several into one label. "
                    "Repeat the option or give several names after it.")
-@click.option("-o", "--output", "task", required=True, help="Name of the new dataset, e.g. Task05_Pancreas.")
+@click.option("-n", "--name", "task", default=None, help="Name of the new dataset, e.g. Task05_Pancreas or "
+              "Dataset005_Pancreas.")
+@click.option("-o", "--output", "old_task", default=None, hidden=True, help="Old spelling of --name.")
 @click.argument("more_organs", nargs=-1)
 @quiet_option
-def extract_organs_entry(images, label_maps, labels_json, organs, task, more_organs, quiet):
+def extract_organs_entry(images, label_maps, labels_json, organs, task, old_task, more_organs, quiet):
     """Build a new task from multi-label maps by choosing organs by name.
 
     Example: vfnet_extract_organs -i ct/ -l maps/ --labels-json names.json
-    --organs pancreas "adrenal_gland_left+adrenal_gland_right" -o Task10_Abdomen
+    --organs pancreas "adrenal_gland_left+adrenal_gland_right" -n Task10_Abdomen
     """
+    task = task or old_task
+    if not task:
+        raise click.UsageError("name the new dataset with -n, e.g. -n Task10_Abdomen")
     target = extract_organs(images, label_maps, labels_json, list(organs) + list(more_organs), task, quiet=quiet)
     click.echo(f"Wrote {target}")

@@ -13,7 +13,7 @@ from vfnet_cli.common import command
 @click.option("--train", "num_train", type=int, default=16, show_default=True, help="Labelled training cases.")
 @click.option("--test", "num_test", type=int, default=4, show_default=True,
               help="Labelled test cases (imagesTs/ and labelsTs/) for later evaluation.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the synthetic volumes.")
 @click.option("--name", "task", default=DEMO_TASK, show_default=True, help="Dataset folder name.")
 def make_demo_dataset_entry(num_train, num_test, seed, task):
     """Write a small synthetic dataset into $vfnet_raw: organ-like shapes in noisy volumes.

@@ -7,14 +7,14 @@ from pathlib import Path
 import click
 
 from vfnet.deployment import export_model, install_model, read_manifest
-from vfnet_cli.common import command, dataset_option, preset_option
+from vfnet_cli.common import command, dataset_option, trained_preset_option, use_trained_preset
 
 
 @command
 @dataset_option
 @click.option("-o", "--output", "output_zip", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The zip to write, e.g. model.zip.")
-@preset_option
+@trained_preset_option
 @click.option("--no-folds", is_flag=True,
               help="Export each view's 2D unit 'all' instead of the K fold units (smaller; predict with -f all).")
 def export_model_entry(dataset, output_zip, preset, no_folds):
@@ -27,6 +27,7 @@ def export_model_entry(dataset, output_zip, preset, no_folds):
     vfnet_model.json, a manifest with a checksum of every file. Install it with
     vfnet_install_model.
     """
+    preset = use_trained_preset(dataset, preset)
     path = export_model(dataset, output_zip, preset=preset, include_all_folds=not no_folds)
     manifest = read_manifest(path)
     size = path.stat().st_size / 2**20

@@ -12,10 +12,13 @@ from vfnet_cli.common import command, processes_option, quiet_option
 
 
 @command
-@click.option("-r", "--reference", "reference_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder of reference label files (NIfTI, NRRD or MHA), e.g. labelsTs.")
-@click.option("-p", "--prediction", "prediction_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder of predicted label files with the same case names (any of those formats).")
+@click.option("-ref", "--reference", "-r", "reference_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder of reference label files (NIfTI, NRRD or MHA), e.g. labelsTs (-r also works).")
+@click.option("-pred", "--prediction", "prediction_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder of predicted label files with the same case names (any of those formats); "
+                   "required.")
+@click.option("-p", "old_prediction_dir", default=None, hidden=True, type=click.Path(file_okay=False),
+              help="Old spelling of -pred (in nnU-Net -p names plans).")
 @click.option("-d", "--dataset", default=None,
               help="Dataset (4, Task04 or Task04_Hippocampus) whose dataset.json names the labels. "
                    "Default: every non-zero value present, named label_<value>.")
@@ -27,7 +30,7 @@ from vfnet_cli.common import command, processes_option, quiet_option
               help="Exit 0 even when reference cases have no prediction (they still score Dice 0).")
 @processes_option
 @quiet_option
-def evaluate_entry(reference_dir, prediction_dir, dataset, compare_dir, output_dir, allow_missing, num_processes,
+def evaluate_entry(reference_dir, prediction_dir, old_prediction_dir, dataset, compare_dir, output_dir, allow_missing, num_processes,
                    quiet):
     """Dice, HD95 (mm) and volume difference (ml) of predicted label maps against references.
 
@@ -46,6 +49,9 @@ def evaluate_entry(reference_dir, prediction_dir, dataset, compare_dir, output_d
       only one of them empty                Dice 0, HD95 undefined (null in summary.json;
                                             left out of HD95 statistics and counted as n_nan)
     """
+    prediction_dir = prediction_dir or old_prediction_dir
+    if not prediction_dir:
+        raise click.UsageError("name the prediction folder with -pred")
     labels = labels_from_dataset(dataset) if dataset is not None else None
     summary = evaluate_folders(reference_dir, prediction_dir, labels=labels, compare_dir=compare_dir,
                                output_dir=output_dir, num_processes=num_processes, quiet=quiet)

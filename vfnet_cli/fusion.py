@@ -8,14 +8,14 @@ import click
 
 from vfnet.fusion.fusion_set import build_fusion_set
 from vfnet.fusion.leakage import find_leaks
-from vfnet_cli.common import command, dataset_option, preset_option, quiet_option
+from vfnet_cli.common import command, dataset_option, quiet_option, trained_preset_option, use_trained_preset
 
 
 @command
 @dataset_option
 @click.option("-f", "--fold", "vfn_unit", required=True,
               help="VFN unit whose training set to build: a fold (0..K-1), 'all' (deployment), or 'holdout'.")
-@preset_option
+@trained_preset_option
 @quiet_option
 def build_fusion_set_entry(dataset, vfn_unit, preset, quiet):
     """Build the VFN's training set from held-out 2D probability maps.
@@ -27,6 +27,7 @@ def build_fusion_set_entry(dataset, vfn_unit, preset, quiet):
     Samples are cropped to the foreground box plus the planned margin; manifest.json names
     the unit behind every map. Output: $vfnet_preprocessed/TaskXX_Name/fusion/<preset>/<fold>/.
     """
+    preset = use_trained_preset(dataset, preset)
     folder = build_fusion_set(dataset, vfn_unit, preset=preset, quiet=quiet)
     click.echo(f"Fusion set written to {folder}")
 
@@ -52,8 +53,9 @@ def check_leakage_entry(dataset, preset):
 
 @command
 @dataset_option
-@preset_option
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@trained_preset_option
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the VFNs run: auto (CUDA when available), cpu or cuda.")
 @quiet_option
 def crossval_entry(dataset, preset, device, quiet):
     """Cross-validate every fusion method on every held-out case and write a Table-1-style summary.
@@ -66,5 +68,6 @@ def crossval_entry(dataset, preset, device, quiet):
     """
     from vfnet.fusion.crossval import crossval, crossval_markdown
 
+    preset = use_trained_preset(dataset, preset)
     result = crossval(dataset, preset, device=device, quiet=quiet)
     click.echo(crossval_markdown(result))

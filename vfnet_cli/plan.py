@@ -12,7 +12,9 @@ from vfnet_cli.common import command, dataset_option, processes_option, quiet_op
 @dataset_option
 @click.option("--verify", is_flag=True, help="Only run the integrity check and report; write nothing.")
 @processes_option
-@click.option("--folds", type=int, default=4, show_default=True, help="Number of folds K (CCA needs K >= 3).")
+@click.option("--num-folds", "--folds", "folds", type=int, default=4, show_default=True,
+              help="Number of folds K (CCA needs K >= 3). (--folds, its old name, still works; -f elsewhere names "
+                   "fold units.)")
 @click.option("--split", "split_mode", type=click.Choice(["cca", "holdout"]), default=None,
               help="cca (cross-cross-augmentation over K folds) or holdout (subsets A/B/C). "
                    "Default: cca below 250 cases, holdout above.")

@@ -9,7 +9,7 @@ import click
 
 from vfnet.prediction.models import PREDICT_METHODS
 from vfnet.prediction.predict import MODELS, predict
-from vfnet_cli.common import command, dataset_option, preset_option, quiet_option
+from vfnet_cli.common import command, dataset_option, quiet_option, trained_preset_option, use_trained_preset
 
 
 @command
@@ -17,9 +17,10 @@ from vfnet_cli.common import command, dataset_option, preset_option, quiet_optio
               help="A folder of images (NIfTI, NRRD, MHA; <case>_0000... for several channels; the _0000 "
                    "suffix is optional), a folder of DICOM series folders, or one file.")
 @click.option("-o", "--output", "target", required=True, type=click.Path(path_type=Path),
-              help="Output folder (never inside the input). One <case>.nii.gz per case.")
+              help="Output folder (never inside the input): one <case>.nii.gz per case. For a single input "
+                   "file, a file name ending in .nii.gz (or .nii, .nrrd, .mha) writes that file instead.")
 @dataset_option
-@preset_option
+@trained_preset_option
 @click.option("--model", type=click.Choice(list(MODELS)), default="vfnet", show_default=True,
               help="vfnet: the three views fused; 3d: the 3D U-Net baseline (vfnet_train 3d) instead.")
 @click.option("-f", "--folds", multiple=True,
@@ -32,21 +33,38 @@ from vfnet_cli.common import command, dataset_option, preset_option, quiet_optio
                    "vfn-all: the VFN trained on every case, fusing the mean of the fold ensemble "
                    "(a pairing cross-validation cannot score).")
 @click.option("--postprocess/--no-postprocess", default=None,
-              help="Keep the largest connected component of each label (default: as vfnet_crossval found best).")
+              help="Keep the largest connected component of every label, or of none (default: per label, as "
+                   "vfnet_crossval chose on the held-out cases; see vfnet_apply_postprocessing).")
 @click.option("--tta", is_flag=True,
               help="Test-time augmentation: also predict volumes mirrored along the axes the networks were "
                    "trained mirrored along, and average. Planned networks train without mirroring (it swaps "
                    "left/right labels), so --tta changes nothing for them.")
 @click.option("--save-probabilities", is_flag=True,
-              help="Also save each view's probabilities (<case>.npz, preprocessed grid).")
+              help="Also save the fused class probabilities as nnU-Net does: <case>.npz ('probabilities', float16 "
+                   "(classes, z, y, x) in the input's voxel grid) and <case>.json (spacing, origin, direction, "
+                   "shape, labels). vfnet_ensemble averages them.")
+@click.option("-chk", "--checkpoint", type=click.Choice(["final", "best"]), default=None,
+              help="Checkpoint of every network: final, or best (the one that validated best). Default: the "
+                   "views' final checkpoints and each VFN's best, the models vfnet_crossval scored.")
+@click.option("--step-size", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Step between the sliding windows of the VFN and the 3D U-Net, as a fraction of the patch "
+                   "(nnU-Net's default 0.5; smaller is slower and smoother). Default: the planned VFN stride "
+                   "(half a patch), 0.5 for --model 3d.")
+@click.option("-npp", "--num-processes-preprocessing", type=click.IntRange(1), default=2, show_default=True,
+              help="Threads reading and preprocessing the next cases while the networks run (that many "
+                   "cases are held in memory ahead).")
+@click.option("-nps", "--num-processes-segmentation-export", type=click.IntRange(1), default=2, show_default=True,
+              help="Threads resampling finished cases to their input grid and writing them.")
 @click.option("--overwrite", is_flag=True, help="Predict cases whose output exists (default: skip them).")
 @click.option("--series", default=None, metavar="UID",
               help="DICOM folders holding several series: use this SeriesInstanceUID (default: the series with "
                    "the most slices, ties by smallest UID; the choice is printed).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the networks run: auto (CUDA when available), cpu or cuda.")
 @quiet_option
 def predict_entry(source, target, dataset, preset, model, folds, fusion, postprocess, tta, save_probabilities,
-                  overwrite, device, quiet, series):
+                  checkpoint, step_size, num_processes_preprocessing, num_processes_segmentation_export,
+                  overwrite, series, device, quiet):
     """Segment new images with a trained dataset's models.
 
     Each case is reoriented and preprocessed as planned, segmented along the axial, coronal
@@ -59,15 +77,19 @@ def predict_entry(source, target, dataset, preset, model, folds, fusion, postpro
     With --model 3d the planned 3D U-Net baseline (fold ensemble of vfnet_train 3d) segments
     each case instead of the views and the fusion.
     """
+    preset = use_trained_preset(dataset, preset, "3d" if model == "3d" else "2d")
     report = predict(source, target, dataset, preset, list(folds) or None, fusion, postprocess, tta,
-                     save_probabilities, overwrite, device, quiet, model, series)
+                     save_probabilities, overwrite, device, quiet, model, checkpoint=checkpoint, step_size=step_size,
+                     num_processes_preprocessing=num_processes_preprocessing,
+                     num_processes_export=num_processes_segmentation_export, series=series)
     for case, note in report.notes.items():
         click.echo(f"{case}: {note}")
     if report.written:
         mean = sum(report.seconds.values()) / len(report.seconds)
         click.echo(f"Wrote {len(report.written)} case(s) to {target} ({mean:.2f} s per case)")
     if report.skipped:
-        click.echo(f"Skipped {len(report.skipped)} case(s) whose output exists (use --overwrite)")
+        click.echo(f"Skipped {len(report.skipped)} case(s) whose output already exists in {target}; to predict "
+                   "them again, add --overwrite")
     for case, reason in report.failed.items():
         click.echo(f"FAILED {case}: {reason}", err=True)
     if report.failed:

@@ -8,12 +8,12 @@ import click
 
 from vfnet.reporting.report import make_report
 from vfnet.views import VIEWS
-from vfnet_cli.common import command, dataset_option, preset_option, quiet_option
+from vfnet_cli.common import command, dataset_option, quiet_option, trained_preset_option, use_trained_preset
 
 
 @command
 @dataset_option
-@preset_option
+@trained_preset_option
 @click.option("--cases", multiple=True,
               help="Held-out cases to draw (repeat or comma-separate: --cases a,b). Default: chosen by VFN gain.")
 @click.option("--num-cases", type=int, default=2, show_default=True,
@@ -34,6 +34,7 @@ def report_entry(dataset, preset, cases, num_cases, slice_view, out_dir, quiet):
     and index.md lists the figure, the cross-validation table and the curves.
     """
     chosen = [c.strip() for text in cases for c in text.split(",") if c.strip()] or None
+    preset = use_trained_preset(dataset, preset)
     folder = make_report(dataset, preset=preset, cases=chosen, num_cases=num_cases, out_dir=out_dir, quiet=quiet,
                          slice_view=slice_view)
     click.echo(f"Report written to {folder / 'index.md'}")

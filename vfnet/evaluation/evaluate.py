@@ -163,11 +163,11 @@ def evaluate_prediction_folder(reference_files: dict[str, Path], prediction_dir:
     predictions = list_label_files(prediction_dir)
     jobs = [(case, path, predictions.get(case), labels) for case, path in sorted(reference_files.items())]
     bar = {"total": len(jobs), "desc": f"evaluating {Path(prediction_dir).name}", "unit": "case",
-           "disable": quiet or not jobs, "leave": False}
+           "disable": True if quiet or not jobs else None, "leave": False}
     if num_processes <= 1 or len(jobs) < 4:
         results = [(job[0], evaluate_pair(*job)) for job in tqdm(jobs, **bar)]
     else:
-        with get_context("fork").Pool(num_processes) as pool:
+        with get_context().Pool(num_processes) as pool:
             results = list(tqdm(pool.imap(_evaluate_pair_args, jobs, chunksize=2), **bar))
     return {"prediction_dir": str(prediction_dir), "cases": dict(results),
             "missing": [case for case, _, pred, _ in jobs if pred is None],

@@ -73,9 +73,24 @@ def surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
 
 
+def union_box(reference: np.ndarray, prediction: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+    """The bounding box of both masks together, grown by ``margin`` voxels (clipped to the array)."""
+    union = np.logical_or(reference, prediction)
+    box = []
+    for axis, size in enumerate(union.shape):
+        present = np.nonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))[0]
+        box.append(slice(max(int(present[0]) - margin, 0), min(int(present[-1]) + 1 + margin, size)))
+    return tuple(box)
+
+
 def surface_distances(reference: np.ndarray, prediction: np.ndarray,
                       spacing: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Directed surface distances in mm, both ways, for two non-empty masks.
+
+    Both masks are first cropped to their union bounding box plus one voxel: every surface
+    voxel lies inside it, and a Euclidean distance between two voxels of the box does not
+    depend on what lies outside, so the distances are those of the whole volume (tested
+    equal), at a fraction of the cost for organs much smaller than the scan.
 
     Returns:
         (distance of every reference surface voxel to the prediction surface,
@@ -83,6 +98,8 @@ def surface_distances(reference: np.ndarray, prediction: np.ndarray,
     """
     reference, prediction = _check_pair(reference, prediction)
     spacing = _check_spacing(spacing, reference.ndim)
+    box = union_box(reference, prediction)
+    reference, prediction = reference[box], prediction[box]
     ref_surface, pred_surface = surface(reference), surface(prediction)
     # distance_transform_edt measures to the nearest zero, so the surface must be the zeros
     to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)

@@ -82,7 +82,7 @@ def build_fusion_set(dataset: str | int | None, vfn_unit: str, preset: str = "de
     manifest = {"dataset": name, "vfn_unit": str(vfn_unit), "preset": preset, "split_mode": plan["split_mode"],
                 "num_image_channels": plan.num_channels, "num_classes": plan.num_classes,
                 "view_order": list(VIEWS), "cases": {}}
-    for case, unit in tqdm(sorted(sources.items()), desc=f"fusion set {vfn_unit}", unit="case", disable=quiet):
+    for case, unit in tqdm(sorted(sources.items()), desc=f"fusion set {vfn_unit}", unit="case", disable=True if quiet else None):
         image, label = data.load(case, mmap=False)
         maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, name)
         roi = roi_from_mask(label > 0, vfn["roi_margin"], vfn["patch_size"], label.shape)

@@ -7,22 +7,45 @@ from pathlib import Path
 import torch
 
 from vfnet.checkpoint import load_checkpoint
-from vfnet.errors import ModelNotFoundError
+from vfnet.errors import ModelNotFoundError, VfnetError
 from vfnet.experiment_planning.plans import Plan
 from vfnet.networks.vfn import build_vfn, state_has_view_prior
 from vfnet.resolution import normalise_factor
 
 FINAL_CHECKPOINT = "checkpoint_final.pth"
 BEST_CHECKPOINT = "checkpoint_best.pth"
+CHECKPOINTS = {"final": FINAL_CHECKPOINT, "best": BEST_CHECKPOINT}
 
 
-def load_vfn(unit_dir: Path, plan: Plan, use_image: bool = True, device: str | torch.device = "cpu"):
-    """The trained VFN of a finished unit folder, in eval mode: the checkpoint that validated best
-    (every validation case, iteration 0 included), else the final one."""
+def checkpoint_name(checkpoint: str) -> str:
+    """``final`` → ``checkpoint_final.pth``, ``best`` → ``checkpoint_best.pth`` (nnU-Net's ``-chk``)."""
+    if checkpoint in CHECKPOINTS.values():
+        return checkpoint
+    if checkpoint not in CHECKPOINTS:
+        raise VfnetError(f"checkpoint '{checkpoint}' unknown; expected one of {', '.join(CHECKPOINTS)}")
+    return CHECKPOINTS[checkpoint]
+
+
+def require_checkpoint(unit_dir: Path, name: str) -> None:
+    if not (Path(unit_dir) / name).is_file():
+        raise ModelNotFoundError(f"{Path(unit_dir) / name} not found (an exported model carries only the final "
+                                 "checkpoints of its 2D units); predict with -chk final")
+
+
+def load_vfn(unit_dir: Path, plan: Plan, use_image: bool = True, device: str | torch.device = "cpu",
+             checkpoint: str | None = None):
+    """The trained VFN of a finished unit folder, in eval mode.
+
+    ``checkpoint`` None (the default) takes the checkpoint that validated best (every validation
+    case, iteration 0 included) when there is one, else the final one; ``final`` or ``best`` takes that one.
+    """
     path = Path(unit_dir) / FINAL_CHECKPOINT
     if not path.is_file():
         raise ModelNotFoundError(f"{path} not found")
-    if (Path(unit_dir) / BEST_CHECKPOINT).is_file():
+    if checkpoint is not None:
+        path = Path(unit_dir) / checkpoint_name(checkpoint)
+        require_checkpoint(unit_dir, path.name)
+    elif (Path(unit_dir) / BEST_CHECKPOINT).is_file():
         path = Path(unit_dir) / BEST_CHECKPOINT
     checkpoint = load_checkpoint(path)
     state = checkpoint.get("network", checkpoint)

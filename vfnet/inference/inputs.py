@@ -18,10 +18,11 @@ class InputCase:
 
     case_id: str
     sources: list[Path]
+    output: str | None = None  # the label file's name when -o names a file; default <case>.nii.gz
 
     @property
     def output_name(self) -> str:
-        return f"{self.case_id}.nii.gz"
+        return self.output or f"{self.case_id}.nii.gz"
 
 
 def _is_image_file(path: Path) -> bool:

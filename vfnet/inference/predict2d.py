@@ -72,7 +72,7 @@ def restore_network(path: Path, build: Callable[[dict | None], torch.nn.Module],
 
 @torch.no_grad()
 def predict_volume_2d(network: torch.nn.Module, image: np.ndarray, view: str, context_slices: int,
-                      device: str | torch.device = "cpu", batch_size: int = 32) -> np.ndarray:
+                      device: str | torch.device = "cpu", batch_size: int = 32, quiet: bool = True) -> np.ndarray:
     """Softmax probabilities (num_classes, z, y, x) float32 of a canonical image (C, z, y, x).
 
     Args:
@@ -82,6 +82,8 @@ def predict_volume_2d(network: torch.nn.Module, image: np.ndarray, view: str, co
         context_slices: slices per input stack, as planned.
         device: where the network is; CUDA runs in mixed precision.
         batch_size: slices per forward pass.
+        quiet: no progress bar; otherwise a bar over the slices appears when the volume takes
+            more than two seconds, and only on a terminal.
     """
     device = torch.device(device)
     image = np.asarray(image, dtype=np.float32)
@@ -90,7 +92,8 @@ def predict_volume_2d(network: torch.nn.Module, image: np.ndarray, view: str, co
     num_slices = image_view.shape[1]
     network.eval()
     out = None
-    for begin in range(0, num_slices, batch_size):
+    for begin in tqdm(range(0, num_slices, batch_size), desc=f"{view} slices", unit="batch", leave=False,
+                      delay=2, disable=True if quiet else None):
         indices = list(range(begin, min(begin + batch_size, num_slices)))
         inputs = torch.from_numpy(slice_stacks(image_view, indices, context_slices)).to(device)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
@@ -126,7 +129,7 @@ def predict_held_out(network: torch.nn.Module, dataset: PreprocessedDataset, cas
     """
     unit_dir = Path(unit_dir)
     per_case = {}
-    for case in tqdm(cases, desc=f"predicting {view}", disable=quiet, unit="case"):
+    for case in tqdm(cases, desc=f"predicting {view}", disable=True if quiet else None, unit="case"):
         image, label = dataset.load(case)
         probabilities = predict_volume_2d(network, image, view, context_slices, device, batch_size)
         save_probabilities(unit_dir / "predictions" / f"{case}.npz", probabilities)

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from vfnet.atomic import write_json
+from vfnet.errors import VfnetError
 from vfnet.inference.predict2d import per_class_dice, restore_network, save_probabilities
 from vfnet.inference.sliding_window import sliding_window_probabilities
 from vfnet.networks.unet3d import UNet3D, build_unet3d
@@ -55,14 +56,17 @@ def load_unit_network_3d(unit_dir: Path, plan: Mapping, device: str | torch.devi
                            device, hint or f"vfnet_train 3d {Path(unit_dir).name}")
 
 
-def window_stride(patch_size: Sequence[int]) -> list[int]:
-    """Sliding-window stride of the 3D U-Net: half a patch (nnU-Net's overlap)."""
-    return [max(1, int(p) // 2) for p in patch_size]
+def window_stride(patch_size: Sequence[int], step_size: float = 0.5) -> list[int]:
+    """Step between windows as nnU-Net's ``--step-size``: a fraction of the patch (0.5 = half-patch overlap)."""
+    if not 0 < step_size <= 1:
+        raise VfnetError(f"step size {step_size:g} must be in (0, 1]: a fraction of the patch between windows")
+    return [max(1, round(int(p) * step_size)) for p in patch_size]
 
 
 @torch.no_grad()
 def predict_volume_3d(network: torch.nn.Module, image: np.ndarray, patch_size: Sequence[int],
-                      device: str | torch.device = "cpu", batch_size: int = 2, tta: bool = False) -> np.ndarray:
+                      device: str | torch.device = "cpu", batch_size: int = 2, tta: bool = False,
+                      step_size: float = 0.5, quiet: bool = True) -> np.ndarray:
     """Softmax probabilities (num_classes, z, y, x) float32 of a preprocessed canonical image (C, z, y, x).
 
     Args:
@@ -72,6 +76,8 @@ def predict_volume_3d(network: torch.nn.Module, image: np.ndarray, patch_size: S
         device: where to run; CUDA runs in mixed precision.
         batch_size: windows per forward pass.
         tta: also predict the 7 mirrorings and average (8× the time).
+        step_size: step between windows as a fraction of the patch (nnU-Net's default 0.5).
+        quiet: no progress bar over the windows.
     """
     padded, back = pad_to_size(np.asarray(image, dtype=np.float32), patch_size)
     patch = [int(p) for p in patch_size]
@@ -79,8 +85,8 @@ def predict_volume_3d(network: torch.nn.Module, image: np.ndarray, patch_size: S
     total = None
     for axes in flips:
         volume = np.ascontiguousarray(np.flip(padded, axes)) if axes else padded
-        probs = sliding_window_probabilities(network, volume, patch, window_stride(patch), batch_size=batch_size,
-                                             device=device)
+        probs = sliding_window_probabilities(network, volume, patch, window_stride(patch, step_size),
+                                             batch_size=batch_size, device=device, quiet=quiet)
         probs = np.flip(probs, axes) if axes else probs
         total = probs if total is None else total + probs
     return np.ascontiguousarray((total / len(flips))[(slice(None), *back)], dtype=np.float32)
@@ -98,7 +104,7 @@ def predict_held_out_3d(network: torch.nn.Module, dataset: PreprocessedDataset, 
     """
     unit_dir = Path(unit_dir)
     per_case = {}
-    for case in tqdm(cases, desc="predicting 3d", disable=quiet, unit="case"):
+    for case in tqdm(cases, desc="predicting 3d", disable=True if quiet else None, unit="case"):
         image, label = dataset.load(case, mmap=False)
         start = time.perf_counter()
         probabilities = predict_volume_3d(network, image, patch_size, device)

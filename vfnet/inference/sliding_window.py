@@ -64,7 +64,8 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, pat
     model.eval()
     try:
         with torch.inference_mode(), autocast:
-            for first in tqdm(range(0, len(windows), batch_size), desc="windows", disable=quiet):
+            for first in tqdm(range(0, len(windows), batch_size), desc="windows", leave=False, delay=2,
+                              disable=True if quiet else None):
                 chunk = windows[first:first + batch_size]
                 batch = torch.stack([tensor[(slice(None), *w)] for w in chunk])
                 probs = _window_probabilities(model, batch)

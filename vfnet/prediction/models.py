@@ -12,14 +12,14 @@ import torch
 from vfnet import paths
 from vfnet.atomic import read_json
 from vfnet.device import resolve_device
-from vfnet.errors import ModelNotFoundError, VfnetError
+from vfnet.errors import ModelNotFoundError, PlanError, VfnetError
 from vfnet.experiment_planning.plans import Plan
 from vfnet.fusion.methods import METHODS, VfnConfig, fuse, fused_probabilities
-from vfnet.fusion.models import FINAL_CHECKPOINT, load_vfn
-from vfnet.fusion.postprocess import keep_largest_component
+from vfnet.fusion.models import FINAL_CHECKPOINT, checkpoint_name, load_vfn, require_checkpoint
+from vfnet.fusion.postprocess import apply_postprocessing
 from vfnet.fusion.stack import load_stack, stack_path
 from vfnet.inference.predict2d import load_unit_network, predict_volume_2d
-from vfnet.inference.predict3d import load_unit_network_3d, predict_volume_3d
+from vfnet.inference.predict3d import load_unit_network_3d, predict_volume_3d, window_stride
 from vfnet.views import VIEWS, permutation
 
 
@@ -69,12 +69,21 @@ class DeployedModels:
     plan: Plan
     folds: list[str]
     fusion_method: str
-    default_postprocess: bool
+    default_postprocess: bool | tuple[int, ...]  # True: every label; a tuple: the classes crossval chose
     device: torch.device
     view_networks: dict[str, list[torch.nn.Module]] = field(default_factory=dict)
     fusion_models: dict[str, list] = field(default_factory=dict)
     batch_size: int = 64
     fusion_units: list[str] | None = None  # the VFN / stack units loaded, when the fusion has models
+    step_size: float | None = None  # VFN windows' step as a fraction of the patch; None: the planned stride
+    quiet: bool = True  # no progress bars inside a case
+
+    def vfn_config(self) -> VfnConfig:
+        """The planned VFN windows, with :attr:`step_size` when set."""
+        config = VfnConfig.from_plan(self.plan, device=self.device, quiet=self.quiet)
+        if self.step_size is not None:
+            config.stride = window_stride(config.patch_size, self.step_size)
+        return config
 
     def fold_view_probabilities(self, image: np.ndarray, tta: bool = False) -> list[dict[str, np.ndarray]]:
         """Per fold unit, per view, the softmax maps (averaged over mirrorings along :func:`tta_axes` with ``tta``)."""
@@ -89,7 +98,7 @@ class DeployedModels:
                     dims = [a + 1 for a in flip]
                     flipped = np.flip(image, dims) if flip else image
                     probs = predict_volume_2d(network, np.ascontiguousarray(flipped), view, context,
-                                              self.device, self.batch_size)
+                                              self.device, self.batch_size, self.quiet)
                     probs = np.flip(probs, dims) if flip else probs
                     total = probs if total is None else total + probs
                 out[k][view] = total / len(flips)
@@ -99,13 +108,18 @@ class DeployedModels:
         """Per view, the mean over the fold ensemble (and mirrorings with ``tta``) of the softmax maps."""
         return _mean_maps(self.fold_view_probabilities(image, tta))
 
-    def segment(self, method: str, image: np.ndarray, tta: bool = False,
-                postprocess: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(labels (z, y, x) uint8, the views' mean maps) of ``image`` fused with ``method``."""
+    def segment(self, method: str, image: np.ndarray, tta: bool = False, postprocess: bool | tuple[int, ...] = False,
+                probabilities: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(labels (z, y, x) uint8, the views' mean maps) of ``image`` fused with ``method``.
+
+        ``postprocess``: True cleans every label, a tuple the classes it names. With
+        ``probabilities`` the maps also hold ``"fused"``: the fused class probabilities (K, z, y, x)
+        before post-processing (majority and STAPLE have none: the one-hot of their labels).
+        """
         per_fold = self.fold_view_probabilities(image, tta)
         mean_maps = _mean_maps(per_fold)
         models = self.fusion_models.get(method, [])
-        config = VfnConfig.from_plan(self.plan, device=self.device)
+        config = self.vfn_config()
         if method.startswith("vfn") and tta and self.plan["vfn"].get("augmentation", "none") == "paper":
             config.mirror = (0, 1, 2)  # the paper's augmentation flipped every axis
         base = "vfn" if method == "vfn-all" else method
@@ -114,12 +128,19 @@ class DeployedModels:
             for maps, model in zip(per_fold, models):
                 probs = fused_probabilities(base, maps, image, model=model, vfn_config=config)
                 fused = probs if fused is None else fused + probs
+            fused = fused / len(models)
             labels = np.argmax(fused, axis=0).astype(np.uint8)
-            if postprocess:
-                labels = keep_largest_component(labels, self.plan.num_classes)
         else:
-            labels = fuse(base, mean_maps, image, model=models[0] if models else None, vfn_config=config,
-                          postprocess=postprocess)
+            model = models[0] if models else None
+            labels = fuse(base, mean_maps, image, model=model, vfn_config=config)
+            fused = None
+            if probabilities and base in ("mean", "stack", "vfn", "vfn-noimage"):
+                fused = fused_probabilities(base, mean_maps, image, model=model, vfn_config=config)
+        if probabilities:
+            if fused is None:
+                fused = np.eye(self.plan.num_classes, dtype=np.float32)[labels].transpose(3, 0, 1, 2)
+            mean_maps = {**mean_maps, "fused": fused}
+        labels = apply_postprocessing(labels, postprocess, self.plan.num_classes)
         return labels, mean_maps
 
 
@@ -132,13 +153,18 @@ def _train_hint(dataset: str, preset: str, network: str, unit: str) -> str:
         return f"vfnet_train 2d {network[3:]} {unit} -d {dataset} --preset {preset}"
     if network == "stack":
         return f"vfnet_crossval -d {dataset} --preset {preset}"
+    if network == "3d":
+        return f"vfnet_train 3d {unit} -d {dataset} --preset {preset}"
     flag = " --no-image" if network == "vfn_noimage" else ""
     return (f"vfnet_build_fusion_set -f {unit} -d {dataset} --preset {preset} && "
             f"vfnet_train vfn {unit}{flag} -d {dataset} --preset {preset}")
 
 
-def load_fusion_models(results: Path, preset: str, method: str, plan: Plan, units: list[str], device) -> list:
+def load_fusion_models(results: Path, preset: str, method: str, plan: Plan, units: list[str], device,
+                       checkpoint: str | None = None) -> list:
     """The fusion models of ``method`` for ``units`` (one each), in their order.
+
+    ``checkpoint`` None: each VFN's best-validated checkpoint (else final); ``final`` or ``best``: that one.
 
     Raises:
         ModelNotFoundError: one is missing; the message names the command that makes it.
@@ -158,36 +184,83 @@ def load_fusion_models(results: Path, preset: str, method: str, plan: Plan, unit
         if not (unit_dir / FINAL_CHECKPOINT).is_file():
             raise ModelNotFoundError(f"no trained {network} model '{unit}' in {unit_dir}; train it with: "
                                      f"{_train_hint(name, preset, network, unit)} (or use --fusion mean)")
-        out.append(load_vfn(unit_dir, plan, method != "vfn-noimage", device))
+        out.append(load_vfn(unit_dir, plan, method != "vfn-noimage", device, checkpoint))
     return out
 
 
-def load_deployed_models(dataset: str | int | None, preset: str = "default", folds: list[str] | None = None,
-                         fusion: str | None = None, device: str = "auto") -> DeployedModels:
-    """Load what ``vfnet_predict`` needs from ``$vfnet_results/TaskXX_Name`` alone."""
+def recorded_postprocessing(best: dict, plan: Plan) -> bool | tuple[int, ...]:
+    """The post-processing crossval chose (best_method.json): the classes whose largest component to keep.
+
+    Records from before per-label decisions hold only ``postprocess`` (every label or none).
+    """
+    if "postprocess_labels" not in best:
+        return bool(best.get("postprocess", False))
+    ordered = [name for name, _ in sorted(plan["labels"].items(), key=lambda kv: kv[1])]
+    return tuple(ordered.index(name) for name in best["postprocess_labels"] if name in ordered)
+
+
+def _check_units(plan: Plan, network: str, units: list[str], results: Path, preset: str) -> None:
+    """Every unit asked for is one of the plan's; the error names the plan's units and the trained ones."""
+    known = [u["name"] for u in plan.units(network)]
+    unknown = [u for u in units if u not in known]
+    if unknown:
+        trained = paths.trained_units(results, preset, "2d_axial" if network == "2d" else network)
+        default = "holdout" if plan["split_mode"] == "holdout" else "all K folds"
+        raise PlanError(
+            f"unit(s) {', '.join(unknown)} are not in the {plan['split_mode']} plan of {results.name} (its {network} "
+            f"units: {', '.join(known)}; trained in preset {preset}: {', '.join(trained) or 'none'}); leave out "
+            f"-f to use {default}")
+
+
+def _missing_unit(results: Path, preset: str, network: str, unit: str, what: str) -> ModelNotFoundError:
+    trained = paths.trained_units(results, preset, network)
+    return ModelNotFoundError(
+        f"no trained {what} for unit {unit} in {paths.unit_dir(results, preset, network, unit)} (trained {network} "
+        f"units of preset {preset}: {', '.join(trained) or 'none'}; trained presets: "
+        f"{', '.join(paths.trained_presets(results)) or 'none'}); train it with: "
+        f"{_train_hint(results.name, preset, network, unit)}")
+
+
+def load_deployed_models(dataset: str | int | None, preset: str | None = None, folds: list[str] | None = None,
+                         fusion: str | None = None, device: str = "auto", checkpoint: str | None = None
+                         ) -> DeployedModels:
+    """Load what ``vfnet_predict`` needs from ``$vfnet_results/TaskXX_Name`` alone.
+
+    Args:
+        dataset: id or name of a trained dataset (None: the only one).
+        preset: the training preset whose models to use (None: the only trained one).
+        folds: 2D units to ensemble (default: every fold unit, or holdout).
+        fusion: fusion method (default: the one crossval recorded).
+        device: auto, cpu or cuda.
+        checkpoint: ``final`` or ``best`` (the one that validated best) for every network; None: the
+            views' final checkpoints and each VFN's best, the models cross-validation scored.
+    """
     results = paths.results_dataset(dataset)
-    name = results.name
+    preset = paths.resolve_preset(results, preset)
     plan = Plan.load(results)
     torch_device = resolve_device(device)
     units, fusion_units = deployment_units(plan, folds)
+    _check_units(plan, "2d", units, results, preset)
+    checkpoint_file = checkpoint_name(checkpoint or "final")
     best_path = results / preset / "crossval" / "best_method.json"
     best = read_json(best_path) if best_path.is_file() else {"method": "vfn", "postprocess": False}
     method = fusion or best["method"]
     if method not in PREDICT_METHODS:
         raise VfnetError(f"fusion '{method}' unknown; expected one of {', '.join(PREDICT_METHODS)}")
-    models = DeployedModels(plan, units, method, bool(best.get("postprocess", False)) if not fusion else False,
+    models = DeployedModels(plan, units, method, recorded_postprocessing(best, plan) if not fusion else False,
                             torch_device)
     for view in VIEWS:
         models.view_networks[view] = []
         for unit in units:
             unit_dir = paths.unit_dir(results, preset, f"2d_{view}", unit)
             if not (unit_dir / FINAL_CHECKPOINT).is_file():
-                raise ModelNotFoundError(f"no trained {view} model for unit {unit} in {unit_dir}; train it with: "
-                                         f"{_train_hint(name, preset, f'2d_{view}', unit)}")
-            models.view_networks[view].append(load_unit_network(unit_dir, plan, view, torch_device))
+                raise _missing_unit(results, preset, f"2d_{view}", unit, f"{view} model")
+            require_checkpoint(unit_dir, checkpoint_file)
+            models.view_networks[view].append(load_unit_network(unit_dir, plan, view, torch_device, checkpoint_file))
     if method in ("stack", "vfn", "vfn-noimage", "vfn-all"):
         fusion_units = ["all"] if method == "vfn-all" else fusion_units
-        models.fusion_models[method] = load_fusion_models(results, preset, method, plan, fusion_units, torch_device)
+        models.fusion_models[method] = load_fusion_models(results, preset, method, plan, fusion_units, torch_device,
+                                                          checkpoint)
         models.fusion_units = fusion_units
     return models
 
@@ -202,43 +275,51 @@ class UNet3DModels:
     networks: list[torch.nn.Module] = field(default_factory=list)
     batch_size: int = 2
 
+    step_size: float = 0.5
+    quiet: bool = True
+
     def probabilities(self, image: np.ndarray, tta: bool = False) -> np.ndarray:
         """Mean softmax (num_classes, z, y, x) of the fold networks (and mirrorings with ``tta``)."""
         patch = self.plan["unet3d"]["patch_size"]
         total = None
         for network in self.networks:
-            probs = predict_volume_3d(network, image, patch, self.device, self.batch_size, tta=tta)
+            probs = predict_volume_3d(network, image, patch, self.device, self.batch_size, tta=tta,
+                                      step_size=self.step_size, quiet=self.quiet)
             total = probs if total is None else total + probs
         return total / len(self.networks)
 
-    def segment(self, probabilities: np.ndarray, postprocess: bool = False) -> np.ndarray:
+    def segment(self, probabilities: np.ndarray, postprocess: bool | tuple[int, ...] = False) -> np.ndarray:
         """Class labels (z, y, x) uint8: the argmax, optionally with only the largest component per label."""
         labels = np.argmax(probabilities, axis=0).astype(np.uint8)
-        return keep_largest_component(labels, self.plan.num_classes) if postprocess else labels
+        return apply_postprocessing(labels, postprocess, self.plan.num_classes)
 
 
-def load_3d_models(dataset: str | int | None, preset: str = "default", folds: list[str] | None = None,
-                   device: str = "auto") -> UNet3DModels:
+def load_3d_models(dataset: str | int | None, preset: str | None = None, folds: list[str] | None = None,
+                   device: str = "auto", checkpoint: str | None = None) -> UNet3DModels:
     """Load the 3D U-Net fold ensemble that ``vfnet_predict --model 3d`` needs from ``$vfnet_results`` alone.
 
     Args:
         dataset: id or name of a trained dataset (None: the only one).
-        preset: the training preset whose models to use.
+        preset: the training preset whose models to use (None: the only one with trained 3D units).
         folds: 3D units to ensemble (default: the K fold units in CCA mode, ``holdout`` in holdout
             mode; ``["all"]``: the unit trained on every case).
         device: auto, cpu or cuda.
+        checkpoint: ``final`` (None) or ``best``.
     """
     results = paths.results_dataset(dataset)
+    preset = paths.resolve_preset(results, preset, "3d")
     name = results.name
     plan = Plan.load(results)
     torch_device = resolve_device(device)
     units = folds or (["holdout"] if plan["split_mode"] == "holdout" else list(plan["fold_names"]))
     models = UNet3DModels(plan, [str(u) for u in units], torch_device)
     for unit in models.folds:
-        plan.unit("3d", unit)  # an unknown unit lists the plan's 3D units
+        _check_units(plan, "3d", [unit], results, preset)
         unit_dir = paths.unit_dir(results, preset, "3d", unit)
         hint = f"vfnet_train 3d {unit} -d {name} --preset {preset}"
         if not (unit_dir / FINAL_CHECKPOINT).is_file():
-            raise ModelNotFoundError(f"no trained 3D U-Net for unit {unit} in {unit_dir}; train it with: {hint}")
-        models.networks.append(load_unit_network_3d(unit_dir, plan, torch_device, hint=hint))
+            raise _missing_unit(results, preset, "3d", unit, "3D U-Net")
+        require_checkpoint(unit_dir, checkpoint_name(checkpoint or "final"))
+        models.networks.append(load_unit_network_3d(unit_dir, plan, torch_device,
+                                                    checkpoint_name(checkpoint or "final"), hint=hint))
     return models

@@ -30,7 +30,7 @@ class VfnetPredictor:
 
     Args:
         dataset: id or name of a trained (or installed) dataset; None: the only one.
-        preset: the training preset whose models to use.
+        preset: the training preset whose models to use (None: the dataset's only trained one).
         folds: fold units to ensemble (default: all K folds, or holdout).
         fusion: fusion method (default: the one crossval recorded); ignored with ``model="3d"``.
         postprocess: keep the largest component per label (default: as crossval recorded).
@@ -39,7 +39,7 @@ class VfnetPredictor:
         model: ``vfnet`` (views + fusion) or ``3d`` (the 3D U-Net baseline).
     """
 
-    def __init__(self, dataset: str | int | None = None, preset: str = "default", folds: list[str] | None = None,
+    def __init__(self, dataset: str | int | None = None, preset: str | None = None, folds: list[str] | None = None,
                  fusion: str | None = None, postprocess: bool | None = None, tta: bool = False, device: str = "auto",
                  model: str = "vfnet"):
         self.dataset, self.preset, self.folds, self.tta, self.device, self.model = (

@@ -149,12 +149,12 @@ def preprocess_dataset(cases: list[CaseFiles], plan: dict, plan_hash: str, folde
     remove_stale_temporaries(Path(folder) / ARRAYS_DIR)  # left by a killed run
     todo = [c for c in cases if not case_is_current(folder, c.case_id, plan_hash, source_stamps(c))]
     jobs = [(case, plan, plan_hash, folder) for case in todo]
-    bar = {"total": len(jobs), "desc": "preprocessing", "unit": "case", "disable": quiet or not jobs}
+    bar = {"total": len(jobs), "desc": "preprocessing", "unit": "case", "disable": True if quiet or not jobs else None}
     if num_processes <= 1 or len(jobs) < 4:
         for job in tqdm(jobs, **bar):
             preprocess_case(*job)
     else:
-        with get_context("fork").Pool(num_processes) as pool:
+        with get_context().Pool(num_processes) as pool:
             for _ in tqdm(pool.imap_unordered(_preprocess_args, jobs, chunksize=4), **bar):
                 pass
     return len(todo), len(cases) - len(todo)

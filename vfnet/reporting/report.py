@@ -302,7 +302,7 @@ def make_report(dataset: str | int | None, preset: str = "default", cases: Seque
         if not chosen:
             notes.append("No held-out probability maps yet, so no case can be drawn; train the 2D fold units "
                          f"first (vfnet_train_all -d {results.name} --preset {preset}).")
-        for case, why in tqdm(chosen, desc="report cases", unit="case", disable=quiet):
+        for case, why in tqdm(chosen, desc="report cases", unit="case", disable=True if quiet else None):
             rows.append(drawer.row(case, why))
         present = {name for row in rows for name in row.predictions}
         panels = [p for p in (*VIEWS, "majority", "vfn", "vfn-noimage") if p in present]

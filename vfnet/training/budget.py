@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from vfnet.errors import PlanError
 from vfnet.experiment_planning.plans import Plan, budget_minutes
 from vfnet.training.calibration import BATCH, calibrate
 from vfnet.views import VIEWS
+
+logger = logging.getLogger(__name__)
 
 BUDGET_VERSION = 1
 SHARE_2D = 0.8  # of the time left for training steps; the VFN units share the rest
@@ -304,7 +307,7 @@ def load_or_plan_budget(preprocessed: Path, results: Path, preset: str, device: 
     plan = Plan.load(preprocessed)
     splits = read_json(Path(preprocessed) / "splits.json")
     if not quiet:
-        print(f"Calibrating {preset} ({minutes:g} min) on {device}...", flush=True)
+        logger.info("Calibrating %s (%g min) on %s...", preset, minutes, device)
     units_2d = len(plan.units("2d")) * len(VIEWS)
     calibration = calibrate(plan, device, minutes * 60 * SHARE_2D / units_2d / TARGET_ITERATIONS_2D, quiet=quiet)
     budget = Budget(path, plan_budget(plan, splits, minutes, calibration, allocation or DEFAULT_ALLOCATION))

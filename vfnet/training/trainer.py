@@ -338,7 +338,7 @@ class Trainer:
         interval_start, step_seconds, wait_seconds = time.perf_counter(), 0.0, 0.0
         if self.iteration == 0 and self.config.validate_at_start and not self.history:
             interval_start = self._end_interval(losses, interval_start, 0.0, 0.0)
-        bar = tqdm(total=total, initial=self.iteration, disable=self.quiet, desc="training", unit="it",
+        bar = tqdm(total=total, initial=self.iteration, disable=True if self.quiet else None, desc="training", unit="it",
                    dynamic_ncols=True)
         try:
             while self.iteration < end:
