@@ -76,6 +76,23 @@ def test_every_unit_finished_and_recorded(trained):
     assert leaks == [] and checks >= 5
 
 
+def test_another_vfn_seed_trains_beside_the_unit_with_other_weights(trained):
+    import torch
+
+    from vfnet.checkpoint import load_checkpoint
+
+    root, raw = trained
+    results = paths.results_root() / raw.name
+    out = train_vfn_unit(None, "holdout", PRESET, device="cpu", quiet=True, schedule_overrides=TINY_VFN, seed=7)
+    assert out == paths.unit_dir(results, PRESET, "vfn_seed7", "holdout")
+    unit = paths.unit_dir(results, PRESET, "vfn", "holdout")
+    assert read_json(out / "unit.json")["val_cases"] == read_json(unit / "unit.json")["val_cases"]
+    first = load_checkpoint(unit / "checkpoint_final.pth")["network"]
+    other = load_checkpoint(out / "checkpoint_final.pth")["network"]
+    assert first.keys() == other.keys()
+    assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
+
+
 def test_crossval_table_has_every_method_and_records_the_best(trained):
     root, raw = trained
     result = CliRunner().invoke(crossval_entry, ["--preset", PRESET, "-q"])
