@@ -70,3 +70,21 @@ def _keep_locale():
     saved = locale.setlocale(locale.LC_ALL)
     yield
     locale.setlocale(locale.LC_ALL, saved)
+
+
+def demo_workspace(tmp_path_factory, name: str):
+    """(root, raw dataset folder, MonkeyPatch) of a demo dataset planned in holdout mode in its own folders.
+
+    For module-scoped fixtures (the ``monkeypatch`` fixture is function-scoped); call ``undo()`` after.
+    """
+    from vfnet.demo_data import make_demo_dataset
+    from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess
+
+    root = tmp_path_factory.mktemp(name)
+    monkey = pytest.MonkeyPatch()
+    for var in paths.ENV_VARS:
+        (root / var).mkdir()
+        monkey.setenv(var, str(root / var))
+    raw = make_demo_dataset(root / "vfnet_raw", num_train=9, num_test=2, shape=(16, 24, 20))
+    plan_and_preprocess(None, num_processes=1, split_mode="holdout", quiet=True)
+    return root, raw, monkey

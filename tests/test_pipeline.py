@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
+from conftest import demo_workspace
 
 from vfnet import paths
 from vfnet.atomic import read_json
@@ -21,7 +22,6 @@ from vfnet.deployment import export_model, install_model
 from vfnet.fusion.leakage import find_leaks
 from vfnet.imageio import read_image
 from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
-from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess
 from vfnet.views import VIEWS
 from vfnet_cli.evaluate import evaluate_entry
 from vfnet_cli.fusion import crossval_entry
@@ -43,15 +43,7 @@ def _digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A demo dataset trained end to end in holdout mode (module-scoped: it takes a few seconds)."""
-    from vfnet.demo_data import make_demo_dataset
-
-    root = tmp_path_factory.mktemp("pipeline")
-    monkey = pytest.MonkeyPatch()
-    for var in paths.ENV_VARS:
-        (root / var).mkdir()
-        monkey.setenv(var, str(root / var))
-    raw = make_demo_dataset(root / "vfnet_raw", num_train=9, num_test=2, shape=(16, 24, 20))
-    plan_and_preprocess(None, num_processes=1, split_mode="holdout", quiet=True)
+    root, raw, monkey = demo_workspace(tmp_path_factory, "pipeline")
     for view in VIEWS:
         train_2d_unit(None, view, "holdout", PRESET, device="cpu", quiet=True, schedule_overrides=TINY_2D,
                       features=[8, 16, 32])
@@ -81,7 +73,7 @@ def test_another_vfn_seed_trains_beside_the_unit_with_other_weights(trained):
 
     from vfnet.checkpoint import load_checkpoint
 
-    root, raw = trained
+    _, raw = trained
     results = paths.results_root() / raw.name
     out = train_vfn_unit(None, "holdout", PRESET, device="cpu", quiet=True, schedule_overrides=TINY_VFN, seed=7)
     assert out == paths.unit_dir(results, PRESET, "vfn_seed7", "holdout")

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
+from conftest import demo_workspace
 
 from vfnet import paths
 from vfnet.atomic import read_json
 from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
-from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess
 from vfnet.views import VIEWS
 from vfnet_cli.deployment import export_model_entry, install_model_entry
 from vfnet_cli.ensemble import apply_postprocessing_entry, ensemble_entry
@@ -49,15 +49,7 @@ def one_sentence(command, *args: str, code: int = 2) -> str:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """The demo dataset planned in holdout mode; nothing trained yet (the first test trains it)."""
-    from vfnet.demo_data import make_demo_dataset
-
-    root = tmp_path_factory.mktemp("walkthrough")
-    monkey = pytest.MonkeyPatch()
-    for var in paths.ENV_VARS:
-        (root / var).mkdir()
-        monkey.setenv(var, str(root / var))
-    raw = make_demo_dataset(root / "vfnet_raw", num_train=9, num_test=2, shape=(16, 24, 20))
-    plan_and_preprocess(None, num_processes=1, split_mode="holdout", quiet=True)
+    root, raw, monkey = demo_workspace(tmp_path_factory, "walkthrough")
     yield root, raw
     monkey.undo()
 
