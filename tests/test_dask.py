@@ -45,7 +45,7 @@ def _intervals(events: list[dict]) -> dict[str, tuple[float, float]]:
 
 
 def test_cca_graph_needs_the_right_2d_units_and_prints_stage_by_stage(demo_preprocessed, tmp_path):
-    name, nodes = training_graph(None, "default")
+    _, nodes = training_graph(None, "default")
     by_key = {n.key: n for n in nodes}
     # fold 0's fusion set reads the CCA units that left out fold 0 and another fold, in every view
     assert set(by_key["fusion/0"].deps) == {f"2d_{v}/cca_0_{j}" for v in ("axial", "coronal", "sagittal")
@@ -59,7 +59,7 @@ def test_cca_graph_needs_the_right_2d_units_and_prints_stage_by_stage(demo_prepr
     assert [sorted({n.stage for n in g}) for g in grouped] == [["2d", "3d"], ["fusion"], ["vfn"], ["crossval"]]
     script = tmp_path / "train.sh"
     script.write_text(slurm_script(nodes))
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
     text = script.read_text()
     assert text.count("sbatch --parsable") == 4 and "--dependency=afterok:$previous" in text
     assert '"vfnet_train vfn 0 -d Task099_DemoOrgans --preset default"' in text
@@ -83,9 +83,8 @@ def test_slurm_script_runs_each_stage_after_the_one_before(demo_preprocessed, tm
     assert "--dependency" not in calls[0] and "--array=0-37" in calls[0]  # 33 2D units and 5 3D units
     for number in (2, 3, 4):
         assert f"--dependency=afterok:{1000 + number - 1}" in calls[number - 1]
-    run = subprocess.run(["bash", str(script), "run", "3"], env={**env, "SLURM_ARRAY_TASK_ID": "0", "PATH": str(fake)
-                                                                  + ":/usr/bin:/bin"},
-                         capture_output=True, text=True)
+    task_env = {**env, "SLURM_ARRAY_TASK_ID": "0", "PATH": f"{fake}:/usr/bin:/bin"}
+    run = subprocess.run(["bash", str(script), "run", "3"], env=task_env, capture_output=True, text=True, check=False)
     assert run.returncode == 127 and "vfnet_train" in run.stderr  # stage 3, task 0: the first VFN unit's command
 
 
