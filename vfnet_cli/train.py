@@ -27,7 +27,7 @@ def _train_2d(arguments: tuple[str, ...], **options):
     view, unit = arguments
     return train_2d_unit(options["dataset"], view, unit, preset=options["preset"], device=options["device"],
                          num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"],
-                         overwrite=options["overwrite"])
+                         overwrite=options["overwrite"], distributed=options["distributed"])
 
 
 def _train_vfn(arguments: tuple[str, ...], **options):
@@ -36,7 +36,7 @@ def _train_vfn(arguments: tuple[str, ...], **options):
     return train_vfn_unit(options["dataset"], arguments[0], preset=options["preset"],
                           use_image=not options["no_image"], device=options["device"],
                           num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"],
-                          overwrite=options["overwrite"])
+                          overwrite=options["overwrite"], distributed=options["distributed"])
 
 
 def _train_3d(arguments: tuple[str, ...], **options):
@@ -44,7 +44,7 @@ def _train_3d(arguments: tuple[str, ...], **options):
         raise click.UsageError("3d takes UNIT, e.g. vfnet_train 3d 0 (a fold, holdout, or all)")
     return train_3d_unit(options["dataset"], arguments[0], preset=options["preset"], device=options["device"],
                          num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"],
-                         overwrite=options["overwrite"])
+                         overwrite=options["overwrite"], distributed=options["distributed"])
 
 
 # One entry per network kind: its positional arguments (for messages) and the function that trains it.
@@ -65,8 +65,12 @@ NETWORKS = {"2d": ("VIEW UNIT", _train_2d), "vfn": ("UNIT", _train_vfn), "3d": (
               help="Train a finished unit again; the trained unit stays until the new run is complete.")
 @click.option("--no-image", is_flag=True,
               help="vfn only: the paper's ablation without the image channel (results in vfn_noimage/).")
+@click.option("--ddp", is_flag=True,
+              help="Train the unit on every process of a torchrun job (DistributedDataParallel: NCCL on GPUs, "
+                   "gloo on CPU); each step splits the global batch between the processes; rank 0 writes.")
 @quiet_option
-def train_entry(network, arguments, dataset, preset, budget, device, num_threads, resume, overwrite, no_image, quiet):
+def train_entry(network, arguments, dataset, preset, budget, device, num_threads, resume, overwrite, no_image, ddp,
+                quiet):
     """Train one unit of a network and predict the folds it leaves out.
 
     \b
@@ -86,6 +90,11 @@ def train_entry(network, arguments, dataset, preset, budget, device, num_threads
                                (trains on the other folds, predicts k), holdout, or all.
     Example: vfnet_train 3d 0 -d 4 --preset quick
 
+    \b
+    torchrun --standalone --nproc-per-node 2 $(which vfnet_train) 2d axial 0 -d 4 --ddp
+                               one unit on 2 GPUs (or 2 CPU processes); the batch size must
+                               be a multiple of the number of processes.
+
     Budgeted presets (quick = 60 minutes, --budget N) take the unit's schedule from the budget of
     the whole plan (<preset>/budget.json, calibrated on this device the first time), exactly as
     vfnet_train_all plans it; --continue keeps the schedule the unit started with.
@@ -97,10 +106,20 @@ def train_entry(network, arguments, dataset, preset, budget, device, num_threads
     if no_image and network != "vfn":
         raise click.UsageError("--no-image applies to vfn only")
     preset = resolve_preset(preset, budget)
-    out = NETWORKS[network][1](arguments, dataset=dataset, preset=preset, device=device,
-                               num_threads=num_threads, resume=resume, overwrite=overwrite, no_image=no_image,
-                               quiet=quiet)
-    click.echo(f"Done: {out}")
+    distributed = None
+    if ddp:
+        from vfnet.training.ddp import init_distributed
+
+        distributed = init_distributed(device)
+    try:
+        out = NETWORKS[network][1](arguments, dataset=dataset, preset=preset, device=device,
+                                   num_threads=num_threads, resume=resume, overwrite=overwrite, no_image=no_image,
+                                   quiet=quiet, distributed=distributed)
+    finally:
+        if distributed is not None:
+            distributed.close()
+    if distributed is None or distributed.is_main:
+        click.echo(f"Done: {out}")
 
 
 @command

@@ -20,6 +20,7 @@ from vfnet.networks.unet2d import build_unet2d
 from vfnet.plans import Plan
 from vfnet.resolution import normalise_factor
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
+from vfnet.training.ddp import DistributedContext
 from vfnet.training.losses import DiceCELoss
 from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
 from vfnet.training.units import (
@@ -43,7 +44,8 @@ def _check_view(view: str) -> str:
 
 def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "default", device: str = "auto",
                   num_threads: int | None = None, resume: bool = False, quiet: bool = False, overwrite: bool = False,
-                  schedule_overrides: dict | None = None, features: Sequence[int] | None = None) -> Path:
+                  schedule_overrides: dict | None = None, features: Sequence[int] | None = None,
+                  distributed: DistributedContext | None = None) -> Path:
     """Train the 2D U-Net of ``view`` on ``unit`` and predict the unit's held-out folds.
 
     Args:
@@ -57,6 +59,7 @@ def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str =
         quiet: no progress bars or console messages.
         schedule_overrides: replace keys of the preset's schedule (tests, benchmarks).
         features: replace the planned widths (tests, benchmarks).
+        distributed: train with DDP (``vfnet_train --ddp`` under torchrun); only rank 0 predicts and writes.
 
     Returns:
         The unit's results folder.
@@ -82,7 +85,9 @@ def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str =
             clear_previous_run(out)
         _train(plan, data, view, train_cases, val_cases, schedule, out, torch_device, num_threads, resume, quiet,
                features, {"network": network_name, "unit": str(unit), "preset": preset,
-                          "dataset": preprocessed.name})
+                          "dataset": preprocessed.name}, distributed)
+    if distributed is not None and not distributed.is_main:
+        return out
 
     network = load_unit_network(out, plan, view, torch_device)
     class_names = [name for name, _ in sorted(plan["labels"].items(), key=lambda kv: kv[1])]
@@ -95,7 +100,7 @@ def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str =
 
 def _train(plan: Plan, data: PreprocessedDataset, view: str, train_cases: list[str], val_cases: list[str],
            schedule: dict, out: Path, device: torch.device, num_threads: int | None, resume: bool, quiet: bool,
-           features: Sequence[int] | None, metadata: dict) -> None:
+           features: Sequence[int] | None, metadata: dict, distributed: DistributedContext | None = None) -> None:
     spec = plan["views"][view]
     # a budgeted schedule may train at a coarser resolution with its own patch and widths
     patch = schedule.get("patch_size", spec["patch_size"])
@@ -113,7 +118,7 @@ def _train(plan: Plan, data: PreprocessedDataset, view: str, train_cases: list[s
                                seed=SEED + start, mirror_axes=spec.get("mirror_axes", ()))
     config = TrainingConfig.from_schedule(schedule, seed=SEED)
     trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, out, device=device,
-                      num_threads=num_threads, quiet=quiet,
+                      num_threads=num_threads, quiet=quiet, distributed=distributed,
                       metadata={**metadata, "view": view, "network_config": network.config(),
                                 "input_downsample": list(normalise_factor(downsample)),
                                 "train_cases": train_cases, "val_cases": val_cases})

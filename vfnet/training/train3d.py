@@ -24,6 +24,7 @@ from vfnet.networks.vfn import count_parameters
 from vfnet.plans import Plan
 from vfnet.training.data2d import close_loader
 from vfnet.training.data3d import fixed_batches_3d, load_volumes, make_train_loader_3d
+from vfnet.training.ddp import DistributedContext
 from vfnet.training.losses import DiceCELoss
 from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
 from vfnet.training.units import SEED, clear_previous_run, held_out_split, prepare_unit, unit_finished
@@ -40,7 +41,7 @@ def train_hint(dataset: str, unit: str, preset: str) -> str:
 def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", device: str = "auto",
                   num_threads: int | None = None, resume: bool = False, quiet: bool = False, overwrite: bool = False,
                   schedule_overrides: dict | None = None, features: Sequence[int] | None = None,
-                  stop_at: int | None = None) -> Path:
+                  stop_at: int | None = None, distributed: DistributedContext | None = None) -> Path:
     """Train the 3D U-Net on ``unit`` and predict the unit's held-out folds.
 
     Args:
@@ -55,6 +56,7 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
         features: replace the planned widths (tests, benchmarks).
         stop_at: stop after this many iterations with a latest checkpoint and no prediction
             (to check that a long schedule starts; continue later with ``resume``).
+        distributed: train with DDP (``vfnet_train --ddp`` under torchrun); only rank 0 predicts and writes.
 
     Returns:
         The unit's results folder.
@@ -76,8 +78,8 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
         if not resume:
             clear_previous_run(out)
         trainer = _train(plan, data, train_cases, val_cases, schedule, out, torch_device, num_threads, resume,
-                         quiet, features, metadata, stop_at)
-        if trainer.iteration < trainer.config.iterations:
+                         quiet, features, metadata, stop_at, distributed)
+        if trainer.iteration < trainer.config.iterations or not trainer.is_main:
             return out  # stopped early on purpose: no final checkpoint, nothing to predict yet
 
     network = load_unit_network_3d(out, plan, torch_device, hint=train_hint(preprocessed.name, unit, preset))
@@ -93,7 +95,8 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
 
 def _train(plan: Plan, data: PreprocessedDataset, train_cases: list[str], val_cases: list[str], schedule: dict,
            out: Path, device: torch.device, num_threads: int | None, resume: bool, quiet: bool,
-           features: Sequence[int] | None, metadata: dict, stop_at: int | None) -> Trainer:
+           features: Sequence[int] | None, metadata: dict, stop_at: int | None,
+           distributed: DistributedContext | None = None) -> Trainer:
     patch, batch_size = plan["unet3d"]["patch_size"], int(schedule["batch_size"])
     seed_everything(SEED)
     if features is None:
@@ -109,7 +112,7 @@ def _train(plan: Plan, data: PreprocessedDataset, train_cases: list[str], val_ca
     config = TrainingConfig.from_schedule(schedule, seed=SEED)
     parameters = count_parameters(network)
     trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, out, device=device,
-                      num_threads=num_threads, quiet=quiet,
+                      num_threads=num_threads, quiet=quiet, distributed=distributed,
                       metadata={**metadata, "network_config": unet3d_config(network), "parameters": parameters,
                                 "train_cases": train_cases, "val_cases": val_cases})
     if not resume or saved_iteration(out) == 0:

@@ -22,6 +22,7 @@ from vfnet.errors import PlanError
 from vfnet.fusion.fusion_set import build_fusion_set, fusion_set_dir, load_manifest
 from vfnet.networks.vfn import build_vfn, count_parameters
 from vfnet.training.data_vfn import AUGMENTATIONS, VfnPatchSampler, load_fusion_samples, tile_batches
+from vfnet.training.ddp import DistributedContext
 from vfnet.training.losses import DiceCELoss, SoftDiceLoss
 from vfnet.training.trainer import (
     StepLR,
@@ -47,12 +48,13 @@ def sgd_momentum(params, lr: float):
 def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", use_image: bool = True,
                    device: str = "auto", num_threads: int | None = None, resume: bool = False,
                    quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, distributed: DistributedContext | None = None) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set.
 
     The fusion set is built first when it does not exist yet. ``stop_at`` stops after that
     many iterations with a latest checkpoint and no summary (to check that a long schedule
-    starts; continue later with ``resume``).
+    starts; continue later with ``resume``). ``distributed`` trains with DDP (``vfnet_train --ddp`` under
+    torchrun); only rank 0 writes.
 
     Returns:
         The unit's results folder (``<results>/<preset>/vfn/<unit>`` or ``vfn_noimage``).
@@ -104,7 +106,7 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
     # the whole ROI on Hippocampus after a short schedule; cross-entropy anchors the background.
     loss = SoftDiceLoss() if plan.num_classes == 2 else DiceCELoss()
     trainer = Trainer(model, loss, train_batches, val_batches, config, out, device=torch_device,
-                      num_threads=num_threads, quiet=quiet,
+                      num_threads=num_threads, quiet=quiet, distributed=distributed,
                       metadata={"network": network_name, "unit": str(unit), "preset": preset,
                                 "use_image": use_image, "parameters": parameters,
                                 "train_cases": train_cases, "val_cases": val_cases})
@@ -116,8 +118,8 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
         trainer.resume()
     start = time.perf_counter()
     trainer.fit(stop_at=stop_at)
-    if trainer.iteration < iterations:
-        return out  # stopped early on purpose: not finished, so no summary
+    if trainer.iteration < iterations or not trainer.is_main:
+        return out  # stopped early on purpose (not finished, so no summary), or a DDP rank that writes nothing
     write_json(out / "summary.json", {
         "network": network_name, "unit": str(unit), "preset": preset, "parameters": parameters,
         "iterations": iterations, "best_val_pseudo_dice": trainer.best_dice,
