@@ -162,3 +162,15 @@ def test_a_failed_unit_and_a_killed_worker_stop_only_their_dependents(holdout):
     results = paths.results_root() / name / preset
     assert not (results / "vfn").exists()
     shutil.rmtree(results)
+
+
+def test_select_part_follows_nnunet():
+    from vfnet.errors import VfnetError
+    from vfnet.pipeline.distributed_predict import select_part
+
+    cases = [f"case_{i}" for i in range(7)]
+    assert select_part(cases, 0, 3) == ["case_0", "case_3", "case_6"]
+    assert select_part(cases, 2, 3) == ["case_2", "case_5"]
+    assert sorted(c for p in range(3) for c in select_part(cases, p, 3)) == cases
+    with pytest.raises(VfnetError, match="part id must be 0 .. 2"):
+        select_part(cases, 3, 3)

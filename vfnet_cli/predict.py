@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import click
 
 from vfnet.inference.models import PREDICT_METHODS
 from vfnet.inference.predict import MODELS, predict
+from vfnet.pipeline.distributed_predict import predict_at_scale
 from vfnet_cli.common import command, dataset_option, preset_option, quiet_option
 
 
@@ -41,9 +43,17 @@ from vfnet_cli.common import command, dataset_option, preset_option, quiet_optio
               help="Also save each view's probabilities (<case>.npz, preprocessed grid).")
 @click.option("--overwrite", is_flag=True, help="Predict cases whose output exists (default: skip them).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Spread the cases over this many local Dask worker processes (models loaded once per worker).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Spread the cases over the workers of an existing Dask cluster (tcp://host:8786).")
+@click.option("--part-id", type=int, default=0, show_default=True,
+              help="This command's part of the sorted cases (case i goes to part i %% num-parts), as nnU-Net.")
+@click.option("--num-parts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Number of parts the cases are split into by hand (one command or cluster job per part).")
 @quiet_option
 def predict_entry(source, target, dataset, preset, model, folds, fusion, postprocess, tta, save_probabilities,
-                  overwrite, device, quiet):
+                  overwrite, device, quiet, **scale):
     """Segment new images with a trained dataset's models.
 
     Each case is reoriented and preprocessed as planned, segmented along the axial, coronal
@@ -54,8 +64,15 @@ def predict_entry(source, target, dataset, preset, model, folds, fusion, postpro
 
     With --model 3d the planned 3D U-Net baseline (fold ensemble of vfnet_train 3d) segments
     each case instead of the views and the fusion.
+
+    \b
+    At scale: --workers N spreads the cases over N processes (or --scheduler, an existing Dask
+    cluster); --part-id I --num-parts N predicts only part I of N, for jobs sharded by hand.
     """
-    report = predict(source, target, dataset, preset, list(folds) or None, fusion, postprocess, tta,
+    run = predict
+    if scale["workers"] > 1 or scale["scheduler"] or scale["num_parts"] > 1:
+        run = functools.partial(predict_at_scale, **scale)
+    report = run(source, target, dataset, preset, list(folds) or None, fusion, postprocess, tta,
                      save_probabilities, overwrite, device, quiet, model)
     if report.written:
         mean = sum(report.seconds.values()) / len(report.seconds)

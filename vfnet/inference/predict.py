@@ -123,12 +123,14 @@ def predict_case(case: InputCase, models: DeployedModels | UNet3DModels, fusion:
 def predict(source: Path, target: Path, dataset: str | int | None = None, preset: str = "default",
             folds: list[str] | None = None, fusion: str | None = None, postprocess: bool | None = None,
             tta: bool = False, save_probabilities: bool = False, overwrite: bool = False,
-            device: str = "auto", quiet: bool = False, model: str = "vfnet") -> PredictionReport:
+            device: str = "auto", quiet: bool = False, model: str = "vfnet", *,
+            case_ids: list[str] | None = None) -> PredictionReport:
     """Predict every case of ``source`` (a file, a folder of files, or DICOM series folders) into ``target``.
 
     ``model="vfnet"`` runs the views and the fusion; ``model="3d"`` the 3D U-Net baseline's fold
     ensemble (``folds`` then names 3D units; ``fusion`` does not apply; no post-processing
-    unless asked for).
+    unless asked for). ``case_ids`` predicts only those cases of ``source`` (a shard of a larger job,
+    :mod:`vfnet.pipeline.distributed_predict`).
 
     Raises:
         VfnetError: before any case runs (bad folders, missing models). Per-case problems are
@@ -137,6 +139,8 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
     source, target = Path(source), Path(target)
     _check_folders(source, target)
     cases = discover_cases(source)
+    if case_ids is not None:
+        cases = [case for case in cases if case.case_id in set(case_ids)]
     if model not in MODELS:
         raise VfnetError(f"model '{model}' unknown; expected one of {', '.join(MODELS)}")
     if model == "3d":
