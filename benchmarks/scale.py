@@ -10,8 +10,8 @@ Prediction: ``vfnet_predict`` of 60 Hippocampus images with the first run's mode
 vs ``--workers 2``.
 
 Writes results/scale.md and scale.json (``train_speedup``, ``predict_speedup``). ``--smoke`` runs the
-same steps on a tiny synthetic dataset with a small budget, into a temporary folder, to prove the
-script works; its numbers are not results and are never written to benchmarks/results.
+same steps on a tiny synthetic dataset with a frozen budget of a few iterations per unit, into a
+temporary folder, to prove the script works; its numbers are not results and are never written to benchmarks/results.
 
 Usage: python benchmarks/scale.py [--data ../shared/data/Task04_Hippocampus] [--cases 60]
        python benchmarks/scale.py --smoke
@@ -73,6 +73,27 @@ def prepare(args: argparse.Namespace, work: Path, bin_dir: Path) -> tuple[str, P
     return name, work / "raw" / name / "imagesTr"
 
 
+SMOKE_ITERATIONS = 20
+
+
+def freeze_smoke_budget(work: Path, name: str, preset: str) -> None:
+    """--smoke only: a budget.json calibrated here, every unit cut to a few iterations and marked measured,
+    so neither run calibrates nor re-plans (a budget small enough for a smoke run would be refused)."""
+    import torch
+
+    from vfnet.atomic import read_json, write_json
+    from vfnet.plans import Plan
+    from vfnet.training.budget import budget_path, calibrate, plan_budget
+
+    preprocessed = work / "pre" / name
+    plan = Plan.load(preprocessed)
+    body = plan_budget(plan, read_json(preprocessed / "splits.json"), 600.0, calibrate(plan, torch.device("cpu")))
+    for unit in body["units"].values():
+        unit.update({"iterations": SMOKE_ITERATIONS, "planned_s": 1.0, "actual_s": 1.0})
+    body["budget_min"] = float(preset.removeprefix("budget"))
+    write_json(budget_path(work / "res1" / name, preset), body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=None, help="Task04_Hippocampus in MSD layout")
@@ -83,7 +104,7 @@ def main() -> None:
                         help="tiny synthetic dataset and budget, temporary folders, no results written")
     args = parser.parse_args()
     if args.smoke:
-        args.preset, args.cases = "budget2", 6
+        args.preset, args.cases = "budget6", 6
     work = Path(tempfile.mkdtemp(prefix="vfnet_scale_smoke_")) if args.smoke else \
         (args.work or Path(__file__).resolve().parent / "work" / "scale").resolve()
     if work.exists() and not args.smoke:
@@ -92,12 +113,16 @@ def main() -> None:
     bin_dir = Path(sys.executable).parent
     name, images = prepare(args, work, bin_dir)
 
+    if args.smoke:
+        freeze_smoke_budget(work, name, args.preset)
     train = [str(bin_dir / "vfnet_train_all"), "-d", name, "--preset", args.preset, "--device", "cpu", "-q"]
     one_s = _run([*train, "--num-threads", "2"], _env(work, "res1"), work / "train_one.log")
     budget = work / "res1" / name / args.preset / "budget.json"
     second = work / "res2" / name / args.preset
     second.mkdir(parents=True)
     shutil.copy(budget, second / "budget.json")  # same units, same iterations, nothing left to re-plan
+    # fusion sets live beside the preprocessed arrays: the second run builds its own from its own 2D maps
+    shutil.rmtree(work / "pre" / name / "fusion" / args.preset, ignore_errors=True)
     two_s = _run([*train, "--workers", "2"], _env(work, "res2"), work / "train_two.log")
 
     inputs = work / "predict_in"

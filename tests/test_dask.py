@@ -132,6 +132,16 @@ def test_two_workers_respect_dependencies_and_a_rerun_skips_or_resumes(holdout):
     assert (vfn / "summary.json").is_file()
 
 
+def _finishes_at_once(unit_dir):
+    def run(*args, **kwargs):
+        unit_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("checkpoint_final.pth", "summary.json"):
+            (unit_dir / name).write_text("{}")
+        return unit_dir
+
+    return run
+
+
 @pytest.mark.slow
 def test_a_failed_unit_and_a_killed_worker_stop_only_their_dependents(holdout):
     preset = "paper"  # its own results folder; the tiny schedule replaces the paper's
@@ -143,8 +153,10 @@ def test_a_failed_unit_and_a_killed_worker_stop_only_their_dependents(holdout):
         os._exit(1)
 
     name, nodes = training_graph(None, preset)
-    broken = {"2d_axial/holdout": fails, "3d/holdout": kills_its_worker}
-    nodes = [dataclasses.replace(n, job=dataclasses.replace(n.job, run=broken[n.key])) if n.key in broken else n
+    # the units that do not fail finish at once (a final checkpoint and a summary): the failures are the point
+    stubs = {n.key: _finishes_at_once(n.job.unit_dir) for n in nodes if n.job is not None}
+    stubs.update({"2d_axial/holdout": fails, "3d/holdout": kills_its_worker})
+    nodes = [dataclasses.replace(n, job=dataclasses.replace(n.job, run=stubs[n.key])) if n.job is not None else n
              for n in nodes]
     with open_client(workers=2, killed_worker_retries=0) as (client, threads):
         result = run_graph(nodes, client, name, preset, {"device": "cpu", "quiet": True, "schedule_overrides": TINY},
@@ -154,7 +166,7 @@ def test_a_failed_unit_and_a_killed_worker_stop_only_their_dependents(holdout):
     assert "KilledWorker" in result.failed["3d/holdout"]
     assert set(result.blocked) == {"fusion/holdout", "vfn/holdout", "vfn_noimage/holdout", "crossval"}
     assert result.blocked["vfn/holdout"] == "2d_axial/holdout"
-    independent = [n.key for n in nodes if n.stage in ("2d", "3d") and n.key not in broken]
+    independent = [n.key for n in nodes if n.stage in ("2d", "3d") and n.key not in ("2d_axial/holdout", "3d/holdout")]
     assert "2d_coronal/holdout" in independent and sorted(result.done) == sorted(independent)
     lines = result.failure_lines()
     assert any(line.startswith("FAILED 3d/holdout") for line in lines)

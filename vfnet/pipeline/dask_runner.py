@@ -81,6 +81,9 @@ def open_client(workers: int = 1, scheduler: str | None = None, gpu: bool = Fals
     settings = {"distributed.worker.daemon": False,
                 "distributed.scheduler.allowed-failures": killed_worker_retries,
                 "distributed.admin.tick.limit": "1h",  # a long training step is not a stalled event loop
+                # one unit per worker thread at a time: a unit waiting in a worker's queue is not blamed
+                # (and charged a retry) when another unit kills that worker
+                "distributed.scheduler.worker-saturation": 1.0,
                 }
     with dask.config.set(settings):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -90,6 +93,16 @@ def open_client(workers: int = 1, scheduler: str | None = None, gpu: bool = Fals
                 yield client, threads_per_worker(workers)
         finally:
             cluster.close()
+
+
+def _run_on_worker(node: Node, dataset: str, preset: str, options: dict, events: Path | None,
+                   num_threads: int | None) -> dict:
+    """Run one node on a Dask worker; without a thread count, the worker's cores divided by its Dask threads."""
+    if not num_threads and not options.get("num_threads"):
+        from distributed import get_worker
+
+        num_threads = threads_per_worker(get_worker().state.nthreads)
+    return run_node(node, dataset, preset, options, events, num_threads)
 
 
 def _dependents(nodes: Sequence[Node]) -> dict[str, list[str]]:
@@ -129,7 +142,7 @@ def run_graph(nodes: Sequence[Node], client, dataset: str, preset: str, options:
             if all(dep in finished or dep not in by_key for dep in node.deps):
                 waiting.remove(node)
                 resources = {"GPU": 1} if gpu and node.trains else None
-                future = client.submit(run_node, node, dataset, preset, options, events, num_threads,
+                future = client.submit(_run_on_worker, node, dataset, preset, options, events, num_threads,
                                        key=f"vfnet-{dataset}-{preset}-{node.key}", pure=False, resources=resources)
                 submitted[future.key] = node
                 queue.add(future)
@@ -157,7 +170,9 @@ def run_graph(nodes: Sequence[Node], client, dataset: str, preset: str, options:
         finally:
             future.release()
         finished.add(node.key)
-        (result.skipped if info["status"] == "skipped" else result.done).append(node.key)
+        # a unit finished by this run whose worker died before its result was collected is run again by Dask
+        # and then finds itself finished: it still counts as done here
+        result.done.append(node.key)
         log(f"finished {node.key} ({info['status']}, {info['seconds']:.0f} s{', resumed' if info['resumed'] else ''})")
         if on_done is not None and info["status"] == "done":
             on_done(node, info)
