@@ -186,3 +186,29 @@ def test_select_part_follows_nnunet():
     assert sorted(c for p in range(3) for c in select_part(cases, p, 3)) == cases
     with pytest.raises(VfnetError, match="part id must be 0 .. 2"):
         select_part(cases, 3, 3)
+
+
+@pytest.mark.slow
+def test_an_existing_cluster_runs_the_graph_by_its_address(holdout, one_torch_thread):
+    from distributed import LocalCluster
+
+    name, nodes = training_graph(None, "paper", stage="2d")
+    nodes = [dataclasses.replace(n, job=dataclasses.replace(n.job, run=_finishes_at_once(n.job.unit_dir)))
+             for n in nodes]
+    with (LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+          open_client(scheduler=cluster.scheduler_address) as (client, threads)):
+        assert threads is None  # an existing cluster's workers choose their own thread count
+        result = run_graph(nodes, client, name, "paper", {"quiet": True}, threads, None, log=lambda line: None)
+    assert result.ok and sorted(result.done) == sorted(n.key for n in nodes)
+    shutil.rmtree(paths.results_root() / name / "paper")
+
+
+@pytest.mark.slow
+def test_cli_names_every_failure_and_exits_1(holdout):
+    # the VFN stage alone, with no 2D unit trained for this preset: the fusion set fails, the VFNs are not run
+    result = CliRunner().invoke(train_all_entry, ["--preset", "paper", "--stage", "vfn", "--workers", "2", "-q",
+                                                  "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert "FAILED fusion/holdout" in result.output and "ModelNotFoundError" in result.output
+    assert "not run vfn/holdout: needs fusion/holdout, which failed" in result.output
+    assert "not run vfn_noimage/holdout" in result.output
