@@ -132,7 +132,7 @@ def run_graph(nodes: Sequence[Node], client, dataset: str, preset: str, options:
     by_key = {node.key: node for node in nodes}
     dependents = _dependents(nodes)
     result = GraphResult()
-    finished = {node.key for node in nodes if node.finished and node.stage != "crossval"}
+    finished = {node.key for node in nodes if node.finished}
     result.skipped.extend(sorted(finished))
     waiting = [node for node in nodes if node.key not in finished]
     submitted: dict = {}
@@ -217,7 +217,7 @@ def train_all_distributed(dataset: str | int | None, preset: str = "default", st
         name = paths.preprocessed_dataset(dataset).name
     preprocessed = paths.preprocessed_dataset(name)
     events = events_path(name, preset)
-    pending = [n for n in nodes if not n.finished or n.stage == "crossval"]
+    pending = [n for n in nodes if not n.finished]
     log(f"{name}: {len(nodes) - len(pending)} of {len(nodes)} step(s) already finished, {len(pending)} to run "
         f"on {'the Dask cluster at ' + scheduler if scheduler else f'{workers} local worker(s)'}")
     with open_client(workers, scheduler, gpu=gpu) as (client, threads):

@@ -53,6 +53,7 @@ class Node:
 
     @property
     def finished(self) -> bool:
+        """A training unit with its final checkpoint and summary, a fusion set with its manifest (crossval: never)."""
         if self.job is not None:
             return self.job.finished
         return self.done_path is not None and self.done_path.is_file()
@@ -131,7 +132,7 @@ def print_lines(nodes: Sequence[Node], include_finished: bool = False) -> list[s
     """
     lines = []
     for number, group in enumerate(stages(nodes), 1):
-        todo = [node for node in group if include_finished or not node.finished or node.stage == "crossval"]
+        todo = [node for node in group if include_finished or not node.finished]
         if todo:
             lines.append(f"# stage {number}: {stage_title(group)} (independent; after stage {number - 1})"
                          if number > 1 else f"# stage 1: {stage_title(group)} (independent)")
@@ -145,7 +146,7 @@ def slurm_script(nodes: Sequence[Node], sbatch_options: str = "") -> str:
     ``bash FILE`` submits; SLURM runs ``FILE run <stage> `` for each array task. Extra sbatch options
     (partition, GPUs, time) go in ``SBATCH_OPTS`` or the ``#SBATCH``-free ``sbatch_options``.
     """
-    groups = [[n for n in group if not n.finished or n.stage == "crossval"] for group in stages(nodes)]
+    groups = [[n for n in group if not n.finished] for group in stages(nodes)]
     groups = [g for g in groups if g]
     out = ["#!/bin/bash",
            "# vfnet training graph as SLURM job arrays, one per stage, each waiting for the one before (afterok).",
@@ -191,7 +192,7 @@ def run_node(node: Node, dataset: str, preset: str, options: dict, events: Path 
     Returns:
         ``{"key", "status": "done" | "skipped", "seconds", "resumed"}``.
     """
-    if node.finished and node.stage != "crossval":
+    if node.finished:
         return {"key": node.key, "status": "skipped", "seconds": 0.0, "resumed": False}
     if num_threads:
         import torch
