@@ -83,11 +83,25 @@ class DistributedContext:
             dist.destroy_process_group()
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """Sum over ranks forward; backward sums the ranks' gradients too (every rank's loss uses the pooled sum)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
 def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """All-reduce (sum) that gradients flow through: each rank gets the gradient of the pooled sum."""
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(tensor)
+    return _SumOverRanks.apply(tensor)
 
 
 def init_distributed(device: str = "auto") -> DistributedContext:
