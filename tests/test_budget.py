@@ -111,6 +111,28 @@ def test_views_coarsen_only_when_the_budget_is_short(demo_preprocessed):
     assert abs(tight["planned_total_s"] - 45 * 60) < 0.05 * 45 * 60
 
 
+def test_workers_share_workers_times_the_wall_budget(demo_preprocessed, tmp_path):
+    """Two workers side by side get twice the compute of one: the same plan as one worker with double the minutes."""
+    plan = Plan.load(demo_preprocessed)
+    splits = read_json(demo_preprocessed / "splits.json")
+    one = plan_budget(plan, splits, 120.0, _calibration())
+    two = plan_budget(plan, splits, 60.0, _calibration(), workers=2)
+    assert two["budget_min"] == 60.0 and two["workers"] == 2
+    assert {k: u["iterations"] for k, u in two["units"].items()} == pytest.approx(
+        {k: u["iterations"] for k, u in one["units"].items()}, abs=2)
+    smallest = {}
+    for workers in (1, 2):
+        with pytest.raises(PlanError) as refused:
+            plan_budget(plan, splits, 2.0, _calibration(), workers=workers)
+        smallest[workers] = int(re.search(r"smallest budget that works is (\d+) min", str(refused.value)).group(1))
+    assert smallest[2] == -(-smallest[1] // 2)  # wall minutes: half of one worker's, rounded up
+    # re-planning counts compute time: after half of the compute is spent, units keep their iterations
+    budget = Budget(tmp_path / "budget.json", two)
+    before = {k: u["iterations"] for k, u in budget.data["units"].items()}
+    budget.replan(plan, splits, two["calibration"]["seconds"], frozen=set())
+    assert {k: u["iterations"] for k, u in budget.data["units"].items()} == pytest.approx(before, rel=0.02)
+
+
 def test_replan_uses_measured_speed_and_keeps_started_units(demo_preprocessed, tmp_path):
     plan = Plan.load(demo_preprocessed)
     splits = read_json(demo_preprocessed / "splits.json")

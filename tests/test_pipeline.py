@@ -235,3 +235,32 @@ def test_predict_refuses_non_finite_images_and_an_existing_file_as_output(traine
     a_file.write_bytes(b"x")
     refused = CliRunner().invoke(predict_entry, ["-i", str(inputs), "-o", str(a_file), "--preset", PRESET, "-q"])
     assert refused.exit_code == 2 and "is an existing file" in refused.output and "Traceback" not in refused.output
+
+
+@pytest.mark.slow
+def test_predict_on_two_workers_and_in_parts_gives_the_same_labels(trained, tmp_path):
+    _, raw = trained
+    inputs = tmp_path / "in"
+    shutil.copytree(raw / "imagesTs", inputs)
+    for path in sorted((raw / "imagesTr").glob("*.nii.gz"))[:3]:
+        shutil.copy(path, inputs / path.name)
+    cases = sorted(p.name[:-len("_0000.nii.gz")] for p in inputs.glob("*.nii.gz"))
+    common = ["-i", str(inputs), "--preset", PRESET, "-q", "--device", "cpu"]
+    one = CliRunner().invoke(predict_entry, [*common, "-o", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    two = CliRunner().invoke(predict_entry, [*common, "-o", str(tmp_path / "two"), "--workers", "2"])
+    assert two.exit_code == 0 and f"Wrote {len(cases)} case(s)" in two.output, two.output
+    for part in (0, 1):
+        result = CliRunner().invoke(predict_entry, [*common, "-o", str(tmp_path / f"part{part}"), "--part-id",
+                                                    str(part), "--num-parts", "2"])
+        assert result.exit_code == 0, result.output
+        written = sorted(p.name[:-len(".nii.gz")] for p in (tmp_path / f"part{part}").glob("*.nii.gz"))
+        assert written == cases[part::2]
+    for case in cases:
+        expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "one" / f"{case}.nii.gz")))
+        for folder in ("two", f"part{cases.index(case) % 2}"):
+            got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / folder / f"{case}.nii.gz")))
+            np.testing.assert_array_equal(got, expected, err_msg=f"{folder}/{case}")
+    wrong = CliRunner().invoke(predict_entry, [*common, "-o", str(tmp_path / "x"), "--part-id", "2",
+                                               "--num-parts", "2"])
+    assert wrong.exit_code == 2 and "part id must be 0 .. 1" in wrong.output

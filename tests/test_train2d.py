@@ -198,24 +198,34 @@ def test_unknown_view_and_unit_list_the_valid_ones(demo_preprocessed):
     assert result.exit_code == 2 and "cca_2_3" in result.output and "Traceback" not in result.output
 
 
-def test_print_jobs_lists_every_unit_of_a_cca_plan(demo_preprocessed):
+def test_print_jobs_lists_every_unit_of_a_cca_plan_stage_by_stage(demo_preprocessed):
     result = CliRunner().invoke(train_all_entry, ["--print-jobs", "--preset", "quick", "--stage", "2d"])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     k = 4
+    assert lines[0] == "# stage 1: 2D view units (independent)"
+    lines = lines[1:]
     assert len(lines) == 3 * (k + k * (k - 1) // 2 + 1)
     assert "vfnet_train 2d axial cca_0_1 -d Task099_DemoOrgans --preset quick" in lines
     assert all(line.startswith("vfnet_train 2d ") for line in lines)
-    # a fixed schedule lists everything: then the VFN of every test fold, with and without image, and the
-    # deployment VFN; then the 3D U-Net units (a budget, like quick, leaves out the ablation and the baseline)
+    # a fixed schedule lists everything: 2D and 3D units first (independent), then the fusion sets, then the
+    # VFN of every test fold, with and without image, and the deployment VFN, then crossval
     everything = CliRunner().invoke(train_all_entry, ["--print-jobs", "--preset", "default"]).output.splitlines()
-    assert everything[:len(lines)] == [line.replace("quick", "default") for line in lines]
-    assert everything[len(lines):] == (
-        [f"vfnet_train vfn {u} -d Task099_DemoOrgans --preset default" for u in ["0", "1", "2", "3", "all"]]
-        + [f"vfnet_train vfn {u} --no-image -d Task099_DemoOrgans --preset default" for u in ["0", "1", "2", "3"]]
-        + [f"vfnet_train 3d {u} -d Task099_DemoOrgans --preset default" for u in ["0", "1", "2", "3", "all"]])
+    stage_lines = [i for i, line in enumerate(everything) if line.startswith("# stage")]
+    assert len(stage_lines) == 4
+    first = everything[1:stage_lines[1]]
+    assert first[:len(lines)] == [line.replace("quick", "default") for line in lines]
+    assert first[len(lines):] == [f"vfnet_train 3d {u} -d Task099_DemoOrgans --preset default"
+                                  for u in ["0", "1", "2", "3", "all"]]
+    units = ["0", "1", "2", "3", "all"]
+    assert everything[stage_lines[1] + 1:stage_lines[2]] == [
+        f"vfnet_build_fusion_set -d Task099_DemoOrgans -f {u} --preset default" for u in units]
+    assert everything[stage_lines[2] + 1:stage_lines[3]] == (
+        [f"vfnet_train vfn {u} -d Task099_DemoOrgans --preset default" for u in units]
+        + [f"vfnet_train vfn {u} --no-image -d Task099_DemoOrgans --preset default" for u in units[:-1]])
+    assert everything[stage_lines[3] + 1:] == ["vfnet_crossval -d Task099_DemoOrgans --preset default"]
     axial = CliRunner().invoke(train_all_entry, ["--print-jobs", "--views", "axial", "--stage", "2d"])
-    assert len(axial.output.strip().splitlines()) == k + k * (k - 1) // 2 + 1
+    assert len(axial.output.strip().splitlines()) == 1 + k + k * (k - 1) // 2 + 1
 
 
 @pytest.mark.realdata

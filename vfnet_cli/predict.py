@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
 import click
 
+from vfnet.pipeline.distributed_predict import predict_at_scale
 from vfnet.prediction.models import PREDICT_METHODS
 from vfnet.prediction.predict import MODELS, predict
 from vfnet_cli.common import command, dataset_option, quiet_option, trained_preset_option, use_trained_preset
@@ -61,10 +63,18 @@ from vfnet_cli.common import command, dataset_option, quiet_option, trained_pres
                    "the most slices, ties by smallest UID; the choice is printed).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where the networks run: auto (CUDA when available), cpu or cuda.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Spread the cases over this many local Dask worker processes (models loaded once per worker).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Spread the cases over the workers of an existing Dask cluster (tcp://host:8786).")
+@click.option("--part-id", type=int, default=0, show_default=True,
+              help="This command's part of the sorted cases (case i goes to part i %% num-parts), as nnU-Net.")
+@click.option("--num-parts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Number of parts the cases are split into by hand (one command or cluster job per part).")
 @quiet_option
 def predict_entry(source, target, dataset, preset, model, folds, fusion, postprocess, tta, save_probabilities,
                   checkpoint, step_size, num_processes_preprocessing, num_processes_segmentation_export,
-                  overwrite, series, device, quiet):
+                  overwrite, series, device, quiet, **scale):
     """Segment new images with a trained dataset's models.
 
     Each case is reoriented and preprocessed as planned, segmented along the axial, coronal
@@ -76,12 +86,19 @@ def predict_entry(source, target, dataset, preset, model, folds, fusion, postpro
 
     With --model 3d the planned 3D U-Net baseline (fold ensemble of vfnet_train 3d) segments
     each case instead of the views and the fusion.
+
+    \b
+    At scale: --workers N spreads the cases over N processes (or --scheduler, an existing Dask
+    cluster); --part-id I --num-parts N predicts only part I of N, for jobs sharded by hand.
     """
     preset = use_trained_preset(dataset, preset, "3d" if model == "3d" else "2d")
-    report = predict(source, target, dataset, preset, list(folds) or None, fusion, postprocess, tta,
-                     save_probabilities, overwrite, device, quiet, model, checkpoint=checkpoint, step_size=step_size,
-                     num_processes_preprocessing=num_processes_preprocessing,
-                     num_processes_export=num_processes_segmentation_export, series=series)
+    run = predict
+    if scale["workers"] > 1 or scale["scheduler"] or scale["num_parts"] > 1:
+        run = functools.partial(predict_at_scale, **scale)
+    report = run(source, target, dataset, preset, list(folds) or None, fusion, postprocess, tta,
+                 save_probabilities, overwrite, device, quiet, model, checkpoint=checkpoint, step_size=step_size,
+                 num_processes_preprocessing=num_processes_preprocessing,
+                 num_processes_export=num_processes_segmentation_export, series=series)
     for case, note in report.notes.items():
         click.echo(f"{case}: {note}")
     if report.written:

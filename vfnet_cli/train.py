@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from vfnet.pipeline.jobs import STAGE_ORDER, job_commands, train_all
+from vfnet.pipeline.jobs import STAGE_ORDER, train_all
 from vfnet.pipeline.units import train_2d_unit, train_3d_unit, train_vfn_unit
 from vfnet.training.budget import ALLOCATIONS
 from vfnet.views import VIEWS
@@ -23,7 +25,7 @@ def _train_2d(arguments: tuple[str, ...], **options):
     view, unit = arguments
     return train_2d_unit(options["dataset"], view, unit, preset=options["preset"], device=options["device"],
                          num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"],
-                         overwrite=options["overwrite"])
+                         overwrite=options["overwrite"], distributed=options["distributed"])
 
 
 def _train_vfn(arguments: tuple[str, ...], **options):
@@ -32,7 +34,7 @@ def _train_vfn(arguments: tuple[str, ...], **options):
     return train_vfn_unit(options["dataset"], arguments[0], preset=options["preset"],
                           use_image=not options["no_image"], device=options["device"],
                           num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"],
-                          overwrite=options["overwrite"])
+                          overwrite=options["overwrite"], distributed=options["distributed"])
 
 
 def _train_3d(arguments: tuple[str, ...], **options):
@@ -40,7 +42,7 @@ def _train_3d(arguments: tuple[str, ...], **options):
         raise click.UsageError("3d takes UNIT, e.g. vfnet_train 3d 0 (a fold, holdout, or all)")
     return train_3d_unit(options["dataset"], arguments[0], preset=options["preset"], device=options["device"],
                          num_threads=options["num_threads"], resume=options["resume"], quiet=options["quiet"],
-                         overwrite=options["overwrite"])
+                         overwrite=options["overwrite"], distributed=options["distributed"])
 
 
 # One entry per network kind: its positional arguments (for messages) and the function that trains it.
@@ -61,8 +63,12 @@ NETWORKS = {"2d": ("VIEW UNIT", _train_2d), "vfn": ("UNIT", _train_vfn), "3d": (
               help="Train a finished unit again; the trained unit stays until the new run is complete.")
 @click.option("--no-image", is_flag=True,
               help="vfn only: the paper's ablation without the image channel (results in vfn_noimage/).")
+@click.option("--ddp", is_flag=True,
+              help="Train the unit on every process of a torchrun job (DistributedDataParallel: NCCL on GPUs, "
+                   "gloo on CPU); each step splits the global batch between the processes; rank 0 writes.")
 @quiet_option
-def train_entry(network, arguments, dataset, preset, budget, device, num_threads, resume, overwrite, no_image, quiet):
+def train_entry(network, arguments, dataset, preset, budget, device, num_threads, resume, overwrite, no_image, ddp,
+                quiet):
     """Train one unit of a network and predict the folds it leaves out.
 
     \b
@@ -82,6 +88,11 @@ def train_entry(network, arguments, dataset, preset, budget, device, num_threads
                                (trains on the other folds, predicts k), holdout, or all.
     Example: vfnet_train 3d 0 -d 4 --preset quick
 
+    \b
+    torchrun --standalone --nproc-per-node 2 $(which vfnet_train) 2d axial 0 -d 4 --ddp
+                               one unit on 2 GPUs (or 2 CPU processes); the batch size must
+                               be a multiple of the number of processes.
+
     Budgeted presets (quick = 60 minutes, --budget N) take the unit's schedule from the budget of
     the whole plan (<preset>/budget.json, calibrated on this device the first time), exactly as
     vfnet_train_all plans it; --continue keeps the schedule the unit started with.
@@ -93,10 +104,20 @@ def train_entry(network, arguments, dataset, preset, budget, device, num_threads
     if no_image and network != "vfn":
         raise click.UsageError("--no-image applies to vfn only")
     preset = resolve_preset(preset, budget)
-    out = NETWORKS[network][1](arguments, dataset=dataset, preset=preset, device=device,
-                               num_threads=num_threads, resume=resume, overwrite=overwrite, no_image=no_image,
-                               quiet=quiet)
-    click.echo(f"Done: {out}")
+    distributed = None
+    if ddp:
+        from vfnet.training.ddp import init_distributed
+
+        distributed = init_distributed(device)
+    try:
+        out = NETWORKS[network][1](arguments, dataset=dataset, preset=preset, device=device,
+                                   num_threads=num_threads, resume=resume, overwrite=overwrite, no_image=no_image,
+                                   quiet=quiet, distributed=distributed)
+    finally:
+        if distributed is not None:
+            distributed.close()
+    if distributed is None or distributed.is_main:
+        click.echo(f"Done: {out}")
 
 
 @command
@@ -110,11 +131,22 @@ def train_entry(network, arguments, dataset, preset, budget, device, num_threads
               help="Which networks to train; all runs the stages in order.")
 @click.option("--views", multiple=True, help=f"Views to train (repeat or comma-separate; default: {', '.join(VIEWS)}).")
 @click.option("--print-jobs", is_flag=True,
-              help="Print one vfnet_train command per unfinished unit (for a cluster or GNU parallel) and exit.")
+              help="Print the unfinished steps stage by stage, one command a line, and exit: the steps of a "
+                   "stage are independent; a stage starts when the one before has finished.")
+@click.option("--slurm-script", type=click.Path(dir_okay=False), default=None,
+              help="Write a bash script that submits one SLURM job array per stage, chained with "
+                   "--dependency=afterok, and exit.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train independent units side by side in this many local Dask worker processes, the "
+                   "machine's cores divided between them (1: one after the other, without Dask).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run the units on an existing Dask cluster, e.g. tcp://head-node:8786 (dask-jobqueue, "
+                   "Kubernetes); GPU training asks each unit for a GPU=1 worker resource.")
 @device_option
 @threads_option
 @quiet_option
-def train_all_entry(dataset, preset, budget, allocation, stage, views, print_jobs, device, num_threads, quiet):
+def train_all_entry(dataset, preset, budget, allocation, stage, views, print_jobs, slurm_script, workers, scheduler,
+                    device, num_threads, quiet):
     """Train every unfinished unit of the plan, in order, continuing those that were interrupted,
     then cross-validate every fusion method (vfnet_crossval).
 
@@ -127,15 +159,47 @@ def train_all_entry(dataset, preset, budget, allocation, stage, views, print_job
     plan is in <preset>/budget.json. The 3D baseline and the VFN's no-image ablation are not
     part of a budget (--stage 3d trains the baseline with its fixed schedule).
 
+    \b
+    With --workers N (or --scheduler ADDRESS) the units form a graph on Dask: 2D units → fusion
+    sets → VFN units, 3D units on their own, crossval last. Independent units train side by side;
+    a failed unit stops only the units that need it, every failure is named at the end (exit
+    code 1), and a rerun skips finished units and resumes interrupted ones. With a budget, the
+    units share N × the budget of compute, calibrated at one worker's thread count.
+
     Examples:
       vfnet_train_all -d 4 --budget 60
-      vfnet_train_all -d 4 --preset default --print-jobs | parallel -j 2
+      vfnet_train_all -d 4 --budget 60 --workers 2
+      vfnet_train_all -d 4 --preset default --scheduler tcp://head-node:8786 --device cuda
+      vfnet_train_all -d 4 --preset default --print-jobs
+      vfnet_train_all -d 4 --preset default --slurm-script train.sh && bash train.sh
     """
     preset = resolve_preset(preset, budget)
     view_list = [v.strip() for text in views for v in text.split(",") if v.strip()] or None
-    if print_jobs:
-        for line in job_commands(dataset, preset, stage, view_list):
-            click.echo(line)
+    if print_jobs or slurm_script:
+        from pathlib import Path
+
+        from vfnet.pipeline.graph import print_lines, training_graph
+        from vfnet.pipeline.graph import slurm_script as make_slurm_script
+
+        _, nodes = training_graph(dataset, preset, stage, view_list)
+        if slurm_script:
+            Path(slurm_script).write_text(make_slurm_script(nodes))
+            click.echo(f"SLURM script written to {slurm_script}; submit with: bash {slurm_script}")
+        if print_jobs:
+            for line in print_lines(nodes):
+                click.echo(line)
+        return
+    if workers > 1 or scheduler:
+        from vfnet.pipeline.dask_runner import train_all_distributed
+
+        result = train_all_distributed(dataset, preset, stage, view_list, workers, scheduler, log=click.echo,
+                                       allocation=allocation, device=device, num_threads=num_threads, quiet=quiet)
+        click.echo(f"Trained {len(result.done)} step(s), {len(result.skipped)} already finished.")
+        if not result.ok:
+            click.echo(f"{len(result.failed)} step(s) failed, {len(result.blocked)} not run:", err=True)
+            for line in result.failure_lines():
+                click.echo(f"  {line}", err=True)
+            sys.exit(1)
         return
     done = train_all(dataset, preset, stage, view_list, log=click.echo, allocation=allocation, device=device,
                      num_threads=num_threads, quiet=quiet)

@@ -207,7 +207,8 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
             tta: bool = False, save_probabilities: bool = False, overwrite: bool = False,
             device: str = "auto", quiet: bool = False, model: str = "vfnet", checkpoint: str | None = None,
             step_size: float | None = None, num_processes_preprocessing: int = 2,
-            num_processes_export: int = 2, series: str | None = None) -> PredictionReport:
+            num_processes_export: int = 2, series: str | None = None,
+            case_ids: list[str] | None = None) -> PredictionReport:
     """Predict every case of ``source`` (a file, a folder of files, or DICOM series folders) into ``target``.
 
     ``model="vfnet"`` runs the views and the fusion; ``model="3d"`` the 3D U-Net baseline's fold
@@ -226,6 +227,8 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
         num_processes_export: threads resampling and writing finished cases.
         series: the DICOM series of case folders holding several; without it the series with the
             most slices is used and the report's ``notes`` say so.
+        case_ids: predict only those cases of ``source`` (a shard of a larger job,
+            :mod:`vfnet.pipeline.distributed_predict`).
 
     Raises:
         VfnetError: before any case runs (bad folders, missing models). Per-case problems are
@@ -236,6 +239,9 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
     out_dir = target.parent if single_file else target
     _check_folders(source, out_dir if single_file else target)
     cases = discover_cases(source)
+    if case_ids is not None:
+        wanted = set(case_ids)
+        cases = [case for case in cases if case.case_id in wanted]
     if single_file:
         cases[0].output = target.name
     if model not in MODELS:

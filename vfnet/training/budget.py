@@ -197,8 +197,16 @@ class Budget:
             return 1.0 if network is None else self.speed()
         return float(np.clip(sum(u["actual_s"] for u in done) / sum(u["planned_s"] for u in done), 0.5, 3.0))
 
+    @property
+    def workers(self) -> int:
+        """Processes training side by side; the budget's compute time is its wall time times this."""
+        return int(self.data.get("workers", 1))
+
     def replan(self, plan: Plan, splits: dict, elapsed_s: float, frozen: set[str]) -> None:
-        """Re-plan the units not yet started (not in ``frozen``) to fill what is left of the budget."""
+        """Re-plan the units not yet started (not in ``frozen``) to fill what is left of the budget.
+
+        ``elapsed_s`` is compute time (calibration plus the units' measured times, summed over workers).
+        """
         pending = [k for k, u in self.data["units"].items() if "actual_s" not in u and k not in frozen]
         if not pending:
             return
@@ -208,7 +216,7 @@ class Budget:
         # each network's costs scaled by its own measured speed (the global one before it has finished units);
         # the pending units' time above their minimum is scaled by one factor, so the shares stay as planned
         speeds = {network: self.speed(network) for network in self.data["networks"]}
-        left = self.minutes * 60 - elapsed_s - self.data["crossval_s"] * self.speed()
+        left = self.minutes * 60 * self.workers - elapsed_s - self.data["crossval_s"] * self.speed()
         entries = {f"{c.network}/{c.unit}": self.data["units"][f"{c.network}/{c.unit}"] for c in costs}
         floor = sum(speeds[c.network] * (c.fixed_s + c.min_iterations * c.step_s) for c in costs)
         above = sum(speeds[c.network] * (entries[f"{c.network}/{c.unit}"]["iterations"] - c.min_iterations) * c.step_s
@@ -230,7 +238,8 @@ class Budget:
         """Human-readable plan: resolution and iterations per network."""
         lines = [(f"budget {self.minutes:g} min on {self.data['calibration']['device']} "
                  f"(calibration {self.data['calibration']['seconds']:.0f} s, allocation '{self.data['allocation']}', "
-                 f"planned {self.data['planned_total_s'] / 60:.1f} min)")]
+                 f"planned {self.data['planned_total_s'] / 60:.1f} min"
+                 f"{f' of compute on {self.workers} workers' if self.workers > 1 else ''})")]
         for network in self.data["networks"]:
             units = {k.split("/", 1)[1]: v for k, v in self.data["units"].items() if k.startswith(network + "/")}
             its = sorted({v["iterations"] for v in units.values()})
@@ -247,8 +256,13 @@ def budget_path(results: Path, preset: str) -> Path:
 
 
 def plan_budget(plan: Plan, splits: dict, minutes: float, calibration: dict, allocation: str = DEFAULT_ALLOCATION,
-                networks: Sequence[str] | None = None) -> dict:
+                networks: Sequence[str] | None = None, workers: int = 1) -> dict:
     """A new ``budget.json`` body: choose each view's resolution, then iterations per unit.
+
+    With ``workers`` processes training side by side (``vfnet_train_all --workers N``), the units
+    share ``minutes × workers`` of compute time, each measured at the calibration's thread count
+    (the threads of one worker): the simple accounting of N parallel workers that each take their
+    share of the wall time. Calibration and crossval are counted once.
 
     Raises:
         PlanError: the budget is too small; the message names the smallest that works.
@@ -256,7 +270,7 @@ def plan_budget(plan: Plan, splits: dict, minutes: float, calibration: dict, all
     if allocation not in ALLOCATIONS:
         raise PlanError(f"allocation '{allocation}' unknown; expected one of {', '.join(ALLOCATIONS)}")
     networks = list(networks or [f"2d_{v}" for v in VIEWS] + ["vfn"])
-    seconds = minutes * 60 - calibration["seconds"]
+    seconds = minutes * 60 * workers - calibration["seconds"]
     crossval_s = crossval_seconds(plan, splits, calibration)
     # start from the finest resolution; coarsen a view while its units would get too few steps
     choice = {view: 0 for view in VIEWS}
@@ -275,14 +289,15 @@ def plan_budget(plan: Plan, splits: dict, minutes: float, calibration: dict, all
         for view in coarser:
             choice[view] += 1
     if iterations is None:
-        smallest = smallest_budget_minutes(costs, crossval_s + calibration["seconds"])
+        smallest = math.ceil(smallest_budget_minutes(costs, crossval_s + calibration["seconds"]) / workers)
         raise PlanError(f"a budget of {minutes:g} min cannot give every unit {MIN_ITERATIONS['2d']} iterations "
                         f"on this device; the smallest budget that works is {smallest} min")
     units = {}
     for cost in costs:
         n = iterations[(cost.network, cost.unit)]
         units[f"{cost.network}/{cost.unit}"] = {"iterations": n, "planned_s": round(cost.fixed_s + n * cost.step_s, 1)}
-    return {"version": BUDGET_VERSION, "budget_min": minutes, "allocation": allocation, "networks": networks,
+    return {"version": BUDGET_VERSION, "budget_min": minutes, "workers": workers, "allocation": allocation,
+            "networks": networks,
             "calibration": calibration, "views": settings, "crossval_s": round(crossval_s, 1),
             "planned_total_s": round(calibration["seconds"] + crossval_s + sum(u["planned_s"] for u in units.values()),
                                      1),
@@ -290,8 +305,11 @@ def plan_budget(plan: Plan, splits: dict, minutes: float, calibration: dict, all
 
 
 def load_or_plan_budget(preprocessed: Path, results: Path, preset: str, device: torch.device,
-                        allocation: str | None = None, quiet: bool = True) -> Budget:
+                        allocation: str | None = None, quiet: bool = True, workers: int = 1) -> Budget:
     """The preset's budget: read from ``budget.json``, else calibrated on ``device`` and planned now.
+
+    ``workers``: processes that will train side by side (see :func:`plan_budget`); a budget already
+    planned keeps the number of workers it was planned for.
 
     Raises:
         PlanError: the preset is not a budget, or the budget is too small for this device.
@@ -309,8 +327,10 @@ def load_or_plan_budget(preprocessed: Path, results: Path, preset: str, device: 
     if not quiet:
         logger.info("Calibrating %s (%g min) on %s...", preset, minutes, device)
     units_2d = len(plan.units("2d")) * len(VIEWS)
-    calibration = calibrate(plan, device, minutes * 60 * SHARE_2D / units_2d / TARGET_ITERATIONS_2D, quiet=quiet)
-    budget = Budget(path, plan_budget(plan, splits, minutes, calibration, allocation or DEFAULT_ALLOCATION))
+    calibration = calibrate(plan, device, minutes * 60 * workers * SHARE_2D / units_2d / TARGET_ITERATIONS_2D,
+                            quiet=quiet)
+    budget = Budget(path, plan_budget(plan, splits, minutes, calibration, allocation or DEFAULT_ALLOCATION,
+                                      workers=workers))
     path.parent.mkdir(parents=True, exist_ok=True)
     budget.save()
     return budget

@@ -49,12 +49,16 @@ class SoftDiceLoss(nn.Module):
     def __init__(self, batch_dice: bool = True, smooth: float = 1e-5):
         super().__init__()
         self.batch_dice, self.smooth = batch_dice, smooth
+        # DDP sets a differentiable sum over ranks so the batch pools every rank's share (vfnet.training.ddp)
+        self.pool = None
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs, onehot = probabilities_and_onehot(logits, target)
         axes = (0, *range(2, probs.ndim)) if self.batch_dice else tuple(range(2, probs.ndim))
         intersection = (probs * onehot).sum(axes)
         denominator = probs.sum(axes) + onehot.sum(axes)
+        if self.pool is not None and torch.is_grad_enabled():
+            intersection, denominator = self.pool(intersection), self.pool(denominator)
         dice = (2 * intersection + self.smooth) / (denominator + self.smooth).clamp_min(1e-8)
         return 1 - dice.mean()
 

@@ -20,6 +20,7 @@ from vfnet.networks.unet2d import build_unet2d
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import normalise_factor
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
+from vfnet.training.ddp import DistributedContext
 from vfnet.training.losses import DiceCELoss
 from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
 from vfnet.training.units import (
@@ -45,7 +46,7 @@ def _check_view(view: str) -> str:
 def fit_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "default", device: str = "auto",
                 num_threads: int | None = None, resume: bool = False, quiet: bool = False, overwrite: bool = False,
                 schedule_overrides: dict | None = None, features: Sequence[int] | None = None,
-                after_training: AfterTraining | None = None) -> Path:
+                after_training: AfterTraining | None = None, distributed: DistributedContext | None = None) -> Path:
     """Train the 2D U-Net of ``view`` on ``unit``, then hand it to ``after_training``.
 
     Args:
@@ -61,6 +62,8 @@ def fit_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "
         features: replace the planned widths (tests, benchmarks).
         after_training: called with the :class:`TrainedUnit` once the final checkpoint exists
             (held-out prediction, which writes summary.json); None leaves the unit unfinished.
+        distributed: train with DDP (``vfnet_train --ddp`` under torchrun); only rank 0 hands the unit
+            to ``after_training`` and writes.
 
     Returns:
         The unit's results folder.
@@ -86,7 +89,9 @@ def fit_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "
             clear_previous_run(out)
         _train(plan, data, view, train_cases, val_cases, schedule, out, torch_device, num_threads, resume, quiet,
                features, {"network": network_name, "unit": str(unit), "preset": preset,
-                          "dataset": preprocessed.name})
+                          "dataset": preprocessed.name}, distributed)
+    if distributed is not None and not distributed.is_main:
+        return out
 
     if after_training is not None:
         after_training(TrainedUnit(setup, data, predict_cases, view=view, quiet=quiet,
@@ -97,7 +102,7 @@ def fit_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "
 
 def _train(plan: Plan, data: PreprocessedDataset, view: str, train_cases: list[str], val_cases: list[str],
            schedule: dict, out: Path, device: torch.device, num_threads: int | None, resume: bool, quiet: bool,
-           features: Sequence[int] | None, metadata: dict) -> None:
+           features: Sequence[int] | None, metadata: dict, distributed: DistributedContext | None = None) -> None:
     spec = plan["views"][view]
     # a budgeted schedule may train at a coarser resolution with its own patch and widths
     patch = schedule.get("patch_size", spec["patch_size"])
@@ -115,7 +120,7 @@ def _train(plan: Plan, data: PreprocessedDataset, view: str, train_cases: list[s
                                seed=SEED + start, mirror_axes=spec.get("mirror_axes", ()))
     config = TrainingConfig.from_schedule(schedule, seed=SEED)
     trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, out, device=device,
-                      num_threads=num_threads, quiet=quiet,
+                      num_threads=num_threads, quiet=quiet, distributed=distributed,
                       metadata={**metadata, "view": view, "network_config": network.config(),
                                 "input_downsample": list(normalise_factor(downsample)),
                                 "train_cases": train_cases, "val_cases": val_cases})

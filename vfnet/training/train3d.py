@@ -25,6 +25,7 @@ from vfnet.networks.vfn import count_parameters
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.training.data2d import close_loader
 from vfnet.training.data3d import fixed_batches_3d, load_volumes, make_train_loader_3d
+from vfnet.training.ddp import DistributedContext
 from vfnet.training.losses import DiceCELoss
 from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
 from vfnet.training.units import (
@@ -49,7 +50,8 @@ def train_hint(dataset: str, unit: str, preset: str) -> str:
 def fit_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", device: str = "auto",
                 num_threads: int | None = None, resume: bool = False, quiet: bool = False, overwrite: bool = False,
                 schedule_overrides: dict | None = None, features: Sequence[int] | None = None,
-                stop_at: int | None = None, after_training: AfterTraining | None = None) -> Path:
+                stop_at: int | None = None, after_training: AfterTraining | None = None,
+                distributed: DistributedContext | None = None) -> Path:
     """Train the 3D U-Net on ``unit``, then hand it to ``after_training``.
 
     Args:
@@ -66,6 +68,8 @@ def fit_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", d
             (to check that a long schedule starts; continue later with ``resume``).
         after_training: called with the :class:`TrainedUnit` once the final checkpoint exists
             (held-out prediction, which writes summary.json); None leaves the unit unfinished.
+        distributed: train with DDP (``vfnet_train --ddp`` under torchrun); only rank 0 hands the unit
+            to ``after_training`` and writes.
 
     Returns:
         The unit's results folder.
@@ -87,8 +91,8 @@ def fit_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", d
         if not resume:
             clear_previous_run(out)
         trainer = _train(plan, data, train_cases, val_cases, schedule, out, torch_device, num_threads, resume,
-                         quiet, features, metadata, stop_at)
-        if trainer.iteration < trainer.config.iterations:
+                         quiet, features, metadata, stop_at, distributed)
+        if trainer.iteration < trainer.config.iterations or not trainer.is_main:
             return out  # stopped early on purpose: no final checkpoint, nothing to predict yet
 
     if after_training is not None:
@@ -104,7 +108,8 @@ def fit_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", d
 
 def _train(plan: Plan, data: PreprocessedDataset, train_cases: list[str], val_cases: list[str], schedule: dict,
            out: Path, device: torch.device, num_threads: int | None, resume: bool, quiet: bool,
-           features: Sequence[int] | None, metadata: dict, stop_at: int | None) -> Trainer:
+           features: Sequence[int] | None, metadata: dict, stop_at: int | None,
+           distributed: DistributedContext | None = None) -> Trainer:
     patch, batch_size = plan["unet3d"]["patch_size"], int(schedule["batch_size"])
     seed_everything(SEED)
     if features is None:
@@ -120,7 +125,7 @@ def _train(plan: Plan, data: PreprocessedDataset, train_cases: list[str], val_ca
     config = TrainingConfig.from_schedule(schedule, seed=SEED)
     parameters = count_parameters(network)
     trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, out, device=device,
-                      num_threads=num_threads, quiet=quiet,
+                      num_threads=num_threads, quiet=quiet, distributed=distributed,
                       metadata={**metadata, "network_config": unet3d_config(network), "parameters": parameters,
                                 "train_cases": train_cases, "val_cases": val_cases})
     if not resume or saved_iteration(out) == 0:

@@ -24,6 +24,7 @@ from vfnet.errors import PlanError
 from vfnet.networks.vfn import build_vfn, count_parameters
 from vfnet.resolution import normalise_factor
 from vfnet.training.data_vfn import AUGMENTATIONS, VfnPatchSampler, load_fusion_samples, load_manifest, tile_batches
+from vfnet.training.ddp import DistributedContext
 from vfnet.training.losses import DiceCELoss, SoftDiceLoss
 from vfnet.training.trainer import (
     StepLR,
@@ -49,7 +50,7 @@ def sgd_momentum(params, lr: float):
 def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", use_image: bool = True,
                  device: str = "auto", num_threads: int | None = None, resume: bool = False,
                  quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None,
-                 overwrite: bool = False, seed: int = SEED) -> Path:
+                 overwrite: bool = False, seed: int = SEED, distributed: DistributedContext | None = None) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set.
 
     ``seed`` seeds the weights and the patch sampling (the validation cases stay the same); a
@@ -59,7 +60,8 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     The fusion set must exist (:func:`vfnet.pipeline.units.train_vfn_unit` builds it when
     missing; a missing one raises ``ModelNotFoundError`` naming the command). ``stop_at`` stops after that
     many iterations with a latest checkpoint and no summary (to check that a long schedule
-    starts; continue later with ``resume``).
+    starts; continue later with ``resume``). ``distributed`` trains with DDP (``vfnet_train --ddp`` under
+    torchrun); only rank 0 writes.
 
     Returns:
         The unit's results folder (``<results>/<preset>/vfn/<unit>`` or ``vfn_noimage``).
@@ -111,7 +113,7 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     # the whole ROI on Hippocampus after a short schedule; cross-entropy anchors the background.
     loss = SoftDiceLoss() if plan.num_classes == 2 else DiceCELoss()
     trainer = Trainer(model, loss, train_batches, val_batches, config, out, device=torch_device,
-                      num_threads=num_threads, quiet=quiet,
+                      num_threads=num_threads, quiet=quiet, distributed=distributed,
                       metadata={"network": network_name, "unit": str(unit), "preset": preset,
                                 "use_image": use_image, "parameters": parameters,
                                 "input_downsample": list(factor),
@@ -125,8 +127,8 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
         trainer.resume()
     start = time.perf_counter()
     trainer.fit(stop_at=stop_at)
-    if trainer.iteration < iterations:
-        return out  # stopped early on purpose: not finished, so no summary
+    if trainer.iteration < iterations or not trainer.is_main:
+        return out  # stopped early on purpose (not finished, so no summary), or a DDP rank that writes nothing
     write_json(out / "summary.json", {
         "network": network_name, "unit": str(unit), "preset": preset, "parameters": parameters,
         "iterations": iterations, "best_val_pseudo_dice": trainer.best_dice,

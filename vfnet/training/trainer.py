@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from vfnet.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint,
 from vfnet.device import resolve_device
 from vfnet.errors import CheckpointError, PlanError
 from vfnet.training.losses import foreground_counts
+
+if TYPE_CHECKING:
+    from vfnet.training.ddp import DistributedContext
 
 CHECKPOINTS = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth")
 
@@ -184,12 +188,18 @@ class Trainer:
         num_threads: torch CPU threads (CPU only); None leaves torch's default.
         metadata: stored in every checkpoint (e.g. the network's constructor arguments).
         quiet: no progress bar, nothing printed (the log file is still written).
+        distributed: this process's place in a DDP job (:mod:`vfnet.training.ddp`): each step trains on
+            this rank's share of the batch, gradients are averaged, and only rank 0 writes files.
     """
 
     def __init__(self, network: nn.Module, loss: Callable, train_loader: Iterator, val_loader: Iterable | None,
                  config: TrainingConfig, out_dir: Path, device: str | torch.device = "auto",
-                 num_threads: int | None = None, metadata: dict | None = None, quiet: bool = False):
-        self.device = resolve_device(device)
+                 num_threads: int | None = None, metadata: dict | None = None, quiet: bool = False,
+                 distributed: DistributedContext | None = None):
+        self.distributed = distributed
+        self.is_main = distributed is None or distributed.is_main
+        self.device = distributed.device if distributed is not None else resolve_device(device)
+        quiet = quiet or not self.is_main
         self.amp = self.device.type == "cuda"
         if self.amp:
             torch.backends.cudnn.benchmark = True
@@ -197,6 +207,10 @@ class Trainer:
             torch.set_num_threads(int(num_threads))
         seed_everything(config.seed)
         self.network = network.to(self.device)
+        # the network steps train through (DDP's wrapper when distributed); validation uses the plain one
+        self.train_network = self.network if distributed is None else distributed.wrap(self.network)
+        if distributed is not None:
+            distributed.pool_loss(loss)
         self.loss, self.train_loader, self.val_loader = loss, train_loader, val_loader
         self.config, self.out_dir, self.quiet = config, Path(out_dir), quiet
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +227,9 @@ class Trainer:
 
     # ----------------------------------------------------------------- logging
     def log(self, message: str) -> None:
-        """Append to ``training.log`` and, unless quiet, print above the progress bar."""
+        """Append to ``training.log`` and, unless quiet, print above the progress bar (rank 0 only)."""
+        if not self.is_main:
+            return
         line = f"{datetime.now():%Y-%m-%d %H:%M:%S} {message}"
         with open(self.out_dir / "training.log", "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
@@ -230,7 +246,10 @@ class Trainer:
                 "metadata": plain(self.metadata)}
 
     def save_checkpoint(self, name: str) -> Path:
-        return save_checkpoint(self.state(), self.out_dir / name)
+        path = self.out_dir / name
+        if not self.is_main:
+            return path
+        return save_checkpoint(self.state(), path)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore everything needed to go on exactly where ``path`` was written.
@@ -262,10 +281,12 @@ class Trainer:
 
     # ---------------------------------------------------------------- training
     def train_step(self, batch: dict) -> float:
+        if self.distributed is not None:
+            batch = self.distributed.shard(batch)
         data, target = _to_tensor(batch["data"], self.device), _to_tensor(batch["target"], self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=self.amp):
-            loss = self.loss(self.network(data), target)
+            loss = self.loss(self.train_network(data), target)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip:
             self.scaler.unscale_(self.optimizer)
@@ -316,7 +337,8 @@ class Trainer:
         self.log(f"iteration {self.iteration}/{self.config.iterations}: train loss {entry['train_loss']:.4f}, "
                  f"val loss {val_loss:.4f}, pseudo-Dice {val_dice:.4f}{' (best)' if improved else ''}, "
                  f"lr {entry['lr']:.2e}, {entry['seconds']:.1f} s, data wait {100 * entry['data_wait']:.1f}%")
-        plot_progress(self.history, self.out_dir / "progress.png")
+        if self.is_main:
+            plot_progress(self.history, self.out_dir / "progress.png")
         return next_start
 
     def fit(self, stop_at: int | None = None) -> list[dict]:

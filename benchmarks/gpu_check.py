@@ -1,0 +1,213 @@
+"""The CUDA path measured: a 2D unit per view and the VFN with mixed precision on a synthetic dataset.
+
+Run by ``benchmarks/gpu_check.sh`` (which installs what a bare GPU machine lacks and runs the
+CUDA-marked tests first). Writes ``gpu.md`` and ``gpu.json`` into ``--out``: per unit the
+iterations per second and the peak GPU memory (``torch.cuda.max_memory_allocated``), and the
+paper schedule's VFN time projected from a timed loop of VFN training steps (30,000 iterations ×
+batch 16 at 64³, mixed precision) and from the whole VFN unit (its data loading included).
+
+``--allow-cpu`` runs a few iterations at toy sizes on the CPU to prove the script works end to
+end; it never writes into benchmarks/results.
+
+Example:
+    python benchmarks/gpu_check.py --out /tmp/gpu      # on a GPU machine
+    python benchmarks/gpu_check.py --allow-cpu --out /tmp/gpu_dry
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import RESULTS, describe_machine, machine_markdown
+
+PAPER_VFN_ITERATIONS, PAPER_VFN_BATCH, PAPER_VFN_PATCH = 30000, 16, 64
+TARGET_MINUTES = 10.0  # issue 15: the paper's VFN schedule projected at ≤ 10 minutes on an H100
+
+# (GPU, CPU dry run)
+SIZES = {
+    "shape": ((96, 128, 128), (32, 48, 40)),
+    "cases": (12, 9),
+    "iterations_2d": (300, 4),
+    "batch_2d": (32, 4),
+    "iterations_vfn": (150, 3),
+    "batch_vfn": (PAPER_VFN_BATCH, 2),
+    "step_patch": (PAPER_VFN_PATCH, 24),
+    "timed_steps": (60, 2),
+    "loader_workers": (4, 0),
+}
+
+
+def _size(name: str, cuda: bool):
+    return SIZES[name][0 if cuda else 1]
+
+
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mib(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def _unit_rate(unit: Path) -> tuple[int, float]:
+    """(iterations, seconds of training and validation) from the unit's final checkpoint history."""
+    state = torch.load(unit / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    return int(state["iteration"]), float(sum(h["seconds"] for h in state["history"]))
+
+
+def vfn_step_benchmark(plan, device: torch.device, batch: int, patch: int, steps: int) -> dict:
+    """Time VFN training steps (mixed precision on CUDA) on batches already on the device."""
+    from vfnet.networks.vfn import build_vfn
+    from vfnet.training.losses import DiceCELoss, SoftDiceLoss
+    from vfnet.training.trainer import Trainer, TrainingConfig
+
+    model = build_vfn(plan, plan.num_channels, plan.num_classes)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    data = torch.rand((batch, model.in_channels, patch, patch, patch), generator=generator).to(device)
+    target = torch.randint(0, plan.num_classes, (batch, 1, patch, patch, patch), generator=generator).to(device)
+    loss = SoftDiceLoss() if plan.num_classes == 2 else DiceCELoss()
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = Trainer(model, loss, iter(()), None, TrainingConfig(iterations=steps, lr=0.01, grad_clip=None),
+                          Path(folder), device=device, quiet=True)
+        batch_dict = {"data": data, "target": target}
+        for _ in range(3):  # warm-up: cudnn autotuning picks its kernels here
+            trainer.train_step(batch_dict)
+        _peak_reset(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step(batch_dict)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    per_s = steps / seconds
+    return {"batch": batch, "patch": [patch] * 3, "steps": steps, "seconds": round(seconds, 3),
+            "iterations_per_s": round(per_s, 2), "peak_memory_mib": _peak_mib(device),
+            "in_channels": model.in_channels, "amp": device.type == "cuda"}
+
+
+def run(out: Path, allow_cpu: bool) -> dict:
+    from vfnet import paths
+    from vfnet.demo_data import make_demo_dataset
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
+    from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from vfnet.views import VIEWS
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not allow_cpu:
+        raise SystemExit("no CUDA device: gpu_check measures the GPU path (use --allow-cpu for a dry run)")
+    device = torch.device("cuda" if cuda else "cpu")
+    work = Path(tempfile.mkdtemp(prefix="vfnet_gpu_check_"))
+    import os
+
+    for var in paths.ENV_VARS:
+        (work / var).mkdir()
+        os.environ[var] = str(work / var)
+    started = time.perf_counter()
+    make_demo_dataset(work / "vfnet_raw", num_train=_size("cases", cuda), num_test=0, shape=_size("shape", cuda))
+    plan_and_preprocess(None, num_processes=4 if cuda else 1, split_mode="holdout", quiet=True)
+    preprocessed = paths.preprocessed_dataset(None)
+    plan = Plan.load(preprocessed)
+    prepare_s = time.perf_counter() - started
+    result: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu (dry run: not a GPU number)",
+                    "torch": torch.__version__, "prepare_s": round(prepare_s, 1), "units": {}}
+    iterations_2d = _size("iterations_2d", cuda)
+    for view in VIEWS:
+        _peak_reset(device)
+        begin = time.perf_counter()
+        unit = train_2d_unit(None, view, "holdout", "default", device=device.type, quiet=True,
+                             schedule_overrides={"iterations": iterations_2d, "val_every": iterations_2d,
+                                                 "batch_size": _size("batch_2d", cuda),
+                                                 "num_workers": _size("loader_workers", cuda)})
+        wall = time.perf_counter() - begin
+        iterations, seconds = _unit_rate(unit)
+        result["units"][f"2d_{view}"] = {
+            "iterations": iterations, "batch": _size("batch_2d", cuda),
+            "patch": plan["views"][view]["patch_size"], "train_and_validation_s": round(seconds, 2),
+            "iterations_per_s": round(iterations / seconds, 2), "unit_wall_s": round(wall, 1),
+            "peak_memory_mib": _peak_mib(device)}
+    iterations_vfn = _size("iterations_vfn", cuda)
+    _peak_reset(device)
+    begin = time.perf_counter()
+    unit = train_vfn_unit(None, "holdout", "default", device=device.type, quiet=True,
+                          schedule_overrides={"iterations": iterations_vfn, "val_every": iterations_vfn,
+                                              "batch_size": _size("batch_vfn", cuda)})
+    wall = time.perf_counter() - begin
+    iterations, seconds = _unit_rate(unit)
+    result["units"]["vfn"] = {"iterations": iterations, "batch": _size("batch_vfn", cuda),
+                              "patch": plan["vfn"]["patch_size"], "train_and_validation_s": round(seconds, 2),
+                              "iterations_per_s": round(iterations / seconds, 2), "unit_wall_s": round(wall, 1),
+                              "peak_memory_mib": _peak_mib(device)}
+    steps = vfn_step_benchmark(plan, device, _size("batch_vfn", cuda), _size("step_patch", cuda),
+                               _size("timed_steps", cuda))
+    result["vfn_steps"] = steps
+    unit_rate = result["units"]["vfn"]["iterations_per_s"]
+    result["projection"] = {
+        "schedule": f"{PAPER_VFN_ITERATIONS} iterations x batch {PAPER_VFN_BATCH} at {PAPER_VFN_PATCH}^3",
+        "from_steps_min": round(PAPER_VFN_ITERATIONS / steps["iterations_per_s"] / 60, 1),
+        "from_unit_min": round(PAPER_VFN_ITERATIONS / unit_rate / 60, 1),
+        "unit_matches_schedule": cuda and list(plan["vfn"]["patch_size"]) == [PAPER_VFN_PATCH] * 3,
+        "target_min": TARGET_MINUTES}
+    result["total_s"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [(f"Device: **{result['device']}**, torch {result['torch']}. Synthetic dataset (holdout plan), "
+             f"prepared in {result['prepare_s']} s. Mixed precision on CUDA."), "",
+             "| unit | iterations | batch | patch | iterations / s | peak GPU memory (MiB) |",
+             "|---|---|---|---|---|---|"]
+    for name, unit in result["units"].items():
+        lines.append(f"| {name} | {unit['iterations']} | {unit['batch']} | {unit['patch']} | "
+                     f"{unit['iterations_per_s']} | {unit['peak_memory_mib']} |")
+    steps, projection = result["vfn_steps"], result["projection"]
+    lines += ["", "Iterations per second include one validation at the end of each unit.", "",
+              (f"VFN training steps alone (batches already on the device): {steps['iterations_per_s']} it/s at "
+              f"batch {steps['batch']}, patch {steps['patch']}, peak {steps['peak_memory_mib']} MiB."), "",
+              (f"Paper schedule ({projection['schedule']}) projected: **{projection['from_steps_min']} min** from "
+              f"the timed steps, {projection['from_unit_min']} min from the whole VFN unit (data loading "
+              f"included{'' if projection['unit_matches_schedule'] else '; its patch is not the paper’s'}); "
+              f"target ≤ {projection['target_min']:g} min. The paper needed about 6 hours on a Titan X Pascal."),
+              "", f"Whole check: {result['total_s']} s."]
+    return "\n".join(lines)
+
+
+def write(out: Path, result: dict, invocation: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    machine = describe_machine()
+    data = {"machine": machine, "invocation": invocation, **result}
+    (out / "gpu.json").write_text(json.dumps(data, indent=2) + "\n")
+    text = (f"# GPU check\n\n`{invocation}`\n\n{markdown(result)}\n\n## Machine\n{machine_markdown(machine)}\n")
+    (out / "gpu.md").write_text(text)
+    return out / "gpu.md"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for gpu.md and gpu.json")
+    parser.add_argument("--allow-cpu", action="store_true",
+                        help="dry run on the CPU at toy sizes (never into benchmarks/results)")
+    args = parser.parse_args()
+    cpu = not torch.cuda.is_available()
+    if cpu and args.out.resolve() == RESULTS.resolve():
+        raise SystemExit("a CPU dry run never writes benchmarks/results: give --out a temporary folder")
+    result = run(args.out, args.allow_cpu)
+    invocation = " ".join(["python", "benchmarks/gpu_check.py", *sys.argv[1:]])
+    print(write(args.out, result, invocation).read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Mixed-precision training on CUDA: a tiny 2D unit per view and the VFN (skipped without a GPU).
+
+benchmarks/gpu_check.sh runs these with ``-m cuda`` on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vfnet import paths
+from vfnet.atomic import read_json
+from vfnet.views import VIEWS
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+TINY_2D = {"iterations": 20, "batch_size": 8, "num_workers": 0, "val_every": 10}
+TINY_VFN = {"iterations": 10, "batch_size": 2, "val_every": 5}
+
+
+@pytest.fixture(scope="module")
+def holdout_on_cuda(tmp_path_factory):
+    from vfnet.demo_data import make_demo_dataset
+    from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
+    from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess
+
+    root = tmp_path_factory.mktemp("cuda")
+    monkey = pytest.MonkeyPatch()
+    for var in paths.ENV_VARS:
+        (root / var).mkdir()
+        monkey.setenv(var, str(root / var))
+    make_demo_dataset(root / "vfnet_raw", num_train=9, num_test=0, shape=(32, 48, 40))
+    plan_and_preprocess(None, num_processes=1, split_mode="holdout", quiet=True)
+    units = [train_2d_unit(None, view, "holdout", "default", device="cuda", quiet=True, schedule_overrides=TINY_2D,
+                           features=[8, 16, 32]) for view in VIEWS]
+    vfn = train_vfn_unit(None, "holdout", "default", device="cuda", quiet=True, schedule_overrides=TINY_VFN)
+    yield units, vfn
+    monkey.undo()
+
+
+def _checks_mixed_precision(unit) -> None:
+    log = (unit / "training.log").read_text()
+    assert "training on cuda" in log and "mixed precision" in log
+    state = torch.load(unit / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert state["scaler"], "GradScaler was not enabled"  # an enabled scaler saves its scale and growth tracker
+    weights = [v for v in state["network"].values() if v.is_floating_point()]
+    assert all(torch.isfinite(w).all() for w in weights)
+    assert all(np.isfinite(h["train_loss"]) for h in state["history"] if h["iteration"] > 0)
+
+
+def test_2d_units_train_with_mixed_precision_on_cuda(holdout_on_cuda):
+    units, _ = holdout_on_cuda
+    for unit in units:
+        _checks_mixed_precision(unit)
+        maps = sorted((unit / "predictions").glob("*.npz"))
+        assert maps
+        with np.load(maps[0]) as archive:
+            assert np.isfinite(archive["probabilities"]).all()
+
+
+def test_vfn_trains_with_mixed_precision_on_cuda(holdout_on_cuda):
+    _, vfn = holdout_on_cuda
+    _checks_mixed_precision(vfn)
+    summary = read_json(vfn / "summary.json")
+    assert summary["iterations"] == TINY_VFN["iterations"] and 0.0 <= summary["best_val_pseudo_dice"] <= 1.0
+
+
+def test_autocast_runs_convolutions_in_half_precision():
+    from torch import nn
+
+    net = nn.Conv3d(2, 4, 3).cuda()
+    with torch.autocast("cuda"):
+        out = net(torch.randn(1, 2, 8, 8, 8, device="cuda"))
+    assert out.dtype == torch.float16
