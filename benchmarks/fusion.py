@@ -73,7 +73,7 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
         for case in cases:
             image, _ = data.load(case, mmap=False)
             start = time.perf_counter()
-            maps = {v: predict_volume_2d(networks[v], image, v, plan["views"][v]["context_slices"], "cpu", 64)
+            maps = {v: predict_volume_2d(networks[v], image, v, plan["views"][v]["context_slices"], "cpu")
                     for v in VIEWS}
             views_s.append(time.perf_counter() - start)
             start = time.perf_counter()

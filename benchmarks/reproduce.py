@@ -128,7 +128,7 @@ def view_seconds(plan, data, results, preset: str, device: str, num_cases: int) 
             for case in cases:
                 image, _ = data.load(case, mmap=False)
                 start = time.perf_counter()
-                predict_volume_2d(network, image, view, plan["views"][view]["context_slices"], device, 64)
+                predict_volume_2d(network, image, view, plan["views"][view]["context_slices"], device)
                 times.append(time.perf_counter() - start)
         out[view] = statistics.median(times)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from torch import nn
 from vfnet import paths
 from vfnet.errors import PlanError, VfnetError
 from vfnet.experiment_planning.plans import Plan
-from vfnet.inference.predict2d import load_unit_network, predict_volume_2d
+from vfnet.inference import predict2d
+from vfnet.inference.predict2d import load_unit_network, predict_volume_2d, slice_batch_size
 from vfnet.networks.unet2d import UNet2D
 from vfnet.pipeline.units import train_2d_unit
 from vfnet.preprocessing.data import PreprocessedDataset
@@ -146,6 +148,37 @@ def test_probability_maps_have_volume_shape_and_sum_to_one(view):
     np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
     restacked = predict_volume_2d(_CentreSliceLogit(), image, view, 3, "cpu", batch_size=5)
     np.testing.assert_allclose(restacked[1], 1 / (1 + np.exp(-10 * image[0])), rtol=1e-5, atol=1e-6)
+
+
+def _free_memory(monkeypatch, gib: float) -> None:
+    monkeypatch.setattr(predict2d.psutil, "virtual_memory", lambda: SimpleNamespace(available=int(gib * 2**30)))
+
+
+def test_slice_batch_shrinks_with_larger_slices_and_less_memory(monkeypatch):
+    network = UNet2D(3, 3, [32, 64, 128])
+    _free_memory(monkeypatch, 16)
+    small, large = slice_batch_size(network, (64, 64)), slice_batch_size(network, (512, 512))
+    # 12 × 32 channels × 512² × 4 bytes per slice, a quarter of 16 GiB
+    assert large == 10 and small == 256  # 64² would allow 682: clamped
+    assert slice_batch_size(network, (256, 256)) == 42
+    assert slice_batch_size(network, (253, 254)) == 42  # padded to the network's multiple of 4
+    _free_memory(monkeypatch, 2)
+    assert slice_batch_size(network, (512, 512)) == 1 < large
+    assert slice_batch_size(network, (256, 256)) == 5
+    _free_memory(monkeypatch, 0.01)
+    assert slice_batch_size(network, (512, 512)) == 1  # never below one slice
+
+
+def test_batch_size_does_not_change_probabilities(monkeypatch):
+    torch.manual_seed(0)
+    image = np.random.default_rng(2).normal(size=(1, 9, 20, 18)).astype(np.float32)
+    network = UNet2D(3, 3, [4, 8, 16]).eval()
+    _free_memory(monkeypatch, 1e-4)  # the memory-derived default: 1 slice per pass
+    one = predict_volume_2d(network, image, "coronal", 3, "cpu")
+    _free_memory(monkeypatch, 64)
+    assert slice_batch_size(network, (9, 18)) == 256
+    np.testing.assert_allclose(predict_volume_2d(network, image, "coronal", 3, "cpu"), one, atol=1e-5)
+    np.testing.assert_allclose(predict_volume_2d(network, image, "coronal", 3, "cpu", batch_size=7), one, atol=1e-5)
 
 
 def test_cca_unit_records_cases_and_predicts_both_folds(demo_preprocessed):

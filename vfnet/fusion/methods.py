@@ -112,6 +112,12 @@ def staple_fusion(view_probs: Mapping[str, np.ndarray], threshold: float = STAPL
 
     A class absent from every view makes STAPLE return NaN everywhere; that reads as
     background. Where several classes pass ``threshold`` the most probable one wins.
+
+    Kept over ``sitk.MultiLabelSTAPLEImageFilter`` on the views' argmax maps, which was measured
+    on three noisy views of synthetic maps, (3, 40, 56, 40) and (5, 36, 256, 256): it ran 2-4×
+    faster (1.7 s against 6.2 s for the larger) but its mean foreground Dice against the truth
+    was 0.1-3 points lower (0.902 against 0.908; 0.614 against 0.642 with noisier views), so
+    the single run does not give the same results.
     """
     import SimpleITK as sitk  # only here: networks and training stay free of SimpleITK
 

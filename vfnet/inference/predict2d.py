@@ -6,7 +6,9 @@ restacked into the canonical (z, y, x) layout with :func:`vfnet.views.from_view`
 trained on downsampled volumes (``input_downsample`` in its checkpoint) predicts at that
 resolution and its maps are upsampled to the input's grid (:mod:`vfnet.resolution`). Slices
 of any size are fine: :class:`vfnet.networks.unet2d.UNet2D` pads them to a multiple of
-2^poolings inside its forward pass and crops the logits back.
+2^poolings inside its forward pass and crops the logits back. Unless a batch size is given,
+the slices per forward pass come from the free memory and the slice size
+(:func:`slice_batch_size`); batching does not change the probabilities.
 
 Example:
     >>> net = load_unit_network(unit_dir, plan, "axial", "cpu")
@@ -21,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from tqdm import tqdm
 
@@ -34,7 +37,51 @@ from vfnet.resolution import downsample_image, normalise_factor, upsample_probab
 from vfnet.training.units import TrainedUnit
 from vfnet.views import from_view, slice_stacks, to_view
 
-PREDICT_BATCH = 64
+MAX_SLICE_BATCH = 256
+MEMORY_SHARE = 0.25  # of the free memory, for the activations of one forward pass
+# Peak bytes of a forward pass per (first-level channel × padded pixel) of one float32 slice: about
+# 8.5 measured on CPU (skip + upsampled + concatenated + conv outputs at full resolution), plus slack.
+ACTIVATION_FACTOR = 12
+DEFAULT_WIDTH = 32  # first-level width assumed for a network that does not say (a wrapper)
+
+
+def available_memory(device: str | torch.device) -> int:
+    """Bytes free for a forward pass on ``device``: the free GPU memory on CUDA, else the
+    available system memory (``MemAvailable``, through psutil)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return int(psutil.virtual_memory().available)
+
+
+def slice_batch_size(network: torch.nn.Module, slice_shape: Sequence[int], device: str | torch.device = "cpu",
+                     share: float = MEMORY_SHARE, max_batch: int = MAX_SLICE_BATCH) -> int:
+    """How many slices of ``slice_shape`` to predict per forward pass, from the free memory.
+
+    One slice costs about ``ACTIVATION_FACTOR × width × H × W × 4`` bytes, where ``width`` is
+    the widest of the network's input, first-level and output channels (activations at full
+    resolution dominate a U-Net) and H, W are padded to the network's multiple. The batch uses
+    at most ``share`` of :func:`available_memory`, clamped to [1, ``max_batch``].
+
+    Args:
+        network: the 2D network; ``features``, ``in_channels``, ``num_classes`` and ``divisor``
+            are read when it has them (:class:`vfnet.networks.unet2d.UNet2D`).
+        slice_shape: (H, W) of the slices as the network gets them.
+        device: where the network runs.
+        share: fraction of the free memory one forward pass may use.
+        max_batch: upper bound.
+
+    Example:
+        >>> slice_batch_size(UNet2D(3, 3, [32, 64]), (512, 512), "cpu")  # with 16 GiB free
+        10
+    """
+    features = getattr(network, "features", None) or [DEFAULT_WIDTH]
+    width = max(int(features[0]), int(getattr(network, "in_channels", 1)), int(getattr(network, "num_classes", 1)))
+    divisor = int(getattr(network, "divisor", 1))
+    height, breadth = (-(-int(n) // divisor) * divisor for n in slice_shape)
+    per_slice = ACTIVATION_FACTOR * width * height * breadth * 4
+    return int(min(max(share * available_memory(device) // per_slice, 1), max_batch))
 
 
 def load_unit_network(unit_dir: Path, plan: Mapping, view: str, device: str | torch.device = "cpu",
@@ -72,7 +119,8 @@ def restore_network(path: Path, build: Callable[[dict | None], torch.nn.Module],
 
 @torch.no_grad()
 def predict_volume_2d(network: torch.nn.Module, image: np.ndarray, view: str, context_slices: int,
-                      device: str | torch.device = "cpu", batch_size: int = 32, quiet: bool = True) -> np.ndarray:
+                      device: str | torch.device = "cpu", batch_size: int | None = None,
+                      quiet: bool = True) -> np.ndarray:
     """Softmax probabilities (num_classes, z, y, x) float32 of a canonical image (C, z, y, x).
 
     Args:
@@ -81,7 +129,7 @@ def predict_volume_2d(network: torch.nn.Module, image: np.ndarray, view: str, co
         view: axial, coronal or sagittal.
         context_slices: slices per input stack, as planned.
         device: where the network is; CUDA runs in mixed precision.
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass; None: :func:`slice_batch_size` of the view's slices.
         quiet: no progress bar; otherwise a bar over the slices appears when the volume takes
             more than two seconds, and only on a terminal.
     """
@@ -90,6 +138,8 @@ def predict_volume_2d(network: torch.nn.Module, image: np.ndarray, view: str, co
     factor = normalise_factor(getattr(network, "input_downsample", None))
     image_view = np.ascontiguousarray(to_view(downsample_image(image, factor), view))
     num_slices = image_view.shape[1]
+    if batch_size is None:
+        batch_size = slice_batch_size(network, image_view.shape[2:], device)
     network.eval()
     out = None
     for begin in tqdm(range(0, num_slices, batch_size), desc=f"{view} slices", unit="batch", leave=False,
@@ -119,7 +169,7 @@ def save_probabilities(path: Path, probabilities: np.ndarray) -> None:
 
 def predict_held_out(network: torch.nn.Module, dataset: PreprocessedDataset, cases: Sequence[str], view: str,
                      context_slices: int, class_names: Sequence[str], unit_dir: Path,
-                     device: str | torch.device = "cpu", batch_size: int = 32, quiet: bool = False,
+                     device: str | torch.device = "cpu", batch_size: int | None = None, quiet: bool = False,
                      extra: dict | None = None) -> dict:
     """Write ``predictions/<case>.npz`` for every case and ``summary.json`` with the view's own Dice.
 
@@ -152,4 +202,4 @@ def predict_trained_unit_2d(trained: TrainedUnit) -> dict:
     network = load_unit_network(setup.out, setup.plan, view, setup.device)
     return predict_held_out(network, trained.data, trained.predict_cases, view,
                             setup.plan["views"][view]["context_slices"], trained.class_names, setup.out,
-                            setup.device, PREDICT_BATCH, trained.quiet, extra=trained.metadata)
+                            setup.device, None, trained.quiet, extra=trained.metadata)

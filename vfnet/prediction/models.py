@@ -73,7 +73,7 @@ class DeployedModels:
     device: torch.device
     view_networks: dict[str, list[torch.nn.Module]] = field(default_factory=dict)
     fusion_models: dict[str, list] = field(default_factory=dict)
-    batch_size: int = 64
+    batch_size: int | None = None  # slices per 2D forward pass; None: from the free memory and slice size
     fusion_units: list[str] | None = None  # the VFN / stack units loaded, when the fusion has models
     step_size: float | None = None  # VFN windows' step as a fraction of the patch; None: the planned stride
     quiet: bool = True  # no progress bars inside a case
