@@ -72,7 +72,7 @@ def _keep_locale():
     locale.setlocale(locale.LC_ALL, saved)
 
 
-def demo_workspace(tmp_path_factory, name: str):
+def demo_workspace(tmp_path_factory, name: str, num_test: int = 2, shape: tuple[int, int, int] = (16, 24, 20)):
     """(root, raw dataset folder, MonkeyPatch) of a demo dataset planned in holdout mode in its own folders.
 
     For module-scoped fixtures (the ``monkeypatch`` fixture is function-scoped); call ``undo()`` after.
@@ -85,6 +85,6 @@ def demo_workspace(tmp_path_factory, name: str):
     for var in paths.ENV_VARS:
         (root / var).mkdir()
         monkey.setenv(var, str(root / var))
-    raw = make_demo_dataset(root / "vfnet_raw", num_train=9, num_test=2, shape=(16, 24, 20))
+    raw = make_demo_dataset(root / "vfnet_raw", num_train=9, num_test=num_test, shape=shape)
     plan_and_preprocess(None, num_processes=1, split_mode="holdout", quiet=True)
     return root, raw, monkey

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import demo_workspace
 
-from vfnet import paths
 from vfnet.atomic import read_json
 from vfnet.views import VIEWS
 
@@ -22,17 +22,9 @@ TINY_VFN = {"iterations": 10, "batch_size": 2, "val_every": 5}
 
 @pytest.fixture(scope="module")
 def holdout_on_cuda(tmp_path_factory):
-    from vfnet.demo_data import make_demo_dataset
     from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
-    from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess
 
-    root = tmp_path_factory.mktemp("cuda")
-    monkey = pytest.MonkeyPatch()
-    for var in paths.ENV_VARS:
-        (root / var).mkdir()
-        monkey.setenv(var, str(root / var))
-    make_demo_dataset(root / "vfnet_raw", num_train=9, num_test=0, shape=(32, 48, 40))
-    plan_and_preprocess(None, num_processes=1, split_mode="holdout", quiet=True)
+    _, _, monkey = demo_workspace(tmp_path_factory, "cuda", num_test=0, shape=(32, 48, 40))
     units = [train_2d_unit(None, view, "holdout", "default", device="cuda", quiet=True, schedule_overrides=TINY_2D,
                            features=[8, 16, 32]) for view in VIEWS]
     vfn = train_vfn_unit(None, "holdout", "default", device="cuda", quiet=True, schedule_overrides=TINY_VFN)

@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
+from conftest import demo_workspace
 
 from vfnet import paths
 from vfnet.pipeline.dask_runner import open_client, run_graph, threads_per_worker, train_all_distributed
@@ -25,16 +26,7 @@ TINY = {"iterations": 6, "val_every": 6, "num_workers": 0, "batch_size": 2, "fea
 @pytest.fixture(scope="module")
 def holdout(tmp_path_factory):
     """A tiny synthetic dataset planned in holdout mode (module-scoped, with its own vfnet folders)."""
-    from vfnet.demo_data import make_demo_dataset
-    from vfnet.preprocessing.plan_and_preprocess import plan_and_preprocess
-
-    root = tmp_path_factory.mktemp("dask")
-    monkey = pytest.MonkeyPatch()
-    for var in paths.ENV_VARS:
-        (root / var).mkdir()
-        monkey.setenv(var, str(root / var))
-    make_demo_dataset(root / "vfnet_raw", num_train=9, num_test=2, shape=(16, 24, 20))
-    plan_and_preprocess(None, num_processes=1, split_mode="holdout", quiet=True)
+    root, _, monkey = demo_workspace(tmp_path_factory, "dask")
     yield root
     monkey.undo()
 
