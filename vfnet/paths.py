@@ -15,6 +15,10 @@ _DEFAULT_SUBDIRS = {"vfnet_raw": "raw", "vfnet_preprocessed": "preprocessed", "v
 # MSD / nnU-Net v1 folders (TaskXX_Name) and nnU-Net v2 folders (DatasetXXX_Name) alike
 # inside a preprocessed dataset: the arrays of every case, and the VFN fusion sets
 ARRAYS_DIR = "arrays"
+# a unit folder's checkpoints: resumed from, chosen on validation, and the one that marks it trained
+LATEST_CHECKPOINT = "checkpoint_latest.pth"
+BEST_CHECKPOINT = "checkpoint_best.pth"
+FINAL_CHECKPOINT = "checkpoint_final.pth"
 FUSION_DIR = "fusion"
 _TASK_RE = re.compile(r"^(?:Task|Dataset)(\d{2,3})_(.+)$")
 _notice_given = False
@@ -155,7 +159,7 @@ def trained_presets(dataset_folder: Path, network_prefix: str = "") -> list[str]
     if not Path(dataset_folder).is_dir():
         return []
     return sorted(p.name for p in Path(dataset_folder).iterdir()
-                  if p.is_dir() and any(p.glob(f"{network_prefix}*/*/checkpoint_final.pth")))
+                  if p.is_dir() and any(p.glob(f"{network_prefix}*/*/{FINAL_CHECKPOINT}")))
 
 
 def trained_units(dataset_folder: Path, preset: str, network: str) -> list[str]:
@@ -163,7 +167,7 @@ def trained_units(dataset_folder: Path, preset: str, network: str) -> list[str]:
     folder = Path(dataset_folder) / preset / network
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if (p / "checkpoint_final.pth").is_file())
+    return sorted(p.name for p in folder.iterdir() if (p / FINAL_CHECKPOINT).is_file())
 
 
 def resolve_preset(dataset_folder: Path, preset: str | None, network_prefix: str = "2d") -> str:

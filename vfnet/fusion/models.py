@@ -10,10 +10,9 @@ from vfnet.checkpoint import load_checkpoint
 from vfnet.errors import ModelNotFoundError, VfnetError
 from vfnet.experiment_planning.plans import Plan
 from vfnet.networks.vfn import build_vfn, state_has_view_prior
+from vfnet.paths import BEST_CHECKPOINT, FINAL_CHECKPOINT
 from vfnet.resolution import normalise_factor
 
-FINAL_CHECKPOINT = "checkpoint_final.pth"
-BEST_CHECKPOINT = "checkpoint_best.pth"
 CHECKPOINTS = {"final": FINAL_CHECKPOINT, "best": BEST_CHECKPOINT}
 
 

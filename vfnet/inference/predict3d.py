@@ -28,12 +28,11 @@ from vfnet.errors import VfnetError
 from vfnet.inference.predict2d import per_class_dice, restore_network, save_probabilities
 from vfnet.inference.sliding_window import sliding_window_probabilities
 from vfnet.networks.unet3d import UNet3D, build_unet3d
+from vfnet.paths import FINAL_CHECKPOINT
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.training.train3d import train_hint
 from vfnet.training.units import TrainedUnit
 from vfnet.windows import pad_to_size
-
-FINAL_CHECKPOINT = "checkpoint_final.pth"
 
 
 def load_unit_network_3d(unit_dir: Path, plan: Mapping, device: str | torch.device = "cpu",

@@ -21,6 +21,8 @@ from vfnet import paths
 from vfnet.atomic import read_json
 from vfnet.errors import VfnetError
 from vfnet.experiment_planning.plans import Plan
+from vfnet.paths import LATEST_CHECKPOINT
+from vfnet.training.units import unit_finished
 from vfnet.views import VIEWS
 
 STAGE_ORDER = ("2d", "vfn", "3d")
@@ -53,11 +55,11 @@ class TrainingJob:
 
     @property
     def finished(self) -> bool:
-        return (self.unit_dir / "checkpoint_final.pth").is_file() and (self.unit_dir / "summary.json").is_file()
+        return unit_finished(self.unit_dir)
 
     @property
     def started(self) -> bool:
-        return (self.unit_dir / "checkpoint_latest.pth").is_file()
+        return (self.unit_dir / LATEST_CHECKPOINT).is_file()
 
     def command(self, dataset: str, preset: str) -> str:
         """Complete shell command (``--continue`` when a latest checkpoint exists)."""

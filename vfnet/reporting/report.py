@@ -31,6 +31,7 @@ from vfnet.experiment_planning.plans import NETWORKS_2D, Plan
 from vfnet.fusion.crossval import test_folds
 from vfnet.fusion.methods import VfnConfig, fuse, majority_vote
 from vfnet.fusion.models import FINAL_CHECKPOINT, load_vfn
+from vfnet.paths import LATEST_CHECKPOINT
 from vfnet.prediction.models import _train_hint
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.reporting.figures import CaseRow, draw_case_rows
@@ -174,7 +175,7 @@ def _checkpoint_history(path: Path) -> list[dict] | None:
 
 
 def _history_of(unit_dir: Path) -> list[dict] | None:
-    for name in ("checkpoint_latest.pth", FINAL_CHECKPOINT):
+    for name in (LATEST_CHECKPOINT, FINAL_CHECKPOINT):
         history = _checkpoint_history(unit_dir / name) if (unit_dir / name).is_file() else None
         if history:
             return history

@@ -17,6 +17,7 @@ from vfnet.atomic import write_json
 from vfnet.errors import VfnetError
 from vfnet.experiment_planning.plans import Plan
 from vfnet.networks.unet2d import build_unet2d
+from vfnet.paths import FINAL_CHECKPOINT
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import normalise_factor
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
@@ -84,7 +85,7 @@ def fit_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "
               "schedule": schedule}
     write_json(out / "unit.json", record)
 
-    if not (resume and (out / "checkpoint_final.pth").is_file()):
+    if not (resume and (out / FINAL_CHECKPOINT).is_file()):
         if not resume:
             clear_previous_run(out)
         _train(plan, data, view, train_cases, val_cases, schedule, out, torch_device, num_threads, resume, quiet,

@@ -36,12 +36,13 @@ from vfnet.atomic import atomic_path, remove_stale_temporaries
 from vfnet.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from vfnet.device import resolve_device
 from vfnet.errors import CheckpointError, PlanError
+from vfnet.paths import BEST_CHECKPOINT, FINAL_CHECKPOINT, LATEST_CHECKPOINT
 from vfnet.training.losses import foreground_counts
 
 if TYPE_CHECKING:
     from vfnet.training.ddp import DistributedContext
 
-CHECKPOINTS = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth")
+CHECKPOINTS = (LATEST_CHECKPOINT, BEST_CHECKPOINT, FINAL_CHECKPOINT)
 
 
 class PolyLR:
@@ -161,7 +162,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def saved_iteration(out_dir: Path, name: str = "checkpoint_latest.pth") -> int:
+def saved_iteration(out_dir: Path, name: str = LATEST_CHECKPOINT) -> int:
     """Iteration stored in a checkpoint of ``out_dir``, 0 when there is none."""
     path = Path(out_dir) / name
     if not path.is_file():
@@ -272,7 +273,7 @@ class Trainer:
 
     def resume(self) -> bool:
         """Continue from ``checkpoint_latest.pth`` if it exists; True when something was restored."""
-        path = self.out_dir / "checkpoint_latest.pth"
+        path = self.out_dir / LATEST_CHECKPOINT
         if not path.is_file():
             return False
         self.load_checkpoint(path)
@@ -331,9 +332,9 @@ class Trainer:
                  "val_loss": val_loss, "val_dice": val_dice, "lr": self.optimizer.param_groups[0]["lr"],
                  "seconds": next_start - interval_start, "data_wait": wait_seconds / step_seconds if step_seconds > 0 else 0.0}
         self.history.append(entry)
-        self.save_checkpoint("checkpoint_latest.pth")
+        self.save_checkpoint(LATEST_CHECKPOINT)
         if improved:
-            self.save_checkpoint("checkpoint_best.pth")
+            self.save_checkpoint(BEST_CHECKPOINT)
         self.log(f"iteration {self.iteration}/{self.config.iterations}: train loss {entry['train_loss']:.4f}, "
                  f"val loss {val_loss:.4f}, pseudo-Dice {val_dice:.4f}{' (best)' if improved else ''}, "
                  f"lr {entry['lr']:.2e}, {entry['seconds']:.1f} s, data wait {100 * entry['data_wait']:.1f}%")
@@ -379,10 +380,10 @@ class Trainer:
         finally:
             bar.close()
         if self.iteration >= total:
-            self.save_checkpoint("checkpoint_final.pth")
+            self.save_checkpoint(FINAL_CHECKPOINT)
             self.log(f"finished {total} iterations; best pseudo-Dice {self.best_dice:.4f}")
         elif not self.history or self.history[-1]["iteration"] != self.iteration:
-            self.save_checkpoint("checkpoint_latest.pth")
+            self.save_checkpoint(LATEST_CHECKPOINT)
         return self.history
 
     def data_wait_share(self) -> float:

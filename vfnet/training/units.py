@@ -18,13 +18,14 @@ from vfnet.atomic import read_json
 from vfnet.device import resolve_device
 from vfnet.errors import PlanError, VfnetError
 from vfnet.experiment_planning.plans import Plan, budget_minutes
+from vfnet.paths import BEST_CHECKPOINT, FINAL_CHECKPOINT, LATEST_CHECKPOINT
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.training.budget import load_or_plan_budget
 
 SEED = 12345
 VALIDATION_FRACTION = 0.15
 # what a finished or interrupted run leaves; a fresh (not resumed) run removes them first
-RUN_FILES = ("checkpoint_final.pth", "summary.json", "checkpoint_latest.pth", "checkpoint_best.pth")
+RUN_FILES = (FINAL_CHECKPOINT, "summary.json", LATEST_CHECKPOINT, BEST_CHECKPOINT)
 
 
 @dataclass
@@ -118,7 +119,7 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
     out.mkdir(parents=True, exist_ok=True)
     overrides = dict(schedule_overrides or {})
     recorded = read_json(out / "unit.json").get("schedule") if (out / "unit.json").is_file() else None
-    if resume and recorded and (out / "checkpoint_latest.pth").is_file():
+    if resume and recorded and (out / LATEST_CHECKPOINT).is_file():
         schedule = {**recorded, **overrides}
     else:
         schedule = plan.schedule(preset, stage)
@@ -158,7 +159,7 @@ def held_out_split(data: PreprocessedDataset, spec: dict, key: str, label: str) 
 
 def unit_finished(unit_dir: Path) -> bool:
     """A unit is finished when its final checkpoint and its summary exist."""
-    return (Path(unit_dir) / "checkpoint_final.pth").is_file() and (Path(unit_dir) / "summary.json").is_file()
+    return (Path(unit_dir) / FINAL_CHECKPOINT).is_file() and (Path(unit_dir) / "summary.json").is_file()
 
 
 def clear_previous_run(unit_dir: Path) -> None:
