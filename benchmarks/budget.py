@@ -200,8 +200,11 @@ VFN: {budget['calibration']['vfn']['step_s']:.3f} s per step (batch {BATCH['vfn'
 
 
 def results_name(kind: str, args: argparse.Namespace) -> str:
-    """``<kind>_<Task>``, with ``_<allocation>`` for an allocation other than the default (kept side by side)."""
+    """``<kind>_<Task>``, with ``_<allocation>`` for an allocation other than the default and ``_budget<N>``
+    for a budget other than the issue's 60 minutes, so runs that differ in either are kept side by side."""
     suffix = f"_{args.allocation}" if args.allocation not in (None, "equal") else ""
+    if args.budget != 60:
+        suffix += f"_budget{args.budget:g}"
     return f"{kind}_{args.dataset}{suffix}"
 
 
