@@ -32,6 +32,12 @@ CONTEXT_SLICES = 3
 MAX_PATCH_2D = 256
 VFN_PATCH = 64
 MAX_PATCH_3D = 128
+# How preprocessing and prediction resample (vfnet.preprocessing.preprocessing.coarse_axis). ``joint``: one
+# cubic zoom over all axes; ``separate_coarse_axis``: nnU-Net's rule, where the coarsest axis of data more
+# than ANISOTROPY_THRESHOLD times coarser than its finest takes the nearest slice instead of an interpolation.
+RESAMPLING_SCHEMES = ("joint", "separate_coarse_axis")
+ANISOTROPY_THRESHOLD = 3.0
+RESAMPLING = {"scheme": "separate_coarse_axis", "anisotropy_threshold": ANISOTROPY_THRESHOLD}
 
 # Training schedules per preset. Presets change only these, never preprocessing.
 SCHEDULES = {
@@ -214,6 +220,7 @@ def plan_experiment(info: DatasetInfo, fingerprint: dict, dataset_name: str,
         "labels": dict(sorted(info.labels.items(), key=lambda kv: kv[1])),
         "num_classes": info.num_classes,
         "target_spacing": target,
+        "resampling": dict(RESAMPLING),
         "median_shape": median_shape,
         "normalization": plan_normalization(info, fingerprint),
         "views": {view: plan_2d_view(tuple(median_shape), view, info.num_channels) for view in VIEWS},
@@ -229,7 +236,8 @@ def plan_experiment(info: DatasetInfo, fingerprint: dict, dataset_name: str,
 
 def preprocessing_hash(plan: dict) -> str:
     """Hash of the plan parts preprocessed arrays depend on."""
-    relevant = {k: plan[k] for k in ("schema_version", "channel_names", "labels", "target_spacing", "normalization")}
+    keys = ("schema_version", "channel_names", "labels", "target_spacing", "resampling", "normalization")
+    relevant = {k: plan[k] for k in keys if k in plan}  # plans from before the resampling key keep their hash
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 

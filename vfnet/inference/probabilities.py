@@ -33,13 +33,15 @@ PROBABILITIES_KEY = "probabilities"
 
 
 def probabilities_in_input_grid(probabilities: np.ndarray, canonical_shape: tuple[int, ...],
-                                geometry: Geometry) -> np.ndarray:
+                                geometry: Geometry, coarse: int | None = None) -> np.ndarray:
     """(K, z, y, x) probabilities of the preprocessed grid → float32 (K, z, y, x) in the input file's array order.
 
     Resampled linearly to the reoriented input's shape (a convex combination: every voxel still
-    sums to 1), then each class map is turned back into the file's own axis order.
+    sums to 1; the nearest slice along a ``coarse`` axis), then each class map is turned back
+    into the file's own axis order.
     """
-    probabilities = resample_to_shape(np.asarray(probabilities, dtype=np.float32), tuple(canonical_shape), order=1)
+    probabilities = resample_to_shape(np.asarray(probabilities, dtype=np.float32), tuple(canonical_shape), order=1,
+                                      coarse=coarse)
     return np.stack([sitk.GetArrayFromImage(from_canonical(np.ascontiguousarray(channel), geometry))
                      for channel in probabilities]).astype(np.float32)
 

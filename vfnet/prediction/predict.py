@@ -27,7 +27,8 @@ from vfnet.inference.predict3d import window_stride
 from vfnet.inference.probabilities import probabilities_in_input_grid, probability_properties
 from vfnet.inference.probabilities import save_probabilities as save_probabilities_file
 from vfnet.prediction.models import DeployedModels, UNet3DModels, load_3d_models, load_deployed_models
-from vfnet.preprocessing.preprocessing import class_values, preprocess_image, resample_to_shape
+from vfnet.preprocessing.preprocessing import (class_values, coarse_axis, plan_resampling, preprocess_image,
+                                               resample_to_shape)
 
 MODELS = ("vfnet", "3d")
 LOG_NAME = "vfnet_predict.jsonl"  # one JSON object per line: the settings, then one line per case
@@ -59,16 +60,18 @@ def _check_folders(source: Path, target: Path) -> None:
                          "one input file, the label file: -o seg.nii.gz)")
 
 
-def labels_to_input_geometry(classes: np.ndarray, properties: dict, num_classes: int) -> np.ndarray:
+def labels_to_input_geometry(classes: np.ndarray, properties: dict, num_classes: int,
+                             coarse: int | None = None) -> np.ndarray:
     """Class labels in the preprocessed grid → label values in the canonical (reoriented) grid.
 
     Resampling goes through per-class soft masks (linear) and an argmax, which keeps thin
-    structures better than nearest-neighbour on the labels.
+    structures better than nearest-neighbour on the labels; along a ``coarse`` axis (see
+    :func:`vfnet.preprocessing.preprocessing.coarse_axis`) it takes the nearest slice.
     """
     shape = tuple(properties["canonical_shape"])
     if classes.shape != shape:
         onehot = np.stack([(classes == c).astype(np.float32) for c in range(num_classes)])
-        classes = np.argmax(resample_to_shape(onehot, shape, order=1), axis=0)
+        classes = np.argmax(resample_to_shape(onehot, shape, order=1, coarse=coarse), axis=0)
     return class_values(properties["labels"])[classes]
 
 
@@ -115,12 +118,17 @@ def segment_canonical(channels: list[np.ndarray], spacing, models: DeployedModel
     plan = models.plan
     image = prepare_channels(channels, spacing, plan, name)
     classes, saved = segment_preprocessed(image, models, fusion, postprocess, tta)
-    return _labels_in_canonical_grid(classes, channels[0].shape, plan), saved
+    return _labels_in_canonical_grid(classes, channels[0].shape, spacing, plan), saved
 
 
-def _labels_in_canonical_grid(classes: np.ndarray, canonical_shape, plan) -> np.ndarray:
+def back_to_input_axis(spacing, plan) -> int | None:
+    """The coarse axis (or None) of going from the plan's grid back to an input of ``spacing``."""
+    return coarse_axis(spacing, plan["target_spacing"], plan_resampling(plan))
+
+
+def _labels_in_canonical_grid(classes: np.ndarray, canonical_shape, spacing, plan) -> np.ndarray:
     properties = {"canonical_shape": list(canonical_shape), "labels": plan["labels"]}
-    labels = labels_to_input_geometry(classes, properties, plan.num_classes)
+    labels = labels_to_input_geometry(classes, properties, plan.num_classes, back_to_input_axis(spacing, plan))
     return labels.astype(np.uint8 if labels.max() < 256 else np.uint16)
 
 
@@ -154,20 +162,23 @@ def read_case(case: InputCase, plan, series: str | None = None
 class _PreparedCase:
     image: np.ndarray  # preprocessed (C, z, y, x)
     canonical_shape: tuple[int, ...]
+    spacing: tuple[float, float, float]  # canonical (z, y, x) spacing of the input
     geometry: Geometry
 
 
 def _prepare_case(case: InputCase, plan, series: str | None = None) -> _PreparedCase:
     channels, spacing, geometry = read_case(case, plan, series)
-    return _PreparedCase(prepare_channels(channels, spacing, plan, str(case.sources[0])), channels[0].shape, geometry)
+    return _PreparedCase(prepare_channels(channels, spacing, plan, str(case.sources[0])), channels[0].shape, spacing,
+                         geometry)
 
 
 def _write_case(case: InputCase, classes: np.ndarray, maps: dict, prepared: _PreparedCase, plan, out_dir: Path,
                 save_probabilities: bool) -> None:
-    write_like(_labels_in_canonical_grid(classes, prepared.canonical_shape, plan), prepared.geometry,
+    write_like(_labels_in_canonical_grid(classes, prepared.canonical_shape, prepared.spacing, plan), prepared.geometry,
                out_dir / case.output_name)
     if save_probabilities:
-        probabilities = probabilities_in_input_grid(maps["fused"], prepared.canonical_shape, prepared.geometry)
+        probabilities = probabilities_in_input_grid(maps["fused"], prepared.canonical_shape, prepared.geometry,
+                                                    back_to_input_axis(prepared.spacing, plan))
         save_probabilities_file(out_dir, case.case_id, probabilities,
                                 probability_properties(prepared.geometry, plan["labels"]))
 

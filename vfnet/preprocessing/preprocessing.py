@@ -19,26 +19,77 @@ from tqdm import tqdm
 from vfnet.atomic import atomic_path, read_json, remove_stale_temporaries, write_json
 from vfnet.dataset import CaseFiles
 from vfnet.errors import VfnetError
+from vfnet.experiment_planning.plans import ANISOTROPY_THRESHOLD, RESAMPLING_SCHEMES
 from vfnet.imageio import read_canonical
 from vfnet.paths import ARRAYS_DIR
 
 
-def resample(volume: np.ndarray, spacing, target, order: int) -> np.ndarray:
-    """Resample a (z, y, x) volume from ``spacing`` to ``target``; nothing happens within 1%."""
+# plans made before the resampling key resampled every axis jointly
+JOINT_RESAMPLING = {"scheme": "joint", "anisotropy_threshold": ANISOTROPY_THRESHOLD}
+
+
+def check_resampling(resampling: dict) -> dict:
+    """``resampling`` when its scheme is known; else a VfnetError naming the schemes."""
+    if resampling.get("scheme") not in RESAMPLING_SCHEMES:
+        raise VfnetError(f"plans.json: resampling scheme '{resampling.get('scheme')}' is unknown; expected "
+                         f"{' or '.join(RESAMPLING_SCHEMES)}")
+    return resampling
+
+
+def coarse_axis(spacing, target, resampling: dict | None) -> int | None:
+    """The axis resampled on its own, with nearest neighbour, when going from ``spacing`` to ``target``.
+
+    Scheme ``separate_coarse_axis`` (nnU-Net's): if ``spacing`` is anisotropic (coarsest more than
+    ``anisotropy_threshold`` times the finest) its coarsest axis, else if ``target`` is, the
+    target's; None when neither is, when two axes tie for coarsest, or with scheme ``joint``.
+    Interpolating across thick slices mixes anatomy that is centimetres apart; copying the nearest
+    slice does not.
+    """
+    if resampling is None or check_resampling(resampling)["scheme"] == "joint":
+        return None
+    for grid in (np.asarray(spacing, float), np.asarray(target, float)):
+        if grid.max() / grid.min() > float(resampling["anisotropy_threshold"]):
+            coarsest = np.flatnonzero(np.isclose(grid, grid.max(), rtol=1e-3))
+            return int(coarsest[0]) if len(coarsest) == 1 else None
+    return None
+
+
+def resample(volume: np.ndarray, spacing, target, order: int, resampling: dict | None = None) -> np.ndarray:
+    """Resample a (z, y, x) volume from ``spacing`` to ``target``; nothing happens within 1%.
+
+    ``resampling`` is the plan's section (:func:`coarse_axis`); None resamples all axes jointly.
+    """
     factors = np.asarray(spacing, float) / np.asarray(target, float)
     if np.allclose(factors, 1.0, rtol=0.01):
         return volume
     shape = np.maximum(np.round(np.array(volume.shape) * factors).astype(int), 1)
-    return resample_to_shape(volume, tuple(shape), order)
+    return resample_to_shape(volume, tuple(shape), order, coarse_axis(spacing, target, resampling))
 
 
-def resample_to_shape(volume: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
-    """Resample the last three axes of ``volume`` to ``shape`` (order 0 for labels)."""
+def resample_to_shape(volume: np.ndarray, shape: tuple[int, ...], order: int, coarse: int | None = None) -> np.ndarray:
+    """Resample the last three axes of ``volume`` to ``shape`` (order 0 for labels).
+
+    With ``coarse`` (an axis of the three) the other two axes are interpolated with ``order``
+    slice by slice, and the coarse axis with nearest neighbour, as nnU-Net does for anisotropic data.
+    """
     if tuple(volume.shape[-3:]) == tuple(shape):
         return volume
-    zoom = [1.0] * (volume.ndim - 3) + [t / s for t, s in zip(shape, volume.shape[-3:])]
-    out = ndimage.zoom(volume, zoom, order=order, mode="nearest", grid_mode=True)
+    zoom = [t / s for t, s in zip(shape, volume.shape[-3:])]
+    if coarse is None:
+        out = _zoom(volume, zoom, order)
+    else:
+        in_plane = [1.0 if axis == coarse else z for axis, z in enumerate(zoom)]
+        along = [z if axis == coarse else 1.0 for axis, z in enumerate(zoom)]
+        # a tensor-product spline sampled at whole positions of one axis is each slice's 2D spline
+        out = _zoom(_zoom(volume, in_plane, order), along, 0)
     return out[..., : shape[0], : shape[1], : shape[2]]
+
+
+def _zoom(volume: np.ndarray, zoom: list[float], order: int) -> np.ndarray:
+    if all(z == 1.0 for z in zoom):
+        return volume
+    factors = [1.0] * (volume.ndim - 3) + list(zoom)
+    return ndimage.zoom(volume, factors, order=order, mode="nearest", grid_mode=True)
 
 
 def normalize(image: np.ndarray, scheme: dict) -> np.ndarray:
@@ -51,11 +102,18 @@ def normalize(image: np.ndarray, scheme: dict) -> np.ndarray:
     return ((image - float(image.mean())) / max(std, 1e-8)).astype(np.float32)
 
 
+def plan_resampling(plan) -> dict:
+    """The plan's resampling section; plans written before it existed resample jointly, as they did."""
+    data = plan.data if hasattr(plan, "data") else plan
+    return check_resampling(data.get("resampling", JOINT_RESAMPLING))
+
+
 def preprocess_image(channels: list[np.ndarray], spacing, plan: dict) -> np.ndarray:
     """Canonical channel arrays → resampled, normalized (C, z, y, x) float32."""
     out = []
     for index, array in enumerate(channels):
-        array = resample(array.astype(np.float32), spacing, plan["target_spacing"], order=3)
+        array = resample(array.astype(np.float32), spacing, plan["target_spacing"], order=3,
+                         resampling=plan_resampling(plan))
         out.append(normalize(array, plan["normalization"][str(index)]))
     return np.stack(out)
 
