@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
+from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.errors import VfnetError
 from vfnet.experiment_planning.plans import Plan
 from vfnet.networks.unet2d import build_unet2d
-from vfnet.paths import FINAL_CHECKPOINT
+from vfnet.paths import UnitPaths
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import normalise_factor
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
@@ -70,7 +71,7 @@ def fit_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "
         The unit's results folder.
     """
     _check_view(view)
-    network_name = f"2d_{view}"
+    network_name = paths.view_network(view)
     setup = prepare_unit(dataset, "2d", network_name, unit, preset, device, schedule_overrides, resume, overwrite)
     preprocessed, plan, spec, schedule, torch_device, out = (
         setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
@@ -83,9 +84,9 @@ def fit_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "
               "train_folds": spec["train_folds"], "predict_folds": spec["predict_folds"],
               "train_cases": train_cases, "val_cases": val_cases, "predict_cases": predict_cases,
               "schedule": schedule}
-    write_json(out / "unit.json", record)
+    write_json(UnitPaths(out).record, record)
 
-    if not (resume and (out / FINAL_CHECKPOINT).is_file()):
+    if not (resume and UnitPaths(out).final_checkpoint.is_file()):
         if not resume:
             clear_previous_run(out)
         _train(plan, data, view, train_cases, val_cases, schedule, out, torch_device, num_threads, resume, quiet,

@@ -22,7 +22,7 @@ from vfnet.checkpoint import load_checkpoint
 from vfnet.experiment_planning.plans import Plan
 from vfnet.networks.unet3d import UNet3D, build_unet3d, unet3d_config
 from vfnet.networks.vfn import count_parameters
-from vfnet.paths import FINAL_CHECKPOINT
+from vfnet.paths import UnitPaths
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.training.data2d import close_loader
 from vfnet.training.data3d import fixed_batches_3d, load_volumes, make_train_loader_3d
@@ -84,11 +84,11 @@ def fit_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", d
     data = PreprocessedDataset(preprocessed)
     train_cases, val_cases, predict_cases = held_out_split(data, spec, key=f"3d-{unit}", label=f"3d unit {unit}")
     metadata = {"network": NETWORK, "unit": str(unit), "preset": preset, "dataset": preprocessed.name}
-    write_json(out / "unit.json", {**metadata, "train_folds": spec["train_folds"],
+    write_json(UnitPaths(out).record, {**metadata, "train_folds": spec["train_folds"],
                                    "predict_folds": spec["predict_folds"], "train_cases": train_cases,
                                    "val_cases": val_cases, "predict_cases": predict_cases, "schedule": schedule})
 
-    if not (resume and (out / FINAL_CHECKPOINT).is_file()):
+    if not (resume and UnitPaths(out).final_checkpoint.is_file()):
         if not resume:
             clear_previous_run(out)
         trainer = _train(plan, data, train_cases, val_cases, schedule, out, torch_device, num_threads, resume,
@@ -97,7 +97,7 @@ def fit_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", d
             return out  # stopped early on purpose: no final checkpoint, nothing to predict yet
 
     if after_training is not None:
-        state = load_checkpoint(out / FINAL_CHECKPOINT)
+        state = load_checkpoint(UnitPaths(out).final_checkpoint)
         config = state.get("metadata", {}).get("network_config")
         network = UNet3D(**config) if config else build_unet3d(plan, plan.num_channels, plan.num_classes)
         after_training(TrainedUnit(setup, data, predict_cases, quiet=quiet, metadata={

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from vfnet import paths
+from vfnet.paths import UnitPaths
 from vfnet.atomic import write_json
 from vfnet.errors import PlanError
 from vfnet.networks.vfn import build_vfn, count_parameters
@@ -77,7 +78,7 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     cases = sorted(manifest["cases"])
     train_cases, val_cases = split_validation(cases, key=f"vfn-{unit}")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "unit.json", {
+    write_json(UnitPaths(out).record, {
         "network": network_name, "unit": str(unit), "preset": preset, "use_image": use_image,
         "train_folds": spec["train_folds"], "predict_folds": spec["predict_folds"],
         "train_cases": train_cases, "val_cases": val_cases, "fusion_set": str(folder), "schedule": schedule})
@@ -129,7 +130,7 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     trainer.fit(stop_at=stop_at)
     if trainer.iteration < iterations or not trainer.is_main:
         return out  # stopped early on purpose (not finished, so no summary), or a DDP rank that writes nothing
-    write_json(out / "summary.json", {
+    write_json(UnitPaths(out).summary, {
         "network": network_name, "unit": str(unit), "preset": preset, "parameters": parameters,
         "iterations": iterations, "best_val_pseudo_dice": trainer.best_dice,
         "best_iteration": max(trainer.history, key=lambda h: h["val_dice"])["iteration"] if trainer.history else None,
