@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from vfnet import paths
-from vfnet.paths import UnitPaths
 from vfnet.atomic import write_json
 from vfnet.errors import PlanError
 from vfnet.networks.vfn import build_vfn, count_parameters
+from vfnet.paths import UnitPaths
 from vfnet.resolution import normalise_factor
 from vfnet.training.data_vfn import AUGMENTATIONS, VfnPatchSampler, load_fusion_samples, load_manifest, tile_batches
 from vfnet.training.ddp import DistributedContext
