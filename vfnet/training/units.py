@@ -37,6 +37,7 @@ class UnitSetup:
     device: torch.device
     out: Path
     final: Path | None = None  # with --overwrite of a finished unit, ``out`` is a staging folder swapped in at the end
+    preset: str = ""
 
     def finish(self) -> Path:
         """Swap a staging folder onto the unit's folder once the new run is complete; the unit's folder."""
@@ -126,7 +127,7 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
             budget = load_or_plan_budget(preprocessed, results, preset, torch_device)
             schedule.update(budget.schedule("vfn" if stage == "vfn" else network, str(unit)))
         schedule.update(overrides)
-    return UnitSetup(preprocessed, plan, spec, schedule, torch_device, out, final)
+    return UnitSetup(preprocessed, plan, spec, schedule, torch_device, out, final, preset)
 
 
 def split_validation(cases: Sequence[str], key: str, fraction: float = VALIDATION_FRACTION) -> tuple[list, list]:
