@@ -14,6 +14,7 @@ from pathlib import Path
 from vfnet import paths
 from vfnet.errors import VfnetError
 from vfnet.networks.unet2d import build_unet2d
+from vfnet.networks.vfn import count_parameters
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import normalise_factor
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
@@ -94,6 +95,7 @@ class View2dRecipe:
         trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, setup.out, device=setup.device,
                           num_threads=options.num_threads, quiet=options.quiet, distributed=options.distributed,
                           metadata={**metadata, "view": view, "network_config": network.config(),
+                                    "parameters": count_parameters(network),
                                     "input_downsample": list(normalise_factor(downsample)),
                                     "train_cases": cases.train, "val_cases": cases.val})
         return Run(trainer, lambda: close_loader(loader))
