@@ -41,6 +41,28 @@ def test_cca_sources_leave_out_the_test_fold_and_the_case_fold(demo_preprocessed
         assert set(plan.unit("2d", unit)["predict_folds"]) == {"2", data.fold_of(case)}
 
 
+def test_sources_come_from_the_plans_units(demo_preprocessed):
+    """Renaming a CCA unit in plans.json renames the source; removing it is one clear PlanError."""
+    import copy
+
+    import pytest
+
+    from vfnet.errors import PlanError
+
+    data = PreprocessedDataset(demo_preprocessed)
+    raw = copy.deepcopy(Plan.load(demo_preprocessed).data)
+    for unit in raw["units"]["2d"]:
+        if unit["name"] == "cca_0_2":
+            unit["name"] = "pair_zero_two"
+    sources = map_sources(Plan(raw), data, "2")
+    assert {src for case, src in sources.items() if data.fold_of(case) == "0"} == {"pair_zero_two"}
+    assert {src for case, src in sources.items() if data.fold_of(case) == "1"} == {"cca_1_2"}
+    raw["units"]["2d"] = [u for u in raw["units"]["2d"] if u["name"] != "pair_zero_two"]
+    with pytest.raises(PlanError, match="no cca 2D unit that predicts folds 0, 2"):
+        map_sources(Plan(raw), data, "2")
+    assert set(map_sources(Plan(raw), data, "all").values()) == set(raw["fold_names"])
+
+
 def test_honest_records_pass(demo_preprocessed):
     _record_units(demo_preprocessed)
     leaks, checks = find_leaks(None, "quick")

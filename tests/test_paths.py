@@ -63,3 +63,18 @@ def test_default_folders_when_variables_unset(monkeypatch, tmp_path, caplog):
 def test_variables_win(monkeypatch, tmp_path):
     monkeypatch.setenv("vfnet_preprocessed", str(tmp_path))
     assert paths.preprocessed_root() == tmp_path
+
+
+def test_unit_paths_name_every_file_of_a_unit(tmp_path):
+    unit = paths.UnitPaths.of(tmp_path / "Task04_Hippocampus", "quick", paths.view_network("axial"), "cca_0_1")
+    assert unit.folder == tmp_path / "Task04_Hippocampus" / "quick" / "2d_axial" / "cca_0_1"
+    assert paths.unit_dir(tmp_path / "Task04_Hippocampus", "quick", "2d_axial", "cca_0_1") == unit.folder
+    assert unit.prediction("hippocampus_001") == unit.folder / "predictions" / "hippocampus_001.npz"
+    assert {unit.final_checkpoint.name, unit.best_checkpoint.name, unit.latest_checkpoint.name} == {
+        paths.FINAL_CHECKPOINT, paths.BEST_CHECKPOINT, paths.LATEST_CHECKPOINT}
+    assert not unit.finished
+    unit.folder.mkdir(parents=True)
+    unit.final_checkpoint.write_bytes(b"x")
+    assert not unit.finished  # a final checkpoint without its summary is not a trained unit
+    unit.summary.write_text("{}")
+    assert unit.finished

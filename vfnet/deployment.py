@@ -30,7 +30,7 @@ from vfnet.atomic import atomic_path, read_json
 from vfnet.checkpoint import WEIGHT_KEYS, load_checkpoint, save_checkpoint, weights_only_state
 from vfnet.errors import CheckpointError, ModelNotFoundError, PlanError, VfnetError
 from vfnet.experiment_planning.plans import Plan
-from vfnet.fusion.models import FINAL_CHECKPOINT
+from vfnet.paths import BEST_CHECKPOINT, FINAL_CHECKPOINT
 from vfnet.prediction.models import _train_hint, deployment_units
 from vfnet.views import VIEWS
 from vfnet.zipsafe import extract_member, staging_folder
@@ -45,7 +45,7 @@ MANIFEST = "vfnet_model.json"
 FORMAT = "vfnet_model"
 FORMAT_VERSION = 1
 DATASET_FILES = ("plans.json", "dataset.json", "fingerprint.json", "splits.json")
-UNIT_FILES = (FINAL_CHECKPOINT, "checkpoint_best.pth", "unit.json", "summary.json")
+UNIT_FILES = (FINAL_CHECKPOINT, BEST_CHECKPOINT, paths.UNIT_RECORD, paths.SUMMARY)
 CROSSVAL_FILES = ("best_method.json", "crossval.json", "crossval.md")
 
 
@@ -58,7 +58,7 @@ def _sha256(path: Path) -> str:
 
 
 def _unit_complete(unit_dir: Path) -> bool:
-    return (unit_dir / FINAL_CHECKPOINT).is_file()
+    return paths.UnitPaths(unit_dir).final_checkpoint.is_file()
 
 
 def deployment_unit_list(plan: Plan, results: Path, preset: str, include_all_folds: bool = True
@@ -72,11 +72,11 @@ def deployment_unit_list(plan: Plan, results: Path, preset: str, include_all_fol
     U-Net baseline's units (for ``vfnet_predict --model 3d``).
     """
     units_2d, vfn_units = deployment_units(plan, None if include_all_folds else ["all"])
-    required = [(f"2d_{view}", unit) for unit in units_2d for view in VIEWS] + [("vfn", u) for u in vfn_units]
+    required = [(paths.view_network(view), unit) for unit in units_2d for view in VIEWS] + [("vfn", u) for u in vfn_units]
     optional = [("vfn_noimage", u) for u in vfn_units] + [("vfn", "all")] * ("all" not in vfn_units)
     if "all" not in units_2d:
-        alls = [(f"2d_{view}", "all") for view in VIEWS]
-        if all(_unit_complete(paths.unit_dir(results, preset, n, u)) for n, u in alls):
+        alls = [(paths.view_network(view), "all") for view in VIEWS]
+        if all(_unit_complete(paths.UnitPaths.of(results, preset, n, u).folder) for n, u in alls):
             optional = alls + optional
     optional += [("3d", unit["name"]) for unit in plan["units"].get("3d", [])]
     return required, optional
@@ -103,18 +103,18 @@ def export_model(dataset: str | int | None, output_zip: str | Path, preset: str 
     name = results.name
     plan = Plan.load(results)
     required, optional = deployment_unit_list(plan, results, preset, include_all_folds)
-    missing = [(n, u) for n, u in required if not _unit_complete(paths.unit_dir(results, preset, n, u))]
+    missing = [(n, u) for n, u in required if not _unit_complete(paths.UnitPaths.of(results, preset, n, u).folder)]
     if missing:
         hints = "\n".join(f"  {n}/{u}: {_train_hint(name, preset, n, u)}" for n, u in missing)
         raise ModelNotFoundError(f"{len(missing)} deployment unit(s) of {name} ({preset} preset) are not trained "
                                  f"(no {FINAL_CHECKPOINT} under {results / preset}):\n{hints}")
-    units = required + [(n, u) for n, u in optional if _unit_complete(paths.unit_dir(results, preset, n, u))]
+    units = required + [(n, u) for n, u in optional if _unit_complete(paths.UnitPaths.of(results, preset, n, u).folder)]
     files = [results / f for f in DATASET_FILES if (results / f).is_file()]
     for network, unit in units:
-        unit_dir = paths.unit_dir(results, preset, network, unit)
+        unit_dir = paths.UnitPaths.of(results, preset, network, unit).folder
         # a VFN predicts from the checkpoint that validated best; the other networks from the final one
         files += [unit_dir / f for f in UNIT_FILES if (unit_dir / f).is_file()
-                  and (f != "checkpoint_best.pth" or network.startswith("vfn"))]
+                  and (f != BEST_CHECKPOINT or network.startswith(paths.VFN_NETWORK))]
     files += [results / preset / "crossval" / f for f in CROSSVAL_FILES
               if (results / preset / "crossval" / f).is_file()]
     files += sorted((results / preset / "stack").glob("*/stack.json"))  # the stack fusion's weights per fold

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from vfnet.errors import DatasetNotFoundError
@@ -20,6 +21,16 @@ LATEST_CHECKPOINT = "checkpoint_latest.pth"
 BEST_CHECKPOINT = "checkpoint_best.pth"
 FINAL_CHECKPOINT = "checkpoint_final.pth"
 FUSION_DIR = "fusion"
+# inside a unit folder: held-out probability maps, the run's record and its results
+PREDICTIONS_DIR = "predictions"
+UNIT_RECORD = "unit.json"
+SUMMARY = "summary.json"
+# the networks' folder names; a 2D view's is view_network(view), extra VFN seeds add _seed<N>
+VFN_NETWORK = "vfn"
+VFN_NOIMAGE_NETWORK = "vfn_noimage"
+UNET3D_NETWORK = "3d"
+# fusion method name (command line, crossval) → the folder of the VFN networks behind it
+VFN_METHOD_NETWORKS = {"vfn": VFN_NETWORK, "vfn-noimage": VFN_NOIMAGE_NETWORK}
 _TASK_RE = re.compile(r"^(?:Task|Dataset)(\d{2,3})_(.+)$")
 _notice_given = False
 logger = logging.getLogger(__name__)
@@ -127,12 +138,70 @@ def results_dataset(dataset: str | int | None) -> Path:
     return results_root() / resolve_dataset(dataset, results_root())
 
 
-def unit_dir(dataset_folder: Path, preset: str, network: str, unit: str) -> Path:
-    """Results folder of one training unit: ``<results>/<Task>/<preset>/<network>/<unit>``.
+def view_network(view: str) -> str:
+    """The network (and folder) name of a view's 2D U-Net: ``2d_axial``."""
+    return f"2d_{view}"
 
-    ``network`` is ``2d_axial``, ``2d_coronal``, ``2d_sagittal``, ``vfn``, ``vfn_noimage`` or ``3d``.
+
+@dataclass(frozen=True)
+class UnitPaths:
+    """The folder and files of one training unit, named in one place.
+
+    A unit lives in ``<results>/<Task>/<preset>/<network>/<unit>`` (:meth:`of`); a run that
+    replaces a finished unit trains in a staging folder (``UnitPaths(staging)``) with the same files.
+
+    Example:
+        >>> unit = UnitPaths.of(Path("results/Task04_Hippocampus"), "quick", view_network("axial"), "cca_0_1")
+        >>> unit.prediction("hippocampus_001").name
+        'hippocampus_001.npz'
     """
-    return dataset_folder / preset / network / unit
+
+    folder: Path
+
+    @classmethod
+    def of(cls, dataset_folder: Path, preset: str, network: str, unit: str) -> UnitPaths:
+        """``network`` is ``2d_<view>``, ``vfn``, ``vfn_noimage`` (``_seed<N>``) or ``3d``."""
+        return cls(Path(dataset_folder) / preset / network / str(unit))
+
+    @property
+    def final_checkpoint(self) -> Path:
+        return self.folder / FINAL_CHECKPOINT
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.folder / BEST_CHECKPOINT
+
+    @property
+    def latest_checkpoint(self) -> Path:
+        return self.folder / LATEST_CHECKPOINT
+
+    @property
+    def record(self) -> Path:
+        """``unit.json``: the unit's folds, cases and schedule, written when it starts."""
+        return self.folder / UNIT_RECORD
+
+    @property
+    def summary(self) -> Path:
+        """``summary.json``: written last; with the final checkpoint it marks the unit trained."""
+        return self.folder / SUMMARY
+
+    @property
+    def predictions(self) -> Path:
+        return self.folder / PREDICTIONS_DIR
+
+    def prediction(self, case: str) -> Path:
+        """The held-out probability map of ``case``."""
+        return self.predictions / f"{case}.npz"
+
+    @property
+    def finished(self) -> bool:
+        """Trained to the end: its final checkpoint and its summary exist."""
+        return self.final_checkpoint.is_file() and self.summary.is_file()
+
+
+def unit_dir(dataset_folder: Path, preset: str, network: str, unit: str) -> Path:
+    """Results folder of one training unit (:meth:`UnitPaths.of`)."""
+    return UnitPaths.of(dataset_folder, preset, network, unit).folder
 
 
 def fusion_set_dir(preprocessed: Path, preset: str, vfn_unit: str) -> Path:

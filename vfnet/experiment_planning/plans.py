@@ -18,6 +18,7 @@ import numpy as np
 from vfnet.atomic import read_json
 from vfnet.dataset import DatasetInfo
 from vfnet.errors import PlanError
+from vfnet.paths import view_network
 from vfnet.views import VIEWS, view_shape
 
 SCHEMA_VERSION = 1
@@ -25,7 +26,7 @@ PRESETS = ("quick", "default", "paper")
 # Presets that are a wall-time budget (see vfnet.training.budget): quick, and budget<N> for N minutes.
 BUDGET_PRESETS = {"quick": 60}
 _BUDGET_NAME = re.compile(r"^budget(\d+(?:\.\d+)?)$")
-NETWORKS_2D = tuple(f"2d_{v}" for v in VIEWS)
+NETWORKS_2D = tuple(view_network(v) for v in VIEWS)
 DEFAULT_FOLDS = 4
 CCA_MAX_CASES = 250  # below this many cases the plan uses cross-cross-augmentation, else holdout
 CONTEXT_SLICES = 3

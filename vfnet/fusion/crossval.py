@@ -24,7 +24,7 @@ from vfnet.evaluation.stats import paired_tests, summarize
 from vfnet.experiment_planning.plans import Plan
 from vfnet.fusion.fusion_set import load_view_maps
 from vfnet.fusion.methods import VfnConfig, fuse
-from vfnet.fusion.models import FINAL_CHECKPOINT, load_vfn
+from vfnet.fusion.models import load_vfn
 from vfnet.fusion.postprocess import keep_largest_component
 from vfnet.fusion.stack import fit_unit_stack
 from vfnet.preprocessing.data import PreprocessedDataset
@@ -51,10 +51,10 @@ def _case_dice(reference: np.ndarray, prediction: np.ndarray, foreground: dict[s
 
 def _load_fold_vfns(results: Path, preset: str, vfn_unit: str, plan: Plan, device) -> dict:
     models = {}
-    for method, network in (("vfn", "vfn"), ("vfn-noimage", "vfn_noimage")):
-        unit_dir = paths.unit_dir(results, preset, network, vfn_unit)
-        if (unit_dir / FINAL_CHECKPOINT).is_file():
-            models[method] = load_vfn(unit_dir, plan, method == "vfn", device)
+    for method, network in paths.VFN_METHOD_NETWORKS.items():
+        unit = paths.UnitPaths.of(results, preset, network, vfn_unit)
+        if unit.final_checkpoint.is_file():
+            models[method] = load_vfn(unit.folder, plan, method == "vfn", device)
     return models
 
 
@@ -108,10 +108,10 @@ def crossval(dataset: str | int | None, preset: str = "default", device: str = "
             vfns["stack"] = stack
         methods = list(VIEWS) + [m for m in FUSION_METHODS if m not in ("stack", "vfn", "vfn-noimage") or m in vfns]
         # the 3D U-Net baseline of the same fold (its unit shares the 2D unit's name), when it predicted the fold
-        unit_3d = paths.unit_dir(results, preset, "3d", unit)
-        if all((unit_3d / "predictions" / f"{c}.npz").is_file() for c in data.fold_cases([fold])):
+        unit_3d = paths.UnitPaths.of(results, preset, paths.UNET3D_NETWORK, unit)
+        if all(unit_3d.prediction(c).is_file() for c in data.fold_cases([fold])):
             methods.append("3d")
-            summary_3d = unit_3d / "summary.json"
+            summary_3d = unit_3d.summary
             seconds_3d = (read_json(summary_3d).get("seconds_per_case") if summary_3d.is_file() else None)
         for method in methods:
             if method not in methods_seen:
@@ -125,7 +125,7 @@ def crossval(dataset: str | int | None, preset: str = "default", device: str = "
                 if method in VIEWS:
                     prediction = np.argmax(maps[method], axis=0).astype(np.uint8)
                 elif method == "3d":
-                    with np.load(unit_3d / "predictions" / f"{case}.npz") as archive:
+                    with np.load(unit_3d.prediction(case)) as archive:
                         prediction = np.argmax(archive["probabilities"], axis=0).astype(np.uint8)
                 else:
                     prediction = fuse(method, maps, image, model=vfns.get(method), vfn_config=config)

@@ -25,23 +25,31 @@ from vfnet.views import VIEWS
 
 
 def map_sources(plan: Plan, data: PreprocessedDataset, vfn_unit: str) -> dict[str, str]:
-    """Case → name of the 2D unit whose held-out maps feed VFN unit ``vfn_unit``."""
+    """Case → name of the 2D unit whose held-out maps feed VFN unit ``vfn_unit``, read from the plan's units.
+
+    Holdout: the 2D unit that predicts the VFN's training subset. VFN ``all``: the fold unit that
+    predicted the case. VFN of test fold k: the CCA unit that predicts both k and the case's fold.
+
+    Raises:
+        PlanError: the plan lists no 2D unit that predicts what the VFN needs.
+    """
     unit = plan.unit("vfn", vfn_unit)
-    sources = {}
+    by_folds = {(u["kind"], frozenset(u["predict_folds"])): u["name"] for u in plan.units("2d")}
+
+    def source(kind: str, folds: set[str]) -> str:
+        name = by_folds.get((kind, frozenset(folds)))
+        if name is None:
+            raise PlanError(f"plans.json lists no {kind} 2D unit that predicts folds {', '.join(sorted(folds))}, "
+                            f"which VFN unit {vfn_unit} needs; rerun vfnet_plan_and_preprocess")
+        return name
+
     if plan["split_mode"] == "holdout":
-        for case in data.fold_cases(unit["train_folds"]):
-            sources[case] = "holdout"
-        return sources
+        cases = data.fold_cases(unit["train_folds"])
+        return {case: source("holdout", {data.fold_of(case)} | set(unit["predict_folds"])) for case in cases}
     if unit["kind"] == "all":
-        for case in data.all_cases:
-            sources[case] = data.fold_of(case)
-        return sources
+        return {case: source("fold", {data.fold_of(case)}) for case in data.all_cases}
     test_fold = unit["predict_folds"][0]
-    order = plan["fold_names"]
-    for case in data.fold_cases(unit["train_folds"]):
-        pair = sorted((test_fold, data.fold_of(case)), key=order.index)
-        sources[case] = f"cca_{pair[0]}_{pair[1]}"
-    return sources
+    return {case: source("cca", {test_fold, data.fold_of(case)}) for case in data.fold_cases(unit["train_folds"])}
 
 
 def load_view_maps(results: Path, preset: str, unit_by_view: dict[str, str], case: str,
@@ -50,7 +58,7 @@ def load_view_maps(results: Path, preset: str, unit_by_view: dict[str, str], cas
     maps = {}
     for view in VIEWS:
         unit = unit_by_view[view]
-        path = paths.unit_dir(results, preset, f"2d_{view}", unit) / "predictions" / f"{case}.npz"
+        path = paths.UnitPaths.of(results, preset, paths.view_network(view), unit).prediction(case)
         if not path.is_file():
             raise ModelNotFoundError(
                 f"{path} is missing: the {view} unit '{unit}' has not predicted case {case}. "
@@ -92,7 +100,7 @@ def build_fusion_set(dataset: str | int | None, vfn_unit: str, preset: str = "de
                                 label=label[roi].astype(np.uint8))
         manifest["cases"][case] = {
             "fold": data.fold_of(case),
-            "units": {f"2d_{view}": unit for view in VIEWS},
+            "units": {paths.view_network(view): unit for view in VIEWS},
             "roi": [[s.start, s.stop] for s in roi],
         }
     write_json(out / "manifest.json", manifest)

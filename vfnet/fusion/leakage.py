@@ -12,10 +12,11 @@ from vfnet.atomic import read_json
 from vfnet.experiment_planning.plans import Plan
 from vfnet.paths import FUSION_DIR
 from vfnet.preprocessing.data import PreprocessedDataset
+from vfnet.views import VIEWS
 
 
 def _trained_on(results: Path, preset: str, network: str, unit: str) -> set[str] | None:
-    record = paths.unit_dir(results, preset, network, unit) / "unit.json"
+    record = paths.UnitPaths.of(results, preset, network, unit).record
     if not record.is_file():
         return None
     data = read_json(record)
@@ -54,12 +55,13 @@ def find_leaks(dataset: str | int | None, preset: str | None = None) -> tuple[li
                 continue
             for fold in vfn_unit["predict_folds"]:
                 test_cases = set(data.fold_cases([fold]))
-                for network in ("vfn", "vfn_noimage"):
+                for network in paths.VFN_METHOD_NETWORKS.values():
                     check(network, vfn_unit["name"], test_cases, fold, "fuses that fold", preset_name)
                 for unit in plan.units("2d"):
                     if fold in unit["predict_folds"]:
-                        for view in ("axial", "coronal", "sagittal"):
-                            check(f"2d_{view}", unit["name"], test_cases, fold, "predicts that fold", preset_name)
+                        for view in VIEWS:
+                            check(paths.view_network(view), unit["name"], test_cases, fold, "predicts that fold",
+                                  preset_name)
                 manifest_path = preprocessed / FUSION_DIR / preset_name / vfn_unit["name"] / "manifest.json"
                 if manifest_path.is_file():
                     manifest = read_json(manifest_path)

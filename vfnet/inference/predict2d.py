@@ -32,6 +32,7 @@ from vfnet.checkpoint import load_checkpoint
 from vfnet.errors import ModelNotFoundError
 from vfnet.evaluation.metrics import dice
 from vfnet.networks.unet2d import UNet2D, build_unet2d, unet2d_from_config
+from vfnet.paths import UnitPaths
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import downsample_image, normalise_factor, upsample_probabilities
 from vfnet.training.units import TrainedUnit
@@ -182,7 +183,7 @@ def predict_held_out(network: torch.nn.Module, dataset: PreprocessedDataset, cas
     for case in tqdm(cases, desc=f"predicting {view}", disable=True if quiet else None, unit="case"):
         image, label = dataset.load(case)
         probabilities = predict_volume_2d(network, image, view, context_slices, device, batch_size)
-        save_probabilities(unit_dir / "predictions" / f"{case}.npz", probabilities)
+        save_probabilities(UnitPaths(unit_dir).prediction(case), probabilities)
         scores = per_class_dice(probabilities, np.asarray(label), class_names)
         per_case[case] = {"dice": scores, "mean": float(np.mean(list(scores.values())))}
     foreground = [name for c, name in enumerate(class_names) if c > 0]
@@ -191,7 +192,7 @@ def predict_held_out(network: torch.nn.Module, dataset: PreprocessedDataset, cas
     summary = {**(extra or {}), "view": view, "checkpoint": "final", "num_cases": len(per_case),
                "mean_dice": float(np.mean([v["mean"] for v in per_case.values()])) if per_case else None,
                "mean_per_class": class_means, "cases": per_case}
-    write_json(unit_dir / "summary.json", summary)
+    write_json(UnitPaths(unit_dir).summary, summary)
     return summary
 
 

@@ -28,7 +28,7 @@ from vfnet.errors import VfnetError
 from vfnet.inference.predict2d import per_class_dice, restore_network, save_probabilities
 from vfnet.inference.sliding_window import sliding_window_probabilities
 from vfnet.networks.unet3d import UNet3D, build_unet3d
-from vfnet.paths import FINAL_CHECKPOINT
+from vfnet.paths import FINAL_CHECKPOINT, UnitPaths
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.training.train3d import train_hint
 from vfnet.training.units import TrainedUnit
@@ -108,7 +108,7 @@ def predict_held_out_3d(network: torch.nn.Module, dataset: PreprocessedDataset, 
         start = time.perf_counter()
         probabilities = predict_volume_3d(network, image, patch_size, device)
         seconds = time.perf_counter() - start
-        save_probabilities(unit_dir / "predictions" / f"{case}.npz", probabilities)
+        save_probabilities(UnitPaths(unit_dir).prediction(case), probabilities)
         scores = per_class_dice(probabilities, np.asarray(label), class_names)
         per_case[case] = {"dice": scores, "mean": float(np.mean(list(scores.values()))), "seconds": seconds}
     foreground = [name for c, name in enumerate(class_names) if c > 0]
@@ -119,7 +119,7 @@ def predict_held_out_3d(network: torch.nn.Module, dataset: PreprocessedDataset, 
                "mean_per_class": class_means,
                "seconds_per_case": float(np.mean([v["seconds"] for v in per_case.values()])) if per_case else None,
                "cases": per_case}
-    write_json(unit_dir / "summary.json", summary)
+    write_json(UnitPaths(unit_dir).summary, summary)
     return summary
 
 

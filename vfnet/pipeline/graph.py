@@ -66,7 +66,7 @@ def _fusion_dependencies(dataset: str, vfn_unit: str, views: Sequence[str]) -> t
 
     preprocessed = paths.preprocessed_dataset(dataset)
     sources = map_sources(Plan.load(preprocessed), PreprocessedDataset(preprocessed), vfn_unit)
-    return tuple(f"2d_{view}/{unit}" for unit in sorted(set(sources.values())) for view in views)
+    return tuple(f"{paths.view_network(view)}/{unit}" for unit in sorted(set(sources.values())) for view in views)
 
 
 def training_graph(dataset: str | int | None, preset: str, stage: str = "all",

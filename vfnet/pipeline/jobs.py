@@ -21,7 +21,6 @@ from vfnet import paths
 from vfnet.atomic import read_json
 from vfnet.errors import VfnetError
 from vfnet.experiment_planning.plans import Plan
-from vfnet.paths import LATEST_CHECKPOINT
 from vfnet.training.units import unit_finished
 from vfnet.views import VIEWS
 
@@ -59,7 +58,7 @@ class TrainingJob:
 
     @property
     def started(self) -> bool:
-        return (self.unit_dir / LATEST_CHECKPOINT).is_file()
+        return paths.UnitPaths(self.unit_dir).latest_checkpoint.is_file()
 
     def command(self, dataset: str, preset: str) -> str:
         """Complete shell command (``--continue`` when a latest checkpoint exists)."""
@@ -78,8 +77,8 @@ def _jobs_2d(plan: Plan, results: Path, preset: str, views: Sequence[str]) -> li
             def run(dataset, preset_, resume, _view=view, _unit=name, **options):
                 return train_2d_unit(dataset, _view, _unit, preset_, resume=resume, **options)
 
-            jobs.append(TrainingJob("2d", ["2d", view, name], paths.unit_dir(results, preset, f"2d_{view}", name),
-                                    run))
+            folder = paths.UnitPaths.of(results, preset, paths.view_network(view), name).folder
+            jobs.append(TrainingJob("2d", ["2d", view, name], folder, run))
     return jobs
 
 
@@ -87,7 +86,7 @@ def _jobs_vfn(plan: Plan, results: Path, preset: str, views: Sequence[str]) -> l
     from vfnet.pipeline.units import train_vfn_unit
 
     jobs = []
-    for use_image, network, flag in ((True, "vfn", []), (False, "vfn_noimage", ["--no-image"])):
+    for use_image, network, flag in ((True, paths.VFN_NETWORK, []), (False, paths.VFN_NOIMAGE_NETWORK, ["--no-image"])):
         for unit in plan.units("vfn"):
             name = unit["name"]
             if not use_image and unit["kind"] == "all":
@@ -96,7 +95,8 @@ def _jobs_vfn(plan: Plan, results: Path, preset: str, views: Sequence[str]) -> l
             def run(dataset, preset_, resume, _unit=name, _image=use_image, **options):
                 return train_vfn_unit(dataset, _unit, preset_, use_image=_image, resume=resume, **options)
 
-            jobs.append(TrainingJob("vfn", ["vfn", name, *flag], paths.unit_dir(results, preset, network, name), run))
+            jobs.append(TrainingJob("vfn", ["vfn", name, *flag], paths.UnitPaths.of(results, preset, network, name).folder,
+                                    run))
     return jobs
 
 
@@ -110,7 +110,8 @@ def _jobs_3d(plan: Plan, results: Path, preset: str, views: Sequence[str]) -> li
         def run(dataset, preset_, resume, _unit=name, **options):
             return train_3d_unit(dataset, _unit, preset_, resume=resume, **options)
 
-        jobs.append(TrainingJob("3d", ["3d", name], paths.unit_dir(results, preset, "3d", name), run))
+        jobs.append(TrainingJob("3d", ["3d", name], paths.UnitPaths.of(results, preset, paths.UNET3D_NETWORK, name).folder,
+                                run))
     return jobs
 
 
@@ -164,7 +165,7 @@ def budgeted_jobs(jobs: list[TrainingJob], stage: str) -> list[TrainingJob]:
     3D baseline are left out, unless ``--stage 3d`` asks for the baseline with its fixed schedule)."""
     if stage == "3d":
         return jobs
-    return [job for job in jobs if job.stage in ("2d", "vfn") and job.network != "vfn_noimage"]
+    return [job for job in jobs if job.stage in ("2d", "vfn") and job.network != paths.VFN_NOIMAGE_NETWORK]
 
 
 def train_all(dataset: str | int | None, preset: str = "default", stage: str = "all",

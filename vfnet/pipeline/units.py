@@ -71,7 +71,8 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
         The unit's results folder (``<results>/<preset>/vfn/<unit>`` or ``vfn_noimage``).
     """
     preprocessed = paths.preprocessed_dataset(dataset)
-    unit_dir = paths.unit_dir(paths.results_root() / preprocessed.name, preset, vfn_network_name(use_image), str(unit))
+    unit_dir = paths.UnitPaths.of(paths.results_root() / preprocessed.name, preset, vfn_network_name(use_image),
+                                  str(unit)).folder
     folder = paths.fusion_set_dir(preprocessed, preset, str(unit))
     # a finished unit kept as it is (resumed, or refused without --overwrite) needs no fusion set
     if not (folder / "manifest.json").is_file() and (overwrite or not unit_finished(unit_dir)):

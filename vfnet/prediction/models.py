@@ -39,7 +39,7 @@ def deployment_units(plan: Plan, folds: list[str] | None) -> tuple[list[str], li
 
 
 # fusion method -> results folder of its trained models (stack weights live in <preset>/stack/)
-FUSION_NETWORKS = {"vfn": "vfn", "vfn-noimage": "vfn_noimage", "vfn-all": "vfn"}
+FUSION_NETWORKS = {**paths.VFN_METHOD_NETWORKS, "vfn-all": paths.VFN_NETWORK}
 PREDICT_METHODS = (*METHODS, "vfn-all")
 
 
@@ -180,11 +180,11 @@ def load_fusion_models(results: Path, preset: str, method: str, plan: Plan, unit
             out.append(weights)
             continue
         network = FUSION_NETWORKS[method]
-        unit_dir = paths.unit_dir(results, preset, network, unit)
-        if not (unit_dir / FINAL_CHECKPOINT).is_file():
-            raise ModelNotFoundError(f"no trained {network} model '{unit}' in {unit_dir}; train it with: "
+        unit_paths = paths.UnitPaths.of(results, preset, network, unit)
+        if not unit_paths.final_checkpoint.is_file():
+            raise ModelNotFoundError(f"no trained {network} model '{unit}' in {unit_paths.folder}; train it with: "
                                      f"{_train_hint(name, preset, network, unit)} (or use --fusion mean)")
-        out.append(load_vfn(unit_dir, plan, method != "vfn-noimage", device, checkpoint))
+        out.append(load_vfn(unit_paths.folder, plan, method != "vfn-noimage", device, checkpoint))
     return out
 
 
@@ -215,7 +215,8 @@ def _check_units(plan: Plan, network: str, units: list[str], results: Path, pres
 def _missing_unit(results: Path, preset: str, network: str, unit: str, what: str) -> ModelNotFoundError:
     trained = paths.trained_units(results, preset, network)
     return ModelNotFoundError(
-        f"no trained {what} for unit {unit} in {paths.unit_dir(results, preset, network, unit)} (trained {network} "
+        f"no trained {what} for unit {unit} in {paths.UnitPaths.of(results, preset, network, unit).folder} "
+        f"(trained {network} "
         f"units of preset {preset}: {', '.join(trained) or 'none'}; trained presets: "
         f"{', '.join(paths.trained_presets(results)) or 'none'}); train it with: "
         f"{_train_hint(results.name, preset, network, unit)}")
@@ -252,9 +253,9 @@ def load_deployed_models(dataset: str | int | None, preset: str | None = None, f
     for view in VIEWS:
         models.view_networks[view] = []
         for unit in units:
-            unit_dir = paths.unit_dir(results, preset, f"2d_{view}", unit)
+            unit_dir = paths.UnitPaths.of(results, preset, paths.view_network(view), unit).folder
             if not (unit_dir / FINAL_CHECKPOINT).is_file():
-                raise _missing_unit(results, preset, f"2d_{view}", unit, f"{view} model")
+                raise _missing_unit(results, preset, paths.view_network(view), unit, f"{view} model")
             require_checkpoint(unit_dir, checkpoint_file)
             models.view_networks[view].append(load_unit_network(unit_dir, plan, view, torch_device, checkpoint_file))
     if method in ("stack", "vfn", "vfn-noimage", "vfn-all"):
@@ -315,7 +316,7 @@ def load_3d_models(dataset: str | int | None, preset: str | None = None, folds: 
     models = UNet3DModels(plan, [str(u) for u in units], torch_device)
     for unit in models.folds:
         _check_units(plan, "3d", [unit], results, preset)
-        unit_dir = paths.unit_dir(results, preset, "3d", unit)
+        unit_dir = paths.UnitPaths.of(results, preset, paths.UNET3D_NETWORK, unit).folder
         hint = f"vfnet_train 3d {unit} -d {name} --preset {preset}"
         if not (unit_dir / FINAL_CHECKPOINT).is_file():
             raise _missing_unit(results, preset, "3d", unit, "3D U-Net")

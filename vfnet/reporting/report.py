@@ -30,8 +30,8 @@ from vfnet.evaluation.metrics import dice
 from vfnet.experiment_planning.plans import NETWORKS_2D, Plan
 from vfnet.fusion.crossval import test_folds
 from vfnet.fusion.methods import VfnConfig, fuse, majority_vote
-from vfnet.fusion.models import FINAL_CHECKPOINT, load_vfn
-from vfnet.paths import LATEST_CHECKPOINT
+from vfnet.fusion.models import load_vfn
+from vfnet.paths import FINAL_CHECKPOINT, LATEST_CHECKPOINT
 from vfnet.prediction.models import _train_hint
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.reporting.figures import CaseRow, draw_case_rows
@@ -39,8 +39,7 @@ from vfnet.views import VIEWS
 
 REPORT_DIR = "report"
 CURVES_DIR = "curves"
-CURVE_NETWORKS = (*NETWORKS_2D, "vfn", "vfn_noimage", "3d")
-VFN_NETWORKS = {"vfn": "vfn", "vfn-noimage": "vfn_noimage"}
+CURVE_NETWORKS = (*NETWORKS_2D, paths.VFN_NETWORK, paths.VFN_NOIMAGE_NETWORK, paths.UNET3D_NETWORK)
 
 
 def choose_cases(crossval: dict | None, num_cases: int, available: Sequence[str]) -> list[tuple[str, str]]:
@@ -108,7 +107,7 @@ def _view_maps(results: Path, preset: str, unit: str, case: str) -> dict[str, np
     """The held-out maps of ``case`` that exist, per view (a missing view is simply absent)."""
     maps = {}
     for view in VIEWS:
-        path = paths.unit_dir(results, preset, f"2d_{view}", unit) / "predictions" / f"{case}.npz"
+        path = paths.UnitPaths.of(results, preset, paths.view_network(view), unit).prediction(case)
         if path.is_file():
             with np.load(path) as archive:
                 maps[view] = archive["probabilities"].astype(np.float32)
@@ -127,9 +126,9 @@ class _CaseDrawer:
     def vfn(self, method: str, vfn_unit: str) -> torch.nn.Module | None:
         key = (method, vfn_unit)
         if key not in self._vfns:
-            unit_dir = paths.unit_dir(self.results, self.preset, VFN_NETWORKS[method], vfn_unit)
-            exists = (unit_dir / FINAL_CHECKPOINT).is_file()
-            self._vfns[key] = load_vfn(unit_dir, self.plan, method == "vfn", "cpu") if exists else None
+            unit = paths.UnitPaths.of(self.results, self.preset, paths.VFN_METHOD_NETWORKS[method], vfn_unit)
+            exists = unit.final_checkpoint.is_file()
+            self._vfns[key] = load_vfn(unit.folder, self.plan, method == "vfn", "cpu") if exists else None
         return self._vfns[key]
 
     def held_out_cases(self) -> list[str]:
@@ -149,7 +148,7 @@ class _CaseDrawer:
         predictions = {view: np.argmax(p, axis=0).astype(np.uint8) for view, p in maps.items()}
         if len(maps) == len(VIEWS):
             predictions["majority"] = majority_vote(maps)
-            for method in VFN_NETWORKS:
+            for method in paths.VFN_METHOD_NETWORKS:
                 model = self.vfn(method, vfn_unit)
                 if model is not None:
                     predictions[method] = fuse(method, maps, image, model=model, vfn_config=self.config)
@@ -158,7 +157,7 @@ class _CaseDrawer:
 
 
 def _view_maps_exist(results: Path, preset: str, unit: str, case: str) -> bool:
-    return any((paths.unit_dir(results, preset, f"2d_{v}", unit) / "predictions" / f"{case}.npz").is_file()
+    return any(paths.UnitPaths.of(results, preset, paths.view_network(v), unit).prediction(case).is_file()
                for v in VIEWS)
 
 

@@ -40,6 +40,7 @@ import torch
 from vfnet.atomic import read_json, write_json
 from vfnet.errors import PlanError
 from vfnet.experiment_planning.plans import Plan, budget_minutes
+from vfnet.paths import view_network
 from vfnet.training.calibration import BATCH, calibrate
 from vfnet.views import VIEWS
 
@@ -269,7 +270,7 @@ def plan_budget(plan: Plan, splits: dict, minutes: float, calibration: dict, all
     """
     if allocation not in ALLOCATIONS:
         raise PlanError(f"allocation '{allocation}' unknown; expected one of {', '.join(ALLOCATIONS)}")
-    networks = list(networks or [f"2d_{v}" for v in VIEWS] + ["vfn"])
+    networks = list(networks or [view_network(v) for v in VIEWS] + ["vfn"])
     seconds = minutes * 60 * workers - calibration["seconds"]
     crossval_s = crossval_seconds(plan, splits, calibration)
     # start from the finest resolution; coarsen a view while its units would get too few steps
@@ -282,8 +283,8 @@ def plan_budget(plan: Plan, splits: dict, minutes: float, calibration: dict, all
         except PlanError:
             iterations = None
         coarser = [v for v in VIEWS if choice[v] + 1 < len(calibration["views"][v]) and (
-            iterations is None or min(n for (net, _), n in iterations.items() if net == f"2d_{v}")
-            < TARGET_ITERATIONS_2D) and f"2d_{v}" in networks]
+            iterations is None or min(n for (net, _), n in iterations.items() if net == view_network(v))
+            < TARGET_ITERATIONS_2D) and view_network(v) in networks]
         if not coarser:
             break
         for view in coarser:

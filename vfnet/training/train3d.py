@@ -11,35 +11,22 @@ predicts are only seen by the final checkpoint. Results go to
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from vfnet.atomic import write_json
-from vfnet.checkpoint import load_checkpoint
-from vfnet.experiment_planning.plans import Plan
 from vfnet.networks.unet3d import UNet3D, build_unet3d, unet3d_config
 from vfnet.networks.vfn import count_parameters
-from vfnet.paths import FINAL_CHECKPOINT
+from vfnet.paths import UNET3D_NETWORK
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.training.data2d import close_loader
 from vfnet.training.data3d import fixed_batches_3d, load_volumes, make_train_loader_3d
 from vfnet.training.ddp import DistributedContext
 from vfnet.training.losses import DiceCELoss
+from vfnet.training.runner import Run, RunOptions, UnitCases, run_unit
 from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
-from vfnet.training.units import (
-    SEED,
-    AfterTraining,
-    TrainedUnit,
-    clear_previous_run,
-    held_out_split,
-    prepare_unit,
-    unit_finished,
-)
+from vfnet.training.units import SEED, AfterTraining, UnitSetup, held_out_split
 
-NETWORK = "3d"
+NETWORK = UNET3D_NETWORK
 VALIDATION_BATCHES = 5
 
 
@@ -60,84 +47,55 @@ def fit_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", d
         unit: a 3D unit of the plan (a fold ``0``.. ``K-1``, ``holdout`` or ``all``).
         preset: training schedule (quick, default, paper).
         device: auto, cpu or cuda.
-        num_threads: torch CPU threads; None uses torch's default.
-        resume: continue from ``checkpoint_latest.pth`` (a finished unit is left as it is).
-        quiet: no progress bars or console messages.
-        schedule_overrides: replace keys of the preset's schedule (tests, benchmarks).
         features: replace the planned widths (tests, benchmarks).
-        stop_at: stop after this many iterations with a latest checkpoint and no prediction
-            (to check that a long schedule starts; continue later with ``resume``).
         after_training: called with the :class:`TrainedUnit` once the final checkpoint exists
             (held-out prediction, which writes summary.json); None leaves the unit unfinished.
-        distributed: train with DDP (``vfnet_train --ddp`` under torchrun); only rank 0 hands the unit
-            to ``after_training`` and writes.
+        The others: :class:`vfnet.training.runner.RunOptions`.
 
     Returns:
         The unit's results folder.
     """
-    setup = prepare_unit(dataset, NETWORK, NETWORK, unit, preset, device, schedule_overrides, resume, overwrite)
-    preprocessed, plan, spec, schedule, torch_device, out = (
-        setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
-    if resume and unit_finished(out):
-        return out
-
-    data = PreprocessedDataset(preprocessed)
-    train_cases, val_cases, predict_cases = held_out_split(data, spec, key=f"3d-{unit}", label=f"3d unit {unit}")
-    metadata = {"network": NETWORK, "unit": str(unit), "preset": preset, "dataset": preprocessed.name}
-    write_json(out / "unit.json", {**metadata, "train_folds": spec["train_folds"],
-                                   "predict_folds": spec["predict_folds"], "train_cases": train_cases,
-                                   "val_cases": val_cases, "predict_cases": predict_cases, "schedule": schedule})
-
-    if not (resume and (out / FINAL_CHECKPOINT).is_file()):
-        if not resume:
-            clear_previous_run(out)
-        trainer = _train(plan, data, train_cases, val_cases, schedule, out, torch_device, num_threads, resume,
-                         quiet, features, metadata, stop_at, distributed)
-        if trainer.iteration < trainer.config.iterations or not trainer.is_main:
-            return out  # stopped early on purpose: no final checkpoint, nothing to predict yet
-
-    if after_training is not None:
-        state = load_checkpoint(out / FINAL_CHECKPOINT)
-        config = state.get("metadata", {}).get("network_config")
-        network = UNet3D(**config) if config else build_unet3d(plan, plan.num_channels, plan.num_classes)
-        after_training(TrainedUnit(setup, data, predict_cases, quiet=quiet, metadata={
-            **metadata, "parameters": count_parameters(network), "iterations": int(state["iteration"]),
-            "best_val_pseudo_dice": float(state["best_dice"]),
-            "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1)}))
-    return setup.finish()
+    options = RunOptions(num_threads, resume, quiet, overwrite, schedule_overrides, stop_at, distributed)
+    return run_unit(UNet3dRecipe(features), dataset, unit, preset, device, options,
+                    [after_training] if after_training else [])
 
 
-def _train(plan: Plan, data: PreprocessedDataset, train_cases: list[str], val_cases: list[str], schedule: dict,
-           out: Path, device: torch.device, num_threads: int | None, resume: bool, quiet: bool,
-           features: Sequence[int] | None, metadata: dict, stop_at: int | None,
-           distributed: DistributedContext | None = None) -> Trainer:
-    patch, batch_size = plan["unet3d"]["patch_size"], int(schedule["batch_size"])
-    seed_everything(SEED)
-    if features is None:
-        network = build_unet3d(plan, plan.num_channels, plan.num_classes)
-    else:
-        network = UNet3D(plan.num_channels, plan.num_classes, features)
-    val_batches = fixed_batches_3d(load_volumes(data, val_cases), patch, batch_size,
-                                   int(schedule.get("val_batches", VALIDATION_BATCHES)), seed=SEED)
-    # Workers are re-seeded from the resumed iteration so a continued run does not replay old batches.
-    start = saved_iteration(out) if resume else 0
-    loader = make_train_loader_3d(load_volumes(data, train_cases), patch, batch_size,
-                                  int(schedule.get("num_workers", 0)), seed=SEED + start)
-    config = TrainingConfig.from_schedule(schedule, seed=SEED)
-    parameters = count_parameters(network)
-    trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, out, device=device,
-                      num_threads=num_threads, quiet=quiet, distributed=distributed,
-                      metadata={**metadata, "network_config": unet3d_config(network), "parameters": parameters,
-                                "train_cases": train_cases, "val_cases": val_cases})
-    if not resume or saved_iteration(out) == 0:
-        trainer.log(f"3D U-Net: {parameters:,} parameters, features {network.features}, patch {patch}, "
-                    f"{len(train_cases)} training / {len(val_cases)} validation cases")
-    if resume:
-        trainer.resume()
-    began = time.perf_counter()
-    try:
-        trainer.fit(stop_at=stop_at)
-    finally:
-        close_loader(loader)
-    trainer.log(f"{trainer.iteration - start} iterations in {time.perf_counter() - began:.1f} s this run")
-    return trainer
+class UNet3dRecipe:
+    """The 3D U-Net baseline for :func:`vfnet.training.runner.run_unit`: 3D patches of the unit's own cases."""
+
+    stage = network = NETWORK
+    view = None
+
+    def __init__(self, features: Sequence[int] | None = None):
+        self.features = features
+
+    def cases(self, setup: UnitSetup) -> UnitCases:
+        data = PreprocessedDataset(setup.preprocessed)
+        name = setup.spec["name"]
+        train, val, predict = held_out_split(data, setup.spec, key=f"3d-{name}", label=f"3d unit {name}")
+        return UnitCases(train, val, predict, data)
+
+    def build(self, setup: UnitSetup, cases: UnitCases, metadata: dict, options: RunOptions) -> Run:
+        plan, schedule, data = setup.plan, setup.schedule, cases.data
+        patch, batch_size = plan["unet3d"]["patch_size"], int(schedule["batch_size"])
+        seed_everything(SEED)
+        if self.features is None:
+            network = build_unet3d(plan, plan.num_channels, plan.num_classes)
+        else:
+            network = UNet3D(plan.num_channels, plan.num_classes, self.features)
+        val_batches = fixed_batches_3d(load_volumes(data, cases.val), patch, batch_size,
+                                       int(schedule.get("val_batches", VALIDATION_BATCHES)), seed=SEED)
+        # Workers are re-seeded from the resumed iteration so a continued run does not replay old batches.
+        start = saved_iteration(setup.out) if options.resume else 0
+        loader = make_train_loader_3d(load_volumes(data, cases.train), patch, batch_size,
+                                      int(schedule.get("num_workers", 0)), seed=SEED + start)
+        config = TrainingConfig.from_schedule(schedule, seed=SEED)
+        parameters = count_parameters(network)
+        trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, setup.out, device=setup.device,
+                          num_threads=options.num_threads, quiet=options.quiet, distributed=options.distributed,
+                          metadata={**metadata, "network_config": unet3d_config(network), "parameters": parameters,
+                                    "train_cases": cases.train, "val_cases": cases.val})
+        if start == 0:
+            trainer.log(f"3D U-Net: {parameters:,} parameters, features {network.features}, patch {patch}, "
+                        f"{len(cases.train)} training / {len(cases.val)} validation cases")
+        return Run(trainer, lambda: close_loader(loader))

@@ -13,7 +13,6 @@ trainer (checkpoints, resume, log, progress.png, mixed precision on CUDA) with t
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -22,10 +21,12 @@ from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.errors import PlanError
 from vfnet.networks.vfn import build_vfn, count_parameters
+from vfnet.paths import UnitPaths
 from vfnet.resolution import normalise_factor
 from vfnet.training.data_vfn import AUGMENTATIONS, VfnPatchSampler, load_fusion_samples, load_manifest, tile_batches
 from vfnet.training.ddp import DistributedContext
 from vfnet.training.losses import DiceCELoss, SoftDiceLoss
+from vfnet.training.runner import Run, RunOptions, UnitCases, run_unit
 from vfnet.training.trainer import (
     StepLR,
     Trainer,
@@ -33,13 +34,13 @@ from vfnet.training.trainer import (
     saved_iteration,
     seed_everything,
 )
-from vfnet.training.units import SEED, clear_previous_run, prepare_unit, split_validation, unit_finished
+from vfnet.training.units import SEED, TrainedUnit, UnitSetup, split_validation
 
 VALIDATION_TILE_BATCH = 4  # tiles per validation forward pass
 
 
 def vfn_network_name(use_image: bool) -> str:
-    return "vfn" if use_image else "vfn_noimage"
+    return paths.VFN_NETWORK if use_image else paths.VFN_NOIMAGE_NETWORK
 
 
 def sgd_momentum(params, lr: float):
@@ -51,88 +52,81 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
                  device: str = "auto", num_threads: int | None = None, resume: bool = False,
                  quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None,
                  overwrite: bool = False, seed: int = SEED, distributed: DistributedContext | None = None) -> Path:
-    """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set.
+    """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set, then write its summary.
 
     ``seed`` seeds the weights and the patch sampling (the validation cases stay the same); a
     seed other than the default trains into ``vfn_seed<seed>`` beside the unit, to measure how
     much the VFN's result depends on it.
 
     The fusion set must exist (:func:`vfnet.pipeline.units.train_vfn_unit` builds it when
-    missing; a missing one raises ``ModelNotFoundError`` naming the command). ``stop_at`` stops after that
-    many iterations with a latest checkpoint and no summary (to check that a long schedule
-    starts; continue later with ``resume``). ``distributed`` trains with DDP (``vfnet_train --ddp`` under
-    torchrun); only rank 0 writes.
+    missing; a missing one raises ``ModelNotFoundError`` naming the command). The other arguments:
+    :class:`vfnet.training.runner.RunOptions`.
 
     Returns:
         The unit's results folder (``<results>/<preset>/vfn/<unit>`` or ``vfn_noimage``).
     """
-    network_name = vfn_network_name(use_image) + ("" if seed == SEED else f"_seed{seed}")
-    setup = prepare_unit(dataset, "vfn", network_name, unit, preset, device, schedule_overrides, resume, overwrite)
-    preprocessed, plan, spec, schedule, torch_device, out = (
-        setup.preprocessed, setup.plan, setup.spec, setup.schedule, setup.device, setup.out)
-    if resume and unit_finished(out):
-        return out
-    folder = paths.fusion_set_dir(preprocessed, preset, str(unit))
-    manifest = load_manifest(folder)
-    cases = sorted(manifest["cases"])
-    train_cases, val_cases = split_validation(cases, key=f"vfn-{unit}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "unit.json", {
-        "network": network_name, "unit": str(unit), "preset": preset, "use_image": use_image,
-        "train_folds": spec["train_folds"], "predict_folds": spec["predict_folds"],
-        "train_cases": train_cases, "val_cases": val_cases, "fusion_set": str(folder), "schedule": schedule})
-    if not resume:
-        clear_previous_run(out)
+    options = RunOptions(num_threads, resume, quiet, overwrite, schedule_overrides, stop_at, distributed)
+    return run_unit(VfnRecipe(use_image, seed), dataset, unit, preset, device, options, [write_vfn_summary])
 
-    seed_everything(seed)
-    model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image)
-    parameters = count_parameters(model)
-    vfn = plan["vfn"]
-    common = {"patch_size": vfn["patch_size"], "spacing": plan["target_spacing"],
-              "num_image_channels": plan.num_channels, "num_foreground": plan.num_classes - 1,
-              "batch_size": int(schedule["batch_size"]), "use_image": use_image}
-    start_iteration = saved_iteration(out) if resume else 0
-    augmentation = vfn.get("augmentation", "none")
-    if augmentation not in AUGMENTATIONS:
-        raise PlanError(f"plans.json: vfn augmentation '{augmentation}' unknown; expected one of "
-                        f"{', '.join(AUGMENTATIONS)}")
-    # the plan may have the VFN fuse at a coarser in-plane resolution (see plan_vfn); a schedule may override it
-    factor = normalise_factor(schedule.get("input_downsample", vfn.get("input_downsample")))
-    train_batches = VfnPatchSampler(load_fusion_samples(folder, train_cases, factor, plan.num_classes),
-                                    augment=augmentation == "paper", seed=seed + start_iteration, **common)
-    # every validation case, whole, at every validation (iteration 0 included)
-    validation = VfnPatchSampler(load_fusion_samples(folder, val_cases, factor, plan.num_classes), augment=False,
-                                 seed=SEED, **common)
-    val_batches = tile_batches(validation, VALIDATION_TILE_BATCH)
-    iterations = int(schedule["iterations"])
-    # the paper's SGD unless the preset names an optimizer (the CPU preset uses Adam to learn in fewer steps)
-    paper_sgd = {} if "optimizer" in schedule else {"optimizer": sgd_momentum}
-    config = TrainingConfig.from_schedule(schedule, seed=seed, lr_schedule=StepLR(iterations), grad_clip=None,
-                                          validate_at_start=True, **paper_sgd)
-    # Dice alone (the paper, one organ) left the multi-class softmax VFN predicting a foreground class over
-    # the whole ROI on Hippocampus after a short schedule; cross-entropy anchors the background.
-    loss = SoftDiceLoss() if plan.num_classes == 2 else DiceCELoss()
-    trainer = Trainer(model, loss, train_batches, val_batches, config, out, device=torch_device,
-                      num_threads=num_threads, quiet=quiet, distributed=distributed,
-                      metadata={"network": network_name, "unit": str(unit), "preset": preset,
-                                "use_image": use_image, "parameters": parameters,
-                                "input_downsample": list(factor),
-                                "train_cases": train_cases, "val_cases": val_cases})
-    trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, "
-                f"{model.in_channels} input channels, patch {vfn['patch_size']}, in-plane downsample {list(factor)}, "
-                f"augmentation {augmentation}, "
-                f"{len(val_batches)} validation batches, "
-                f"{len(train_cases)} training / {len(val_cases)} validation cases")
-    if resume:
-        trainer.resume()
-    start = time.perf_counter()
-    trainer.fit(stop_at=stop_at)
-    if trainer.iteration < iterations or not trainer.is_main:
-        return out  # stopped early on purpose (not finished, so no summary), or a DDP rank that writes nothing
-    write_json(out / "summary.json", {
-        "network": network_name, "unit": str(unit), "preset": preset, "parameters": parameters,
-        "iterations": iterations, "best_val_pseudo_dice": trainer.best_dice,
-        "best_iteration": max(trainer.history, key=lambda h: h["val_dice"])["iteration"] if trainer.history else None,
-        "start_val_pseudo_dice": trainer.history[0]["val_dice"] if trainer.history else None,
-        "seconds_this_run": round(time.perf_counter() - start, 1), "data_wait_share": trainer.data_wait_share()})
-    return setup.finish()
+
+def write_vfn_summary(trained: TrainedUnit) -> None:
+    """A VFN predicts nothing held out: its summary is what its final checkpoint records."""
+    write_json(UnitPaths(trained.setup.out).summary, trained.metadata)
+
+
+class VfnRecipe:
+    """The VFN for :func:`vfnet.training.runner.run_unit`: ROI patches of its fusion set's cases."""
+
+    stage = "vfn"
+    view = None
+
+    def __init__(self, use_image: bool = True, seed: int = SEED):
+        self.use_image, self.seed = use_image, seed
+        self.network = vfn_network_name(use_image) + ("" if seed == SEED else f"_seed{seed}")
+
+    def cases(self, setup: UnitSetup) -> UnitCases:
+        folder = paths.fusion_set_dir(setup.preprocessed, setup.preset, str(setup.spec["name"]))
+        cases = sorted(load_manifest(folder)["cases"])
+        train, val = split_validation(cases, key=f"vfn-{setup.spec['name']}")
+        return UnitCases(train, val, [], folder, record={"use_image": self.use_image, "fusion_set": str(folder)})
+
+    def build(self, setup: UnitSetup, cases: UnitCases, metadata: dict, options: RunOptions) -> Run:
+        plan, schedule, folder, use_image = setup.plan, setup.schedule, cases.data, self.use_image
+        seed_everything(self.seed)
+        model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image)
+        parameters = count_parameters(model)
+        vfn = plan["vfn"]
+        common = {"patch_size": vfn["patch_size"], "spacing": plan["target_spacing"],
+                  "num_image_channels": plan.num_channels, "num_foreground": plan.num_classes - 1,
+                  "batch_size": int(schedule["batch_size"]), "use_image": use_image}
+        start_iteration = saved_iteration(setup.out) if options.resume else 0
+        augmentation = vfn.get("augmentation", "none")
+        if augmentation not in AUGMENTATIONS:
+            raise PlanError(f"plans.json: vfn augmentation '{augmentation}' unknown; expected one of "
+                            f"{', '.join(AUGMENTATIONS)}")
+        # the plan may have the VFN fuse at a coarser in-plane resolution (see plan_vfn); a schedule may override it
+        factor = normalise_factor(schedule.get("input_downsample", vfn.get("input_downsample")))
+        train_batches = VfnPatchSampler(load_fusion_samples(folder, cases.train, factor, plan.num_classes),
+                                        augment=augmentation == "paper", seed=self.seed + start_iteration, **common)
+        # every validation case, whole, at every validation (iteration 0 included)
+        validation = VfnPatchSampler(load_fusion_samples(folder, cases.val, factor, plan.num_classes),
+                                     augment=False, seed=SEED, **common)
+        val_batches = tile_batches(validation, VALIDATION_TILE_BATCH)
+        iterations = int(schedule["iterations"])
+        # the paper's SGD unless the preset names an optimizer (the CPU preset uses Adam to learn in fewer steps)
+        paper_sgd = {} if "optimizer" in schedule else {"optimizer": sgd_momentum}
+        config = TrainingConfig.from_schedule(schedule, seed=self.seed, lr_schedule=StepLR(iterations),
+                                              grad_clip=None, validate_at_start=True, **paper_sgd)
+        # Dice alone (the paper, one organ) left the multi-class softmax VFN predicting a foreground class over
+        # the whole ROI on Hippocampus after a short schedule; cross-entropy anchors the background.
+        loss = SoftDiceLoss() if plan.num_classes == 2 else DiceCELoss()
+        trainer = Trainer(model, loss, train_batches, val_batches, config, setup.out, device=setup.device,
+                          num_threads=options.num_threads, quiet=options.quiet, distributed=options.distributed,
+                          metadata={**metadata, "use_image": use_image, "parameters": parameters,
+                                    "input_downsample": list(factor),
+                                    "train_cases": cases.train, "val_cases": cases.val})
+        trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, "
+                    f"{model.in_channels} input channels, patch {vfn['patch_size']}, in-plane downsample "
+                    f"{list(factor)}, augmentation {augmentation}, {len(val_batches)} validation batches, "
+                    f"{len(cases.train)} training / {len(cases.val)} validation cases")
+        return Run(trainer)

@@ -18,14 +18,12 @@ from vfnet.atomic import read_json
 from vfnet.device import resolve_device
 from vfnet.errors import PlanError, VfnetError
 from vfnet.experiment_planning.plans import Plan, budget_minutes
-from vfnet.paths import BEST_CHECKPOINT, FINAL_CHECKPOINT, LATEST_CHECKPOINT
+from vfnet.paths import UnitPaths
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.training.budget import load_or_plan_budget
 
 SEED = 12345
 VALIDATION_FRACTION = 0.15
-# what a finished or interrupted run leaves; a fresh (not resumed) run removes them first
-RUN_FILES = (FINAL_CHECKPOINT, "summary.json", LATEST_CHECKPOINT, BEST_CHECKPOINT)
 
 
 @dataclass
@@ -39,6 +37,7 @@ class UnitSetup:
     device: torch.device
     out: Path
     final: Path | None = None  # with --overwrite of a finished unit, ``out`` is a staging folder swapped in at the end
+    preset: str = ""
 
     def finish(self) -> Path:
         """Swap a staging folder onto the unit's folder once the new run is complete; the unit's folder."""
@@ -108,7 +107,7 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
     torch_device = resolve_device(device)
     results = paths.results_root() / preprocessed.name
     paths.copy_dataset_files(preprocessed, results)
-    out = paths.unit_dir(results, preset, network, str(unit))
+    out = UnitPaths.of(results, preset, network, str(unit)).folder
     final = out
     if unit_finished(out) and not resume:
         if not overwrite:
@@ -118,8 +117,9 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     overrides = dict(schedule_overrides or {})
-    recorded = read_json(out / "unit.json").get("schedule") if (out / "unit.json").is_file() else None
-    if resume and recorded and (out / LATEST_CHECKPOINT).is_file():
+    record = UnitPaths(out).record
+    recorded = read_json(record).get("schedule") if record.is_file() else None
+    if resume and recorded and UnitPaths(out).latest_checkpoint.is_file():
         schedule = {**recorded, **overrides}
     else:
         schedule = plan.schedule(preset, stage)
@@ -127,7 +127,7 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
             budget = load_or_plan_budget(preprocessed, results, preset, torch_device)
             schedule.update(budget.schedule("vfn" if stage == "vfn" else network, str(unit)))
         schedule.update(overrides)
-    return UnitSetup(preprocessed, plan, spec, schedule, torch_device, out, final)
+    return UnitSetup(preprocessed, plan, spec, schedule, torch_device, out, final, preset)
 
 
 def split_validation(cases: Sequence[str], key: str, fraction: float = VALIDATION_FRACTION) -> tuple[list, list]:
@@ -159,11 +159,12 @@ def held_out_split(data: PreprocessedDataset, spec: dict, key: str, label: str) 
 
 def unit_finished(unit_dir: Path) -> bool:
     """A unit is finished when its final checkpoint and its summary exist."""
-    return (Path(unit_dir) / FINAL_CHECKPOINT).is_file() and (Path(unit_dir) / "summary.json").is_file()
+    return UnitPaths(Path(unit_dir)).finished
 
 
 def clear_previous_run(unit_dir: Path) -> None:
     """Remove the checkpoints, summary and held-out maps of an earlier run before a fresh (not resumed) one."""
-    for name in RUN_FILES:
-        (Path(unit_dir) / name).unlink(missing_ok=True)
-    shutil.rmtree(Path(unit_dir) / "predictions", ignore_errors=True)
+    unit = UnitPaths(Path(unit_dir))
+    for path in (unit.final_checkpoint, unit.summary, unit.latest_checkpoint, unit.best_checkpoint):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(unit.predictions, ignore_errors=True)
