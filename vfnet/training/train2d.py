@@ -16,16 +16,17 @@ import torch
 from vfnet.atomic import write_json
 from vfnet.errors import VfnetError
 from vfnet.experiment_planning.plans import Plan
+from vfnet.experiment_planning.schema import Schedule
 from vfnet.networks.unet2d import build_unet2d
 from vfnet.paths import FINAL_CHECKPOINT
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import normalise_factor
+from vfnet.training.config import TrainingConfig
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
 from vfnet.training.ddp import DistributedContext
-from vfnet.training.losses import DiceCELoss
-from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
+from vfnet.training.losses import make_loss
+from vfnet.training.trainer import Trainer, saved_iteration, seed_everything
 from vfnet.training.units import (
-    SEED,
     AfterTraining,
     TrainedUnit,
     clear_previous_run,
@@ -34,8 +35,6 @@ from vfnet.training.units import (
     unit_finished,
 )
 from vfnet.views import VIEWS
-
-VALIDATION_BATCHES = 5
 
 
 def _check_view(view: str) -> str:
@@ -78,11 +77,11 @@ def fit_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "
         return out
 
     data = PreprocessedDataset(preprocessed)
-    train_cases, val_cases, predict_cases = held_out_split(data, spec, key=str(unit), label=f"unit {unit}")
+    train_cases, val_cases, predict_cases = held_out_split(data, spec, plan.training, key=str(unit), label=f"unit {unit}")
     record = {"network": network_name, "unit": str(unit), "preset": preset, "view": view,
               "train_folds": spec["train_folds"], "predict_folds": spec["predict_folds"],
               "train_cases": train_cases, "val_cases": val_cases, "predict_cases": predict_cases,
-              "schedule": schedule}
+              "schedule": schedule.to_dict()}
     write_json(out / "unit.json", record)
 
     if not (resume and (out / FINAL_CHECKPOINT).is_file()):
@@ -102,25 +101,24 @@ def fit_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "
 
 
 def _train(plan: Plan, data: PreprocessedDataset, view: str, train_cases: list[str], val_cases: list[str],
-           schedule: dict, out: Path, device: torch.device, num_threads: int | None, resume: bool, quiet: bool,
+           schedule: Schedule, out: Path, device: torch.device, num_threads: int | None, resume: bool, quiet: bool,
            features: Sequence[int] | None, metadata: dict, distributed: DistributedContext | None = None) -> None:
-    spec = plan["views"][view]
+    spec, seed = plan.view(view), plan.training.seed
     # a budgeted schedule may train at a coarser resolution with its own patch and widths
-    patch = schedule.get("patch_size", spec["patch_size"])
-    context, batch_size = spec["context_slices"], int(schedule["batch_size"])
-    downsample = schedule.get("input_downsample")
-    seed_everything(SEED)
-    network = build_unet2d(plan, view, features if features is not None else schedule.get("features"))
+    patch = schedule.patch_size or spec.patch_size
+    context, batch_size = spec.context_slices, schedule.batch_size
+    downsample = schedule.input_downsample
+    seed_everything(seed)
+    network = build_unet2d(plan, view, features if features is not None else schedule.features)
     volumes = load_view_volumes(data, train_cases, view, downsample=downsample)
     val_batches = fixed_batches(load_view_volumes(data, val_cases, view, downsample=downsample), patch, context,
-                                batch_size,
-                                int(schedule.get("val_batches", VALIDATION_BATCHES)), seed=SEED)
+                                schedule.val_batch_size or batch_size, schedule.val_batches, seed=seed)
     # Workers are re-seeded from the resumed iteration so a continued run does not replay old batches.
     start = saved_iteration(out) if resume else 0
-    loader = make_train_loader(volumes, patch, context, batch_size, int(schedule.get("num_workers", 0)),
-                               seed=SEED + start, mirror_axes=spec.get("mirror_axes", ()))
-    config = TrainingConfig.from_schedule(schedule, seed=SEED)
-    trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, out, device=device,
+    loader = make_train_loader(volumes, patch, context, batch_size, schedule.num_workers, seed=seed + start,
+                               mirror_axes=spec.mirror_axes)
+    config = TrainingConfig.from_schedule(schedule, seed=seed)
+    trainer = Trainer(network, make_loss(schedule.loss), loader, val_batches, config, out, device=device,
                       num_threads=num_threads, quiet=quiet, distributed=distributed,
                       metadata={**metadata, "view": view, "network_config": network.config(),
                                 "input_downsample": list(normalise_factor(downsample)),

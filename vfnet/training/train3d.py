@@ -1,10 +1,10 @@
 """Train the planned 3D U-Net baseline on a unit: ``vfnet_train 3d UNIT`` up to its final checkpoint.
 
-The baseline of the paper's 2D-versus-3D comparison: nnU-Net-shaped (``plan["unet3d"]``),
-trained on 3D patches with DiceCE loss by the same trainer as the views and the VFN
-(checkpoints, resume, log, progress.png, mixed precision on CUDA). Validation and the best
-checkpoint use a split carved from the unit's own training cases; the folds the unit
-predicts are only seen by the final checkpoint. Results go to
+The baseline of the paper's 2D-versus-3D comparison: nnU-Net-shaped (``plan.unet3d``), trained
+on 3D patches with the loss, optimizer and mirroring its schedule and plan name, by the same
+trainer as the views and the VFN (checkpoints, resume, log, progress.png, mixed precision on
+CUDA). Validation and the best checkpoint use a split carved from the unit's own training
+cases; the folds the unit predicts are only seen by the final checkpoint. Results go to
 ``$vfnet_results/TaskXX_Name/<preset>/3d/<unit>/``. The held-out prediction is the
 ``after_training`` callback that :mod:`vfnet.pipeline.units` passes.
 """
@@ -20,17 +20,18 @@ import torch
 from vfnet.atomic import write_json
 from vfnet.checkpoint import load_checkpoint
 from vfnet.experiment_planning.plans import Plan
+from vfnet.experiment_planning.schema import Schedule
 from vfnet.networks.unet3d import UNet3D, build_unet3d, unet3d_config
 from vfnet.networks.vfn import count_parameters
 from vfnet.paths import FINAL_CHECKPOINT
 from vfnet.preprocessing.data import PreprocessedDataset
+from vfnet.training.config import TrainingConfig
 from vfnet.training.data2d import close_loader
 from vfnet.training.data3d import fixed_batches_3d, load_volumes, make_train_loader_3d
 from vfnet.training.ddp import DistributedContext
-from vfnet.training.losses import DiceCELoss
-from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
+from vfnet.training.losses import make_loss
+from vfnet.training.trainer import Trainer, saved_iteration, seed_everything
 from vfnet.training.units import (
-    SEED,
     AfterTraining,
     TrainedUnit,
     clear_previous_run,
@@ -40,7 +41,6 @@ from vfnet.training.units import (
 )
 
 NETWORK = "3d"
-VALIDATION_BATCHES = 5
 
 
 def train_hint(dataset: str, unit: str, preset: str) -> str:
@@ -82,11 +82,13 @@ def fit_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", d
         return out
 
     data = PreprocessedDataset(preprocessed)
-    train_cases, val_cases, predict_cases = held_out_split(data, spec, key=f"3d-{unit}", label=f"3d unit {unit}")
+    train_cases, val_cases, predict_cases = held_out_split(data, spec, plan.training, key=f"3d-{unit}",
+                                                           label=f"3d unit {unit}")
     metadata = {"network": NETWORK, "unit": str(unit), "preset": preset, "dataset": preprocessed.name}
     write_json(out / "unit.json", {**metadata, "train_folds": spec["train_folds"],
                                    "predict_folds": spec["predict_folds"], "train_cases": train_cases,
-                                   "val_cases": val_cases, "predict_cases": predict_cases, "schedule": schedule})
+                                   "val_cases": val_cases, "predict_cases": predict_cases,
+                                   "schedule": schedule.to_dict()})
 
     if not (resume and (out / FINAL_CHECKPOINT).is_file()):
         if not resume:
@@ -107,25 +109,25 @@ def fit_3d_unit(dataset: str | int | None, unit: str, preset: str = "default", d
     return setup.finish()
 
 
-def _train(plan: Plan, data: PreprocessedDataset, train_cases: list[str], val_cases: list[str], schedule: dict,
+def _train(plan: Plan, data: PreprocessedDataset, train_cases: list[str], val_cases: list[str], schedule: Schedule,
            out: Path, device: torch.device, num_threads: int | None, resume: bool, quiet: bool,
            features: Sequence[int] | None, metadata: dict, stop_at: int | None,
            distributed: DistributedContext | None = None) -> Trainer:
-    patch, batch_size = plan["unet3d"]["patch_size"], int(schedule["batch_size"])
-    seed_everything(SEED)
+    patch, batch_size, seed = plan.unet3d.patch_size, schedule.batch_size, plan.training.seed
+    seed_everything(seed)
     if features is None:
         network = build_unet3d(plan, plan.num_channels, plan.num_classes)
     else:
         network = UNet3D(plan.num_channels, plan.num_classes, features)
-    val_batches = fixed_batches_3d(load_volumes(data, val_cases), patch, batch_size,
-                                   int(schedule.get("val_batches", VALIDATION_BATCHES)), seed=SEED)
+    val_batches = fixed_batches_3d(load_volumes(data, val_cases), patch, schedule.val_batch_size or batch_size,
+                                   schedule.val_batches, seed=seed)
     # Workers are re-seeded from the resumed iteration so a continued run does not replay old batches.
     start = saved_iteration(out) if resume else 0
-    loader = make_train_loader_3d(load_volumes(data, train_cases), patch, batch_size,
-                                  int(schedule.get("num_workers", 0)), seed=SEED + start)
-    config = TrainingConfig.from_schedule(schedule, seed=SEED)
+    loader = make_train_loader_3d(load_volumes(data, train_cases), patch, batch_size, schedule.num_workers,
+                                  seed=seed + start, mirror_axes=plan.unet3d.mirror_axes)
+    config = TrainingConfig.from_schedule(schedule, seed=seed)
     parameters = count_parameters(network)
-    trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, out, device=device,
+    trainer = Trainer(network, make_loss(schedule.loss), loader, val_batches, config, out, device=device,
                       num_threads=num_threads, quiet=quiet, distributed=distributed,
                       metadata={**metadata, "network_config": unet3d_config(network), "parameters": parameters,
                                 "train_cases": train_cases, "val_cases": val_cases})
