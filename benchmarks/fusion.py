@@ -99,20 +99,19 @@ def _seed_spread(dataset: str, preset: str) -> dict:
     from vfnet.fusion.models import load_vfn
     from vfnet.pipeline.units import train_vfn_unit
     from vfnet.preprocessing.data import PreprocessedDataset
-    from vfnet.training.units import SEED
     from vfnet.views import VIEWS
 
     preprocessed = paths.preprocessed_dataset(dataset)
     plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
     results = paths.results_root() / preprocessed.name
     fold = plan["fold_names"][0]
-    seeds = [SEED + i for i in range(SEEDS)]
+    planned = plan.training.seed
+    seeds = [planned + i for i in range(SEEDS)]
     start = time.perf_counter()
     for seed in seeds[1:]:
         train_vfn_unit(dataset, fold, preset, device="cpu", quiet=True, seed=seed)
     train_s = time.perf_counter() - start
-    folders = {seed: paths.unit_dir(results, preset, "vfn" if seed == SEED else f"vfn_seed{seed}", fold)
-               for seed in seeds}
+    folders = {s: paths.unit_dir(results, preset, "vfn" if s == planned else f"vfn_seed{s}", fold) for s in seeds}
     models = {seed: load_vfn(folder, plan) for seed, folder in folders.items()}
     config = VfnConfig.from_plan(plan, device="cpu")
     foreground = range(1, plan.num_classes)
@@ -129,7 +128,7 @@ def _seed_spread(dataset: str, preset: str) -> dict:
             differences[seed].append(overall(label, fuse("vfn", maps, image, model=model, vfn_config=config)) - mean)
     per_seed = {str(seed): float(np.mean(d)) for seed, d in differences.items()}
     values = list(per_seed.values())
-    return {"fold": fold, "cases": len(differences[SEED]), "vfn_minus_mean": per_seed,
+    return {"fold": fold, "cases": len(differences[planned]), "vfn_minus_mean": per_seed,
             "min": min(values), "max": max(values), "std": float(np.std(values, ddof=1)),
             "extra_training_s": round(train_s, 1)}
 

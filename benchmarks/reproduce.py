@@ -248,7 +248,7 @@ def reproduce(args) -> Path:
     seconds_views = view_seconds(plan, data, results, args.preset, device, args.timing_cases)
     params = parameter_counts(plan, results, args.preset)
     costs = method_costs(table["summary"], seconds_views, params)
-    schedules = {net: plan.schedule(args.preset, net) for net in ("2d", "vfn", "3d")}
+    schedules = {net: plan.schedule(args.preset, net).to_dict() for net in ("2d", "vfn", "3d")}
     if args.iterations_3d:
         schedules["3d"]["iterations"] = args.iterations_3d
     per_kind = {kind: [v for k, v in timings.data.items() if k.startswith(kind + " ")] for kind in ("2d", "vfn", "3d")}
@@ -353,11 +353,12 @@ def check_start(args) -> Path:
         build_fusion_set(TASK, "0", "quick", quiet=True)
     plan = Plan.load(_stage_check_folder(args.work, quick_set, args.preset))
     n = args.check_iterations
-    # validate once, after the n timed iterations, on a single batch: the history then holds their time
-    overrides = {"val_every": n, "val_batches": 1}
+    # validate once, after the n timed iterations (the 3D U-Net on a single batch; the VFN scores every
+    # validation case whole): the history then holds their time
     checks = {}
     for network, func in (("vfn", train_vfn_unit), ("3d", train_3d_unit)):
-        schedule = plan.schedule(args.preset, network)
+        overrides = {"val_every": n, **({"val_batches": 1} if network == "3d" else {})}
+        schedule = plan.schedule(args.preset, network).to_dict()
         print(f"{args.preset} {network} schedule: {schedule}; running {n} iterations on {args.device}", flush=True)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

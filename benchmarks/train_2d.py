@@ -31,6 +31,7 @@ from machine import write_results
 
 from vfnet import paths
 from vfnet.experiment_planning.plans import Plan
+from vfnet.experiment_planning.schema import Schedule
 from vfnet.networks.unet2d import build_unet2d
 from vfnet.pipeline.units import train_2d_unit
 from vfnet.preprocessing.data import PreprocessedDataset
@@ -51,15 +52,15 @@ def peak_memory_mib() -> float:
     return round((own + children) / 1024, 1)
 
 
-def seconds_per_iteration(folder: Path, view: str, schedule: dict, threads: int, out: Path) -> float:
+def seconds_per_iteration(folder: Path, view: str, schedule: Schedule, threads: int, out: Path) -> float:
     """Seconds per training iteration (with the preset's loader and workers) over a short run."""
     plan, data = Plan.load(folder), PreprocessedDataset(folder)
     spec = plan["views"][view]
-    train, val = split_validation(data.fold_cases(plan.unit("2d", "0")["train_folds"]), "0")
+    train, val = split_validation(data.fold_cases(plan.unit("2d", "0")["train_folds"]), "0", plan.training)
     loader = make_train_loader(load_view_volumes(data, train, view), spec["patch_size"], spec["context_slices"],
-                               schedule["batch_size"], schedule["num_workers"])
+                               schedule.batch_size, schedule.num_workers)
     val_batches = fixed_batches(load_view_volumes(data, val, view), spec["patch_size"], spec["context_slices"],
-                                schedule["batch_size"], 1)
+                                schedule.batch_size, 1)
     config = TrainingConfig.from_schedule(schedule, iterations=WARMUP_ITERATIONS + CALIBRATION_ITERATIONS,
                                           val_every=WARMUP_ITERATIONS)
     trainer = Trainer(build_unet2d(plan, view), DiceCELoss(), loader, val_batches, config, out, device="cpu",
@@ -85,9 +86,9 @@ def benchmark_view(dataset: str, view: str, preset: str, minutes: float, threads
     train_seconds = sum(h["seconds"] for h in history)
     summary = json.loads((out / "summary.json").read_text())
     return {
-        "view": view, "iterations": iterations, "batch_size": schedule["batch_size"],
-        "num_workers": schedule["num_workers"], "calibration_s_per_it": round(per_iteration, 3),
-        "slices_per_s": round(iterations * schedule["batch_size"] / train_seconds, 1),
+        "view": view, "iterations": iterations, "batch_size": schedule.batch_size,
+        "num_workers": schedule.num_workers, "calibration_s_per_it": round(per_iteration, 3),
+        "slices_per_s": round(iterations * schedule.batch_size / train_seconds, 1),
         "data_wait_share": round(sum(h["data_wait"] * h["seconds"] for h in history) / train_seconds, 4),
         "train_s": round(train_seconds, 1), "total_s": round(wall, 1), "peak_rss_mib": peak_memory_mib(),
         "fold0_dice": round(summary["mean_dice"], 4),

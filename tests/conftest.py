@@ -88,3 +88,21 @@ def demo_workspace(tmp_path_factory, name: str, num_test: int = 2, shape: tuple[
     raw = make_demo_dataset(root / "vfnet_raw", num_train=9, num_test=num_test, shape=shape)
     plan_and_preprocess(None, num_processes=1, split_mode="holdout", quiet=True)
     return root, raw, monkey
+
+
+def synthetic_plan(name: str = "Task07_Tiny", num_classes: int = 3, modality: str = "MRI", split_mode: str = "cca",
+                   num_folds: int = 3, shape: tuple[int, int, int] = (36, 50, 35),
+                   bbox: tuple[int, int, int] = (25, 35, 20)) -> dict:
+    """A complete plans.json dict as the planner writes it, for one image channel of median ``shape`` (1 mm
+    voxels) and median organ box ``bbox``, without a dataset on disk (the default: Hippocampus-like)."""
+    from vfnet.dataset import DatasetInfo
+    from vfnet.experiment_planning.plans import plan_experiment
+
+    organs = {"organ": 1} if num_classes == 2 else {f"organ{k}": k for k in range(1, num_classes)}
+    labels = {"background": 0, **organs}
+    stats = {"mean": 50.0, "std": 10.0, "min": 0.0, "max": 100.0, "percentile_00_5": 1.0, "percentile_99_5": 99.0}
+    fingerprint = {"num_cases": max(num_folds, 3), "median_spacing": [1.0, 1.0, 1.0], "shapes": [list(shape)],
+                   "spacings": [[1.0, 1.0, 1.0]], "median_foreground_bbox": list(bbox),
+                   "foreground_intensity": {"0": stats}}
+    return plan_experiment(DatasetInfo(name, {0: modality}, labels), fingerprint, name, num_folds=num_folds,
+                           split_mode=split_mode)

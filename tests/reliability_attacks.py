@@ -139,7 +139,7 @@ class Workspace:
 def set_tiny_schedule(preprocessed: Path) -> None:
     plans = preprocessed / "plans.json"
     plan = json.loads(plans.read_text())
-    plan["presets"]["default"]["3d"] = dict(TINY_3D)
+    plan["presets"]["default"]["3d"].update(TINY_3D)
     plans.write_text(json.dumps(plan, indent=2))
 
 

@@ -156,15 +156,14 @@ def test_unit_takes_budget_schedule_and_resume_keeps_its_own(demo_preprocessed):
                        _calibration())
     write_json(results / "budget300" / "budget.json", body)
     setup = prepare_unit(None, "2d", "2d_coronal", "cca_0_1", "budget300", "cpu")
-    assert setup.schedule["iterations"] == body["units"]["2d_coronal/cca_0_1"]["iterations"]
-    assert setup.schedule["patch_size"] == body["views"]["coronal"]["patch_size"]
-    assert setup.schedule["lr"] == 0.003 and setup.schedule["optimizer"] == "adam"  # with the quick schedule's optimizer
+    assert setup.schedule.iterations == body["units"]["2d_coronal/cca_0_1"]["iterations"]
+    assert setup.schedule.patch_size == body["views"]["coronal"]["patch_size"]
+    assert setup.schedule.lr == 0.003 and setup.schedule.optimizer == "adam"  # with the quick schedule's optimizer
     # a unit that started with another schedule continues it unchanged
-    write_json(setup.out / "unit.json", {"schedule": {**setup.schedule, "iterations": 7}})
+    write_json(setup.out / "unit.json", {"schedule": {**setup.schedule.to_dict(), "iterations": 7}})
     (setup.out / "checkpoint_latest.pth").write_bytes(b"x")
-    assert prepare_unit(None, "2d", "2d_coronal", "cca_0_1", "budget300", "cpu", resume=True).schedule[
-        "iterations"] == 7
-    assert prepare_unit(None, "2d", "2d_coronal", "cca_0_1", "budget300", "cpu").schedule["iterations"] == \
+    assert prepare_unit(None, "2d", "2d_coronal", "cca_0_1", "budget300", "cpu", resume=True).schedule.iterations == 7
+    assert prepare_unit(None, "2d", "2d_coronal", "cca_0_1", "budget300", "cpu").schedule.iterations == \
         body["units"]["2d_coronal/cca_0_1"]["iterations"]
 
 

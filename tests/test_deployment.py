@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import synthetic_plan
 
 from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.deployment import MANIFEST, export_model, install_model, read_manifest
 from vfnet.errors import ModelNotFoundError, VfnetError
-from vfnet.experiment_planning.plans import SCHEMA_VERSION, Plan, make_units
+from vfnet.experiment_planning.plans import Plan
 from vfnet.fusion.models import load_vfn
 from vfnet.networks.vfn import build_vfn
 from vfnet.views import VIEWS
@@ -26,11 +27,10 @@ PRESET = "quick"
 
 
 def _plan(split_mode: str) -> dict:
-    folds = ["0", "1", "2"] if split_mode == "cca" else ["A", "B", "C"]
-    return {"schema_version": SCHEMA_VERSION, "dataset_name": NAME, "channel_names": {"0": "CT"},
-            "labels": {"background": 0, "organ": 1}, "num_classes": 2, "split_mode": split_mode,
-            "fold_names": folds, "num_folds": 3, "units": make_units(folds, split_mode),
-            "vfn": {"patch_size": [8, 8, 8], "stride": [8, 8, 8], "roi_margin": [2, 2, 2], "features": [2, 4, 4, 8]}}
+    plan = synthetic_plan(NAME, num_classes=2, modality="CT", split_mode=split_mode, num_folds=3)
+    plan["vfn"].update(patch_size=[8, 8, 8], stride=[8, 8, 8], roi_margin=[2, 2, 2], features=[2, 4, 4, 8],
+                       view_prior=False)
+    return plan
 
 
 def _unit(results: Path, network: str, unit: str, seed: int) -> None:

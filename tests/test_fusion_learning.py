@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from vfnet.errors import PlanError
 from vfnet.fusion.methods import fuse, fused_probabilities, majority_vote, vfn_fused_probabilities
 from vfnet.fusion.roi import roi_from_mask
 from vfnet.fusion.stack import fit_stack, stack_probabilities
@@ -46,7 +47,7 @@ def test_stack_learns_to_trust_the_reliable_view(tmp_path):
         inputs = np.concatenate([rng.random((1, *label.shape))] + [maps[v][1:] for v in VIEWS]).astype(np.float16)
         np.savez(tmp_path / f"c{i}.npz", inputs=inputs, label=label.astype(np.uint8))
         cases.append(f"c{i}")
-    weights = fit_stack(tmp_path, cases, num_image_channels=1, num_classes=k)
+    weights = fit_stack(tmp_path, cases, num_image_channels=1, num_classes=k, seed=12345, max_voxels=200_000)
     assert weights["loss"] < weights["loss_start"]
     label = np.zeros((8, 12, 12), np.int64)
     label[1:7, 2:10, 1:5] = 2
@@ -120,13 +121,15 @@ def test_no_mirroring_in_planned_training_and_tta_axes(demo_preprocessed):
     assert not any(isinstance(t, MirrorTransform) for t in augmentation_2d([16, 16]).transforms)
     assert any(isinstance(t, MirrorTransform) for t in augmentation_2d([16, 16], (1,)).transforms)
     plan = Plan.load(demo_preprocessed)
-    assert all(plan["views"][v]["mirror_axes"] == [] for v in VIEWS)
+    assert all(plan.view(v).mirror_axes == [] for v in VIEWS)
     assert tta_axes(plan) == ()
-    legacy = {**plan.data, "views": {v: {k: s for k, s in spec.items() if k != "mirror_axes"}
-                                     for v, spec in plan["views"].items()}}
-    assert tta_axes(legacy) == (1, 2)
     mirrored = {**plan.data, "views": {**plan["views"], "coronal": {**plan["views"]["coronal"], "mirror_axes": [1]}}}
-    assert tta_axes(mirrored) == (2,)  # the coronal slice's width is x
+    assert tta_axes(Plan(mirrored)) == (2,)  # the coronal slice's width is x
+    # a version-1 plan from before mirroring was planned trained mirrored, but would train unmirrored now
+    legacy = {**plan.data, "schema_version": 1,
+              "views": {v: {k: s for k, s in spec.items() if k != "mirror_axes"} for v, spec in plan["views"].items()}}
+    with pytest.raises(PlanError, match="before 2D mirroring was planned.*rerun vfnet_plan_and_preprocess"):
+        Plan(legacy)
 
 
 TINY_2D = {"iterations": 4, "batch_size": 4, "num_workers": 0, "val_every": 4, "val_batches": 1}

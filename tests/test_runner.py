@@ -15,8 +15,9 @@ from vfnet.training.runner import Run, RunOptions, UnitCases, run_unit
 from vfnet.training.train2d import View2dRecipe
 from vfnet.training.train3d import UNet3dRecipe
 from vfnet.training.train_vfn import VfnRecipe
-from vfnet.training.trainer import Trainer, TrainingConfig
-from vfnet.training.units import SEED
+from vfnet.experiment_planning.settings import SEED
+from vfnet.training.config import TrainingConfig
+from vfnet.training.trainer import Trainer
 
 
 class _TinyRecipe:
@@ -44,7 +45,7 @@ class _TinyRecipe:
         def loss(output, target):
             return torch.nn.functional.cross_entropy(output, target[:, 0])
 
-        config = TrainingConfig(iterations=int(setup.schedule["iterations"]), lr=0.01, val_every=2)
+        config = TrainingConfig(iterations=setup.schedule.iterations, lr=0.01, val_every=2)
         trainer = Trainer(network, loss, batches(), list(itertools.islice(batches(), 1)), config, setup.out,
                           device=setup.device, quiet=True, metadata={**metadata, "parameters": 6})
         return Run(trainer)
@@ -88,8 +89,9 @@ def test_a_trained_unit_without_summary_is_handed_on_without_training_again(demo
 
 
 def test_every_network_brings_the_same_recipe():
-    for recipe in (View2dRecipe("axial"), UNet3dRecipe(), VfnRecipe(use_image=False, seed=7)):
+    for recipe in (View2dRecipe("axial"), UNet3dRecipe(), VfnRecipe(use_image=False, seed=7, plan_seed=SEED)):
         assert recipe.stage in ("2d", "vfn", "3d")
         assert callable(recipe.cases) and callable(recipe.build)
-    assert VfnRecipe(use_image=False, seed=7).network == "vfn_noimage_seed7"
+    assert VfnRecipe(use_image=False, seed=7, plan_seed=SEED).network == "vfn_noimage_seed7"
+    assert VfnRecipe(use_image=True, seed=SEED, plan_seed=SEED).network == "vfn"
     assert View2dRecipe("coronal").network == "2d_coronal" and UNet3dRecipe().network == "3d"

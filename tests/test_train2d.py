@@ -15,14 +15,16 @@ from torch import nn
 from vfnet import paths
 from vfnet.errors import PlanError, VfnetError
 from vfnet.experiment_planning.plans import Plan
+from vfnet.experiment_planning.schema import TrainingPlan
 from vfnet.inference import predict2d
 from vfnet.inference.predict2d import load_unit_network, predict_volume_2d, slice_batch_size
 from vfnet.networks.unet2d import UNet2D
 from vfnet.pipeline.units import train_2d_unit
 from vfnet.preprocessing.data import PreprocessedDataset
+from vfnet.training.config import StepLR
 from vfnet.training.data2d import fixed_batches, load_view_volumes, make_train_loader
 from vfnet.training.losses import DiceCELoss, SoftDiceLoss
-from vfnet.training.trainer import StepLR, Trainer, TrainingConfig
+from vfnet.training.trainer import Trainer, TrainingConfig
 from vfnet.training.units import split_validation
 from vfnet.views import VIEWS, slice_stacks
 from vfnet_cli.train import train_all_entry, train_entry
@@ -216,10 +218,11 @@ def test_resume_of_a_finished_unit_leaves_it_alone(demo_preprocessed):
 
 def test_validation_split_is_seeded_and_never_empty():
     cases = [f"c{i}" for i in range(20)]
-    train, val = split_validation(cases, "0")
+    training = TrainingPlan(seed=12345, validation_fraction=0.15)
+    train, val = split_validation(cases, "0", training)
     assert len(val) == 3 and not set(train) & set(val) and set(train) | set(val) == set(cases)
-    assert split_validation(cases, "0") == (train, val)
-    assert len(split_validation(cases[:3], "x")[1]) == 1
+    assert split_validation(cases, "0", training) == (train, val)
+    assert len(split_validation(cases[:3], "x", training)[1]) == 1
 
 
 def test_unknown_view_and_unit_list_the_valid_ones(demo_preprocessed):

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_plan
 
 from vfnet.experiment_planning.plans import plan_unet3d, plan_vfn
 from vfnet.fusion.methods import majority_vote, mean_fusion, vfn_input
@@ -135,11 +136,11 @@ def test_checkpoint_says_whether_it_has_the_view_prior():
 @pytest.mark.parametrize("saved_with_prior", [True, False])
 def test_load_vfn_builds_the_network_its_checkpoint_holds(tmp_path, saved_with_prior):
     # a VFN trained before the prior existed (or with "view_prior": false) still loads under a prior plan
-    from vfnet.experiment_planning.plans import SCHEMA_VERSION, Plan
+    from vfnet.experiment_planning.plans import Plan
     from vfnet.fusion.models import load_vfn
 
-    plan = Plan({**hippocampus_plan(), "schema_version": SCHEMA_VERSION, "num_classes": 3,
-                 "channel_names": {"0": "MRI"}})
+    plan = Plan(synthetic_plan(num_classes=3, modality="MRI"))  # Hippocampus-like: the VFN of hippocampus_plan()
+    assert plan["vfn"] == hippocampus_plan()["vfn"]
     saved = build_vfn(plan, 1, 3, view_prior=saved_with_prior)
     torch.save({"network": saved.state_dict()}, tmp_path / "checkpoint_final.pth")
     loaded = load_vfn(tmp_path, plan)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 
 from vfnet.evaluation.metrics import dice
+from vfnet.experiment_planning.settings import SGD_PAPER
 from vfnet.fusion.methods import VfnConfig, fuse, vfn_input
 from vfnet.networks.vfn import VolumetricFusionNet
+from vfnet.training.config import StepLR, sgd
 from vfnet.training.data_vfn import VfnPatchSampler
 from vfnet.training.losses import SoftDiceLoss
-from vfnet.training.train_vfn import sgd_momentum
-from vfnet.training.trainer import StepLR, Trainer, TrainingConfig
+from vfnet.training.trainer import Trainer, TrainingConfig
 
 SHAPE = (20, 20, 20)
 
@@ -39,8 +42,9 @@ def test_short_vfn_training_recovers_what_two_views_missed():
     sampler = VfnPatchSampler(samples, [16, 16, 16], [1, 1, 1], num_image_channels=1, num_foreground=1,
                               batch_size=2, seed=0)
     model = VolumetricFusionNet(1, 2, True, [4, 8, 16, 32])
+    paper_sgd = partial(sgd, momentum=SGD_PAPER["momentum"], nesterov=False, weight_decay=SGD_PAPER["weight_decay"])
     config = TrainingConfig(iterations=60, lr=0.05, val_every=60, lr_schedule=StepLR(60),
-                            optimizer=sgd_momentum, grad_clip=None)
+                            optimizer=paper_sgd, grad_clip=None)
     import tempfile
 
     with tempfile.TemporaryDirectory() as out:

@@ -50,8 +50,8 @@ from vfnet_cli.common import command, dataset_option, quiet_option, trained_pres
                    "views' final checkpoints and each VFN's best, the models vfnet_crossval scored.")
 @click.option("--step-size", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Step between the sliding windows of the VFN and the 3D U-Net, as a fraction of the patch "
-                   "(nnU-Net's default 0.5; smaller is slower and smoother). Default: the planned VFN stride "
-                   "(half a patch), 0.5 for --model 3d.")
+                   "(nnU-Net's default 0.5; smaller is slower and smoother). Default: the planned strides "
+                   "(plans.json's vfn.stride and unet3d.stride: half a patch).")
 @click.option("-npp", "--num-processes-preprocessing", type=click.IntRange(1), default=2, show_default=True,
               help="Threads reading and preprocessing the next cases while the networks run (that many "
                    "cases are held in memory ahead).")

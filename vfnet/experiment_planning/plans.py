@@ -1,7 +1,10 @@
-"""The plan schema (plans.json) and the planner that fills it from a fingerprint.
+"""The planner that fills plans.json from a fingerprint, and :class:`Plan`, the typed plan every later stage reads.
 
 plans.json is the contract between stages; every later stage reads what it needs from it
-through :class:`Plan`, never from hidden defaults.
+through :class:`Plan`, never from hidden defaults. Its sections and their keys are defined in
+:mod:`vfnet.experiment_planning.schema` (version :data:`SCHEMA_VERSION`); the values of the
+settings no fingerprint decides in :mod:`vfnet.experiment_planning.settings`; older plans are
+migrated by :mod:`vfnet.experiment_planning.migration`.
 """
 
 from __future__ import annotations
@@ -18,11 +21,34 @@ import numpy as np
 from vfnet.atomic import read_json
 from vfnet.dataset import DatasetInfo
 from vfnet.errors import PlanError
+from vfnet.experiment_planning.migration import migrate
+from vfnet.experiment_planning.schema import (
+    PRESETS,
+    RESAMPLING_SCHEMES,
+    SCHEMA_VERSION,
+    FusionPlan,
+    PlanSchema,
+    Schedule,
+    TrainingPlan,
+    UNet3dPlan,
+    VfnPlan,
+    ViewPlan,
+)
+from vfnet.experiment_planning.settings import (
+    ADAMW,
+    FALLBACK_FUSION,
+    MIRROR_AXES_3D,
+    SEED,
+    STACK_MAX_VOXELS,
+    STACK_SEED,
+    VALIDATION_FRACTION,
+    default_optimizer,
+    network_training,
+    stride_for_step,
+)
 from vfnet.paths import view_network
 from vfnet.views import VIEWS, view_shape
 
-SCHEMA_VERSION = 1
-PRESETS = ("quick", "default", "paper")
 # Presets that are a wall-time budget (see vfnet.training.budget): quick, and budget<N> for N minutes.
 BUDGET_PRESETS = {"quick": 60}
 _BUDGET_NAME = re.compile(r"^budget(\d+(?:\.\d+)?)$")
@@ -36,21 +62,18 @@ MAX_PATCH_3D = 128
 # How preprocessing and prediction resample (vfnet.preprocessing.preprocessing.coarse_axis). ``joint``: one
 # cubic zoom over all axes; ``separate_coarse_axis``: nnU-Net's rule, where the coarsest axis of data more
 # than ANISOTROPY_THRESHOLD times coarser than its finest takes the nearest slice instead of an interpolation.
-RESAMPLING_SCHEMES = ("joint", "separate_coarse_axis")
 ANISOTROPY_THRESHOLD = 3.0
 RESAMPLING = {"scheme": "separate_coarse_axis", "anisotropy_threshold": ANISOTROPY_THRESHOLD}
 
-# Training schedules per preset. Presets change only these, never preprocessing.
+# Length, batch and learning rate of the training schedules per preset (the rest of a schedule:
+# :func:`plan_presets`). Presets change only schedules, never preprocessing.
 SCHEDULES = {
     "quick": {
         # Measured on the shared Hippocampus, 2 CPU cores: 76-139 s per unit with held-out prediction (median 96 s).
-        "2d": {"iterations": 300, "batch_size": 8, "lr": 0.003, "optimizer": "adam", "val_every": 50,
-               "num_workers": 1},
+        "2d": {"iterations": 300, "batch_size": 8, "lr": 0.003, "val_every": 50, "num_workers": 1},
         # About a minute per VFN unit on 2 CPU cores for Hippocampus (about 0.3 s per iteration of 2 patches).
-        "vfn": {"iterations": 200, "batch_size": 2, "lr": 0.001, "optimizer": "adam", "val_every": 50,
-                "num_workers": 1},
-        "3d": {"iterations": 250, "batch_size": 2, "lr": 0.001, "optimizer": "adam", "val_every": 50,
-               "num_workers": 1},
+        "vfn": {"iterations": 200, "batch_size": 2, "lr": 0.001, "val_every": 50, "num_workers": 1},
+        "3d": {"iterations": 250, "batch_size": 2, "lr": 0.001, "val_every": 50, "num_workers": 1},
     },
     "default": {
         "2d": {"iterations": 4000, "batch_size": 32, "lr": 0.01, "val_every": 250, "num_workers": 2},
@@ -123,19 +146,23 @@ def plan_vfn(median_shape: tuple, median_bbox: tuple) -> dict:
         "features": [8, 16, 32, 64],
         # the VFN learns a correction to mean fusion (see vfnet.networks.vfn); false = the paper's network
         "view_prior": True,
-        # random crops only: channels keep their view and anatomy its sides; "paper" = rotations and flips
+        # random crops only: channels keep their view and anatomy its sides; "paper" adds 90° rotations
         "augmentation": "none",
+        # and no flips, for the same reason (the paper flipped every axis: [0, 1, 2])
+        "mirror_axes": [],
         # in-plane block factor (z, y, x) the VFN fuses at; coarser is faster and, on CHAOST2, less accurate
         "input_downsample": [1, 1, 1],
     }
 
 
 def plan_unet3d(median_shape: tuple) -> dict:
-    """nnU-Net-shaped 3D U-Net baseline: 32 features doubling per stage, capped at 320."""
+    """nnU-Net-shaped 3D U-Net baseline: 32 features doubling per stage, capped at 320; windows half a
+    patch apart at prediction; mirrored along every axis in training (and with --tta)."""
     capped = [min(s, MAX_PATCH_3D) for s in median_shape]
     poolings = int(np.clip(math.floor(math.log2(max(min(capped), 8) / 4)), 1, 5))
     patch = [_round_up(s, 2**poolings) for s in capped]
-    return {"patch_size": patch, "num_poolings": poolings, "features": _features(32, poolings + 1, 320)}
+    return {"patch_size": patch, "num_poolings": poolings, "features": _features(32, poolings + 1, 320),
+            "stride": stride_for_step(patch), "mirror_axes": list(MIRROR_AXES_3D)}
 
 
 def plan_normalization(info: DatasetInfo, fingerprint: dict) -> dict:
@@ -195,6 +222,19 @@ def make_splits(cases: list[str], num_folds: int, split_mode: str, seed: int = 1
     return {"mode": split_mode, "seed": seed, "folds": folds}
 
 
+def preset_optimizer(preset: str, network: str) -> dict:
+    """The optimizer keys of a preset's schedule: AdamW in the CPU preset (it learns in fewer steps)."""
+    return dict(ADAMW) if preset == "quick" else default_optimizer(network)
+
+
+def plan_presets(num_classes: int) -> dict:
+    """Every preset's schedule of every network: its length (:data:`SCHEDULES`), its optimizer and the
+    settings no preset changes (:func:`vfnet.experiment_planning.settings.network_training`)."""
+    return {preset: {network: {**lengths, **preset_optimizer(preset, network), **network_training(network, num_classes)}
+                     for network, lengths in networks.items()}
+            for preset, networks in SCHEDULES.items()}
+
+
 def plan_experiment(info: DatasetInfo, fingerprint: dict, dataset_name: str,
                     num_folds: int = DEFAULT_FOLDS, split_mode: str | None = None) -> dict:
     """Fill plans.json from a fingerprint."""
@@ -210,8 +250,7 @@ def plan_experiment(info: DatasetInfo, fingerprint: dict, dataset_name: str,
     target = [float(s) for s in fingerprint["median_spacing"]]
     resampled = [[shape[a] * sp[a] / target[a] for a in range(3)]
                  for shape, sp in zip(fingerprint["shapes"], fingerprint["spacings"])]
-    median_shape = [round(float(np.median([r[a] for r in resampled]))) for a in range(3)
-    ]
+    median_shape = [round(float(np.median([r[a] for r in resampled]))) for a in range(3)]
     fold_names = [str(k) for k in range(num_folds)] if split_mode == "cca" else ["A", "B", "C"]
     return {
         "schema_version": SCHEMA_VERSION,
@@ -231,35 +270,76 @@ def plan_experiment(info: DatasetInfo, fingerprint: dict, dataset_name: str,
         "split_mode": split_mode,
         "fold_names": fold_names,
         "units": make_units(fold_names, split_mode),
-        "presets": SCHEDULES,
+        "training": {"seed": SEED, "validation_fraction": VALIDATION_FRACTION},
+        "fusion": {"fallback_method": FALLBACK_FUSION, "stack_seed": STACK_SEED, "stack_max_voxels": STACK_MAX_VOXELS},
+        "presets": plan_presets(info.num_classes),
     }
 
 
+# Stands in the hash where the plan's schema version used to: a new plan schema (version 2 added the
+# training settings) changes nothing in the arrays, so it must not redo them. The hash then held
+# schema version 1, so arrays preprocessed before stay current; raise this only when preprocessing changes.
+PREPROCESSING_VERSION = 1
+
+
 def preprocessing_hash(plan: dict) -> str:
-    """Hash of the plan parts preprocessed arrays depend on."""
-    keys = ("schema_version", "channel_names", "labels", "target_spacing", "resampling", "normalization")
-    relevant = {k: plan[k] for k in keys if k in plan}  # plans from before the resampling key keep their hash
+    """Hash of the plan parts preprocessed arrays depend on (and of :data:`PREPROCESSING_VERSION`)."""
+    relevant = {k: plan[k] for k in ("channel_names", "labels", "target_spacing", "normalization")}
+    relevant["schema_version"] = PREPROCESSING_VERSION
+    # resampling joined the plan later: joint resampling (what came before) keeps the hash arrays already have
+    if plan.get("resampling", {}).get("scheme", "joint") != "joint":
+        relevant["resampling"] = plan["resampling"]
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def network_key(network: str) -> str:
+    """``2d``, ``vfn`` or ``3d`` of a network name (a 2D view shares the 2D units and schedules)."""
+    return "2d" if network.startswith("2d") else ("vfn" if network.startswith("vfn") else network)
+
+
 class Plan:
-    """Read access to plans.json.
+    """plans.json, checked against the schema and typed.
+
+    Every section is read by its class in :mod:`vfnet.experiment_planning.schema`; a plan of an
+    older schema version is migrated first (:mod:`vfnet.experiment_planning.migration`).
+    ``plan["key"]`` still gives the (migrated) JSON of a section.
+
+    Args:
+        data: the plans.json dict.
+        folder: where it was read from.
+        source: the name errors give it (default: its path, else ``plans.json``).
+
+    Raises:
+        PlanError: an unknown, missing or malformed key, or a schema version this vfnet cannot
+            read, in one sentence naming the file and the key.
 
     Example:
         >>> plan = Plan.load(preprocessed_folder)
+        >>> plan.vfn.patch_size, plan.view("axial").context_slices, plan.training.seed
+        ([64, 64, 64], 3, 12345)
         >>> plan.unit("2d", "cca_0_1")["predict_folds"]
         ['0', '1']
     """
 
-    def __init__(self, data: dict, folder: Path | None = None):
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise PlanError(f"plans.json schema {data.get('schema_version')} is not {SCHEMA_VERSION}; "
-                            "rerun vfnet_plan_and_preprocess")
-        self.data = data
-        self.folder = folder
+    def __init__(self, data: dict, folder: Path | None = None, source: str | None = None):
+        self.folder = Path(folder) if folder is not None else None
+        self.source = source or (str(self.folder / "plans.json") if self.folder is not None else "plans.json")
+        self.data = migrate(data, self.source)
+        schema = PlanSchema.from_dict(self.data, "", self.source)
+        if sorted(schema.normalization) != sorted(schema.channel_names):
+            raise PlanError(f"{self.source}: 'normalization' has channels {', '.join(sorted(schema.normalization))}"
+                            f" where 'channel_names' has {', '.join(sorted(schema.channel_names))}")
+        self.views: dict[str, ViewPlan] = schema.views
+        self.vfn: VfnPlan = schema.vfn
+        self.unet3d: UNet3dPlan = schema.unet3d
+        self.training: TrainingPlan = schema.training
+        self.fusion: FusionPlan = schema.fusion
+        self.presets: dict[str, dict[str, Schedule]] = schema.presets
+        self.schema = schema
 
     @classmethod
     def load(cls, folder: Path) -> Plan:
+        """The plan of a preprocessed (or results) folder, checked whole."""
         path = Path(folder) / "plans.json"
         if not path.is_file():
             raise PlanError(f"{path} not found; run vfnet_plan_and_preprocess first")
@@ -270,16 +350,21 @@ class Plan:
 
     @property
     def num_classes(self) -> int:
-        return int(self.data["num_classes"])
+        return self.schema.num_classes
 
     @property
     def num_channels(self) -> int:
-        return len(self.data["channel_names"])
+        return len(self.schema.channel_names)
+
+    def view(self, view: str) -> ViewPlan:
+        """The 2D U-Net of ``view`` (axial, coronal or sagittal)."""
+        if view not in self.views:
+            raise PlanError(f"unknown view '{view}'; the views are: {', '.join(self.views)}")
+        return self.views[view]
 
     def units(self, network: str) -> list[dict]:
         """Units of ``2d``, ``vfn`` or ``3d`` (a 2D view shares the 2D units)."""
-        key = "2d" if network.startswith("2d") else ("vfn" if network.startswith("vfn") else network)
-        return self.data["units"][key]
+        return self.data["units"][network_key(network)]
 
     def unit(self, network: str, name: str) -> dict:
         for unit in self.units(network):
@@ -288,11 +373,10 @@ class Plan:
         names = ", ".join(u["name"] for u in self.units(network))
         raise PlanError(f"unknown {network} unit '{name}'; the plan's units are: {names}")
 
-    def schedule(self, preset: str, network: str) -> dict:
+    def schedule(self, preset: str, network: str) -> Schedule:
         """The preset's fixed schedule; a budget preset gives quick's, whose iterations the budget replaces."""
-        if preset not in self.data["presets"] and budget_minutes(preset) is not None:
+        if preset not in self.presets and budget_minutes(preset) is not None:
             preset = "quick"
-        if preset not in self.data["presets"]:
-            raise PlanError(f"unknown preset '{preset}'; expected one of {', '.join(self.data['presets'])}")
-        key = "2d" if network.startswith("2d") else ("vfn" if network.startswith("vfn") else network)
-        return dict(self.data["presets"][preset][key])
+        if preset not in self.presets:
+            raise PlanError(f"unknown preset '{preset}'; expected one of {', '.join(self.presets)}")
+        return self.presets[preset][network_key(network)]

@@ -103,7 +103,8 @@ def crossval(dataset: str | int | None, preset: str = "default", device: str = "
     for fold, unit, vfn_unit in test_folds(plan):
         vfns = _load_fold_vfns(results, preset, vfn_unit, plan, torch_device)
         # the stack of this test fold, fitted on the same fusion set as its VFN (when there is one)
-        stack = fit_unit_stack(preprocessed, results, preset, vfn_unit, plan.num_channels, plan.num_classes)
+        stack = fit_unit_stack(preprocessed, results, preset, vfn_unit, plan.num_channels, plan.num_classes,
+                               seed=plan.fusion.stack_seed, max_voxels=plan.fusion.stack_max_voxels)
         if stack is not None:
             vfns["stack"] = stack
         methods = list(VIEWS) + [m for m in FUSION_METHODS if m not in ("stack", "vfn", "vfn-noimage") or m in vfns]

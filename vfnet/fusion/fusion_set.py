@@ -86,14 +86,14 @@ def build_fusion_set(dataset: str | int | None, vfn_unit: str, preset: str = "de
     if not sources:
         raise PlanError(f"VFN unit {vfn_unit} of {name} has no training cases")
     out = paths.fusion_set_dir(preprocessed, preset, str(vfn_unit))
-    vfn = plan["vfn"]
+    vfn = plan.vfn
     manifest = {"dataset": name, "vfn_unit": str(vfn_unit), "preset": preset, "split_mode": plan["split_mode"],
                 "num_image_channels": plan.num_channels, "num_classes": plan.num_classes,
                 "view_order": list(VIEWS), "cases": {}}
     for case, unit in tqdm(sorted(sources.items()), desc=f"fusion set {vfn_unit}", unit="case", disable=True if quiet else None):
         image, label = data.load(case, mmap=False)
         maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, name)
-        roi = roi_from_mask(label > 0, vfn["roi_margin"], vfn["patch_size"], label.shape)
+        roi = roi_from_mask(label > 0, vfn.roi_margin, vfn.patch_size, label.shape)
         inputs = vfn_input(image, maps, use_image=True, roi=roi)
         with atomic_path(out / f"{case}.npz", suffix=".npz") as tmp:
             np.savez_compressed(tmp, inputs=inputs.astype(np.float16),

@@ -7,11 +7,13 @@ voxels). It can reweight views per class but sees no neighbourhood: the ceiling 
 reweighting alone, and the cheap baseline a VFN must beat. Started from equal weights it is
 the product of the views' probabilities (log-mean fusion).
 
-Files: ``<results>/<Task>/<preset>/stack/<unit>/stack.json`` (weights, bias, the cases it was
-fitted on and its training loss).
+The voxel sample (its seed and size) is the plan's (``fusion.stack_seed``,
+``fusion.stack_max_voxels``). Files: ``<results>/<Task>/<preset>/stack/<unit>/stack.json``
+(weights, bias, the cases it was fitted on and its training loss).
 
 Example:
-    >>> weights = fit_stack(fusion_set_folder, cases, num_image_channels=1, num_classes=3)
+    >>> weights = fit_stack(fusion_set_folder, cases, num_image_channels=1, num_classes=3, seed=12345,
+    ...                     max_voxels=200_000)
     >>> labels = fuse("stack", view_probs, model=weights)
 """
 
@@ -28,8 +30,6 @@ from vfnet.paths import fusion_set_dir
 from vfnet.views import VIEWS
 
 EPSILON = 1e-4
-MAX_VOXELS = 200_000
-SEED = 12345
 
 
 def _features(view_probs: Sequence[np.ndarray]) -> np.ndarray:
@@ -45,10 +45,11 @@ def _fusion_set_probabilities(inputs: np.ndarray, num_image_channels: int, num_c
     return [np.concatenate([background[v], maps[v]]) for v in range(len(VIEWS))]
 
 
-def fit_stack(folder: Path, cases: Sequence[str], num_image_channels: int, num_classes: int,
-              max_voxels: int = MAX_VOXELS) -> dict:
-    """Fit the stack weights on fusion-set samples ``<folder>/<case>.npz`` of ``cases``."""
-    rng = np.random.default_rng(SEED)
+def fit_stack(folder: Path, cases: Sequence[str], num_image_channels: int, num_classes: int, *, seed: int,
+              max_voxels: int) -> dict:
+    """Fit the stack weights on a seeded sample of at most ``max_voxels`` voxels of the fusion-set samples
+    ``<folder>/<case>.npz`` of ``cases`` (an equal share per case)."""
+    rng = np.random.default_rng(seed)
     per_case = max(1, max_voxels // max(1, len(cases)))
     features, targets = [], []
     for case in cases:
@@ -103,8 +104,9 @@ def load_stack(results: Path, preset: str, unit: str) -> dict | None:
 
 
 def fit_unit_stack(preprocessed: Path, results: Path, preset: str, unit: str, num_image_channels: int,
-                   num_classes: int) -> dict | None:
-    """Fit (or read) the stack of VFN unit ``unit`` from its fusion set; None when there is no fusion set."""
+                   num_classes: int, *, seed: int, max_voxels: int) -> dict | None:
+    """Fit (or read) the stack of VFN unit ``unit`` from its fusion set (see :func:`fit_stack`); None when
+    there is no fusion set."""
     existing = load_stack(results, preset, unit)
     if existing is not None:
         return existing
@@ -112,6 +114,6 @@ def fit_unit_stack(preprocessed: Path, results: Path, preset: str, unit: str, nu
     if not (folder / "manifest.json").is_file():
         return None
     cases = sorted(read_json(folder / "manifest.json")["cases"])
-    weights = fit_stack(folder, cases, num_image_channels, num_classes)
+    weights = fit_stack(folder, cases, num_image_channels, num_classes, seed=seed, max_voxels=max_voxels)
     write_json(stack_path(results, preset, unit), weights)
     return weights

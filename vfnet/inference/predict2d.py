@@ -202,5 +202,5 @@ def predict_trained_unit_2d(trained: TrainedUnit) -> dict:
     setup, view = trained.setup, trained.view
     network = load_unit_network(setup.out, setup.plan, view, setup.device)
     return predict_held_out(network, trained.data, trained.predict_cases, view,
-                            setup.plan["views"][view]["context_slices"], trained.class_names, setup.out,
+                            setup.plan.view(view).context_slices, trained.class_names, setup.out,
                             setup.device, None, trained.quiet, extra=trained.metadata)

@@ -155,11 +155,11 @@ def build_vfn(plan, num_image_channels: int, num_classes: int, use_image: bool =
         num_image_channels: M image channels.
         num_classes: background + foreground classes.
         use_image: False for the no-image ablation.
-        view_prior: override the plan's choice (a checkpoint's own, when loading one); plans
-            written before the prior existed have none and get the paper's network.
+        view_prior: override the plan's choice (a checkpoint's own, when loading one); a schema-1
+            plan written before the prior existed is migrated to false, the paper's network.
     """
     if view_prior is None:
-        view_prior = bool(plan["vfn"].get("view_prior", False))
+        view_prior = bool(plan["vfn"]["view_prior"])
     return VolumetricFusionNet(num_image_channels, num_classes, use_image, plan["vfn"]["features"], view_prior)
 
 

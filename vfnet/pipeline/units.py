@@ -28,7 +28,7 @@ from vfnet.training.ddp import DistributedContext
 from vfnet.training.train2d import fit_2d_unit
 from vfnet.training.train3d import fit_3d_unit
 from vfnet.training.train_vfn import fit_vfn_unit, vfn_network_name
-from vfnet.training.units import SEED, unit_finished
+from vfnet.training.units import unit_finished
 
 
 def train_2d_unit(dataset: str | int | None, view: str, unit: str, preset: str = "default", device: str = "auto",
@@ -61,7 +61,7 @@ def train_3d_unit(dataset: str | int | None, unit: str, preset: str = "default",
 def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", use_image: bool = True,
                    device: str = "auto", num_threads: int | None = None, resume: bool = False,
                    quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None,
-                   overwrite: bool = False, seed: int = SEED,
+                   overwrite: bool = False, seed: int | None = None,
                    distributed: DistributedContext | None = None) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``), building its fusion set first when missing.
 

@@ -45,15 +45,11 @@ PREDICT_METHODS = (*METHODS, "vfn-all")
 
 def tta_axes(plan: Plan) -> tuple[int, ...]:
     """Canonical axes (0 z, 1 y, 2 x) the views were mirrored along in training: the axes ``--tta``
-    mirrors. Planned: none (mirroring swaps left/right labels). Plans without ``mirror_axes``
-    trained with in-plane mirroring, and mirror y and x as before."""
+    mirrors. Planned: none (mirroring swaps left/right labels)."""
     axes = set()
     for view in VIEWS:
-        spec = plan["views"][view]
-        if "mirror_axes" not in spec:
-            return (1, 2)
         view_axes = permutation(view)[1:]  # canonical axes of the slice's height and width
-        axes.update(view_axes[int(a)] for a in spec["mirror_axes"])
+        axes.update(view_axes[int(a)] for a in plan.view(view).mirror_axes)
     return tuple(sorted(axes))
 
 
@@ -91,7 +87,7 @@ class DeployedModels:
         flips = [()] + [combo for n in range(1, len(axes) + 1) for combo in combinations(axes, n)]
         out = [{} for _ in self.folds]
         for view in VIEWS:
-            context = self.plan["views"][view]["context_slices"]
+            context = self.plan.view(view).context_slices
             for k, network in enumerate(self.view_networks[view]):
                 total = None
                 for flip in flips:
@@ -120,8 +116,8 @@ class DeployedModels:
         mean_maps = _mean_maps(per_fold)
         models = self.fusion_models.get(method, [])
         config = self.vfn_config()
-        if method.startswith("vfn") and tta and self.plan["vfn"].get("augmentation", "none") == "paper":
-            config.mirror = (0, 1, 2)  # the paper's augmentation flipped every axis
+        if method.startswith("vfn") and tta:
+            config.mirror = tuple(self.plan.vfn.mirror_axes)  # the axes the VFN trained mirrored along
         base = "vfn" if method == "vfn-all" else method
         if len(models) > 1 or (models and len(per_fold) == 1):
             fused = None
@@ -244,7 +240,8 @@ def load_deployed_models(dataset: str | int | None, preset: str | None = None, f
     _check_units(plan, "2d", units, results, preset)
     checkpoint_file = checkpoint_name(checkpoint or "final")
     best_path = results / preset / "crossval" / "best_method.json"
-    best = read_json(best_path) if best_path.is_file() else {"method": "vfn", "postprocess": False}
+    fallback = {"method": plan.fusion.fallback_method, "postprocess": False}
+    best = read_json(best_path) if best_path.is_file() else fallback
     method = fusion or best["method"]
     if method not in PREDICT_METHODS:
         raise VfnetError(f"fusion '{method}' unknown; expected one of {', '.join(PREDICT_METHODS)}")
@@ -275,17 +272,18 @@ class UNet3DModels:
     device: torch.device
     networks: list[torch.nn.Module] = field(default_factory=list)
     batch_size: int = 2
-
-    step_size: float = 0.5
+    step_size: float | None = None  # windows' step as a fraction of the patch; None: the planned stride
     quiet: bool = True
 
     def probabilities(self, image: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Mean softmax (num_classes, z, y, x) of the fold networks (and mirrorings with ``tta``)."""
-        patch = self.plan["unet3d"]["patch_size"]
+        """Mean softmax (num_classes, z, y, x) of the fold networks (and, with ``tta``, of mirrorings along
+        the planned ``unet3d.mirror_axes``)."""
+        unet3d = self.plan.unet3d
+        stride = unet3d.stride if self.step_size is None else window_stride(unet3d.patch_size, self.step_size)
         total = None
         for network in self.networks:
-            probs = predict_volume_3d(network, image, patch, self.device, self.batch_size, tta=tta,
-                                      step_size=self.step_size, quiet=self.quiet)
+            probs = predict_volume_3d(network, image, unet3d.patch_size, stride, self.device, self.batch_size,
+                                      mirror_axes=unet3d.mirror_axes if tta else (), quiet=self.quiet)
             total = probs if total is None else total + probs
         return total / len(self.networks)
 

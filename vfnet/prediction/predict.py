@@ -232,7 +232,7 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
         postprocess: None: the per-label choice of vfnet_crossval; True: every label; False: none.
         checkpoint: ``final`` or ``best`` for every network (None: views final, VFN best, as crossval scored).
         step_size: sliding-window step of the VFN / 3D U-Net windows as a fraction of the patch
-            (None: the planned VFN stride, 0.5 for the 3D U-Net).
+            (None: the planned strides, half a patch).
         num_processes_preprocessing: threads reading and preprocessing the next cases while the
             networks run (that many cases are held ahead in memory).
         num_processes_export: threads resampling and writing finished cases.
@@ -262,8 +262,9 @@ def predict(source: Path, target: Path, dataset: str | int | None = None, preset
             raise VfnetError("--fusion applies to --model vfnet only; the 3D U-Net needs no fusion")
         models = load_3d_models(dataset, preset, folds, device, checkpoint)
         fusion, postprocess = "3d", bool(postprocess)
-        models.step_size = 0.5 if step_size is None else step_size
-        window_stride(models.plan["unet3d"]["patch_size"], models.step_size)  # checks the step size
+        models.step_size = step_size
+        if step_size is not None:
+            window_stride(models.plan.unet3d.patch_size, step_size)  # checks the step size
     else:
         models = load_deployed_models(dataset, preset, folds, fusion, device, checkpoint)
         fusion = models.fusion_method

@@ -8,7 +8,7 @@ from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.dataset import training_cases
 from vfnet.experiment_planning.fingerprint import compute_fingerprint
-from vfnet.experiment_planning.plans import DEFAULT_FOLDS, make_splits, plan_experiment, preprocessing_hash
+from vfnet.experiment_planning.plans import DEFAULT_FOLDS, Plan, make_splits, plan_experiment, preprocessing_hash
 from vfnet.integrity import verify_dataset
 from vfnet.preprocessing.preprocessing import preprocess_dataset
 
@@ -30,6 +30,7 @@ def plan_and_preprocess(dataset: str | int | None, num_processes: int = 2, num_f
     name = raw.name
     fingerprint = compute_fingerprint(info, reports)
     plan = plan_experiment(info, fingerprint, name, num_folds=num_folds, split_mode=split_mode)
+    Plan(plan)  # the planner writes only what the schema reads
     out = paths.preprocessed_root() / name
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "dataset.json", info.to_json())
@@ -62,9 +63,12 @@ def plan_summary(plan: dict) -> str:
     lines.append(f"  VFN            : patch {'x'.join(map(str, vfn['patch_size']))}, ROI margin {vfn['roi_margin']}, "
                  f"stride {vfn['stride']}")
     u3 = plan["unet3d"]
-    lines.append(f"  3D U-Net       : patch {'x'.join(map(str, u3['patch_size']))}, features {u3['features']}")
+    lines.append(f"  3D U-Net       : patch {'x'.join(map(str, u3['patch_size']))}, features {u3['features']}, "
+                 f"stride {u3['stride']}")
     units = plan["units"]
     lines.append(f"  split          : {plan['split_mode']} over folds {', '.join(plan['fold_names'])}; "
                  f"{len(units['2d'])} 2D units per view, {len(units['vfn'])} VFN units, {len(units['3d'])} 3D units")
-    lines.append(f"  presets        : {', '.join(plan['presets'])}")
+    training = plan["training"]
+    lines.append(f"  training       : seed {training['seed']}, validation fraction {training['validation_fraction']}; "
+                 f"presets {', '.join(plan['presets'])}")
     return "\n".join(lines)

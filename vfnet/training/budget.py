@@ -39,7 +39,7 @@ import torch
 
 from vfnet.atomic import read_json, write_json
 from vfnet.errors import PlanError
-from vfnet.experiment_planning.plans import Plan, budget_minutes
+from vfnet.experiment_planning.plans import Plan, budget_minutes, network_key
 from vfnet.paths import view_network
 from vfnet.training.calibration import BATCH, calibrate
 from vfnet.views import VIEWS
@@ -57,10 +57,6 @@ UNIT_OVERHEAD_S = 4.0  # starting a unit: imports, data workers, checkpoints and
 CROSSVAL_VOXEL_S = 5e-6  # crossval seconds per voxel and case (every fusion method and the metrics)
 ALLOCATIONS = ("equal", "epochs")
 DEFAULT_ALLOCATION = "equal"
-
-
-def network_stage(network: str) -> str:
-    return "2d" if network.startswith("2d") else ("vfn" if network.startswith("vfn") else network)
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -92,7 +88,7 @@ def unit_costs(plan: Plan, splits: dict, calibration: dict, settings: dict[str, 
     costs = []
     voxels = _case_voxels(plan)
     for network in networks:
-        stage = network_stage(network)
+        stage = network_key(network)
         for spec in plan.units(stage):
             train = sum(sizes[f] for f in spec["train_folds"])
             predicted = sum(sizes[f] for f in spec["predict_folds"])
@@ -118,7 +114,7 @@ def crossval_seconds(plan: Plan, splits: dict, calibration: dict) -> float:
     cases = sum(len(c) for c in splits["folds"].values())
     if plan["split_mode"] == "holdout":
         cases = len(splits["folds"]["C"])
-    windows = max(1.0, _case_voxels(plan) / float(np.prod(plan["vfn"]["patch_size"])))
+    windows = max(1.0, _case_voxels(plan) / float(np.prod(plan.vfn.patch_size)))
     return cases * (_case_voxels(plan) * CROSSVAL_VOXEL_S + 4 * windows * calibration["vfn"]["window_s"])
 
 
@@ -138,13 +134,13 @@ def allocate(costs: Sequence[UnitCost], seconds: float, speed: float = 1.0) -> d
     if fixed + minimum > seconds:
         raise PlanError(f"needs {fixed + minimum:.0f} s")
     extra = seconds - fixed - minimum
-    kinds = {network_stage(c.network) for c in costs}
+    kinds = {network_key(c.network) for c in costs}
     shares = {"2d": SHARE_2D, "vfn": 1 - SHARE_2D} if kinds == {"2d", "vfn"} else {k: 1.0 for k in kinds}
     iterations = {}
     for kind, share in shares.items():
         # the kind's time goes to its units by weight (equal: the same time for every unit of every view).
         # Not an equal part per view: when re-planning, views differ in how many of their units are left.
-        units = [c for c in costs if network_stage(c.network) == kind]
+        units = [c for c in costs if network_key(c.network) == kind]
         total_weight = sum(c.weight for c in units)
         for cost in units:
             steps = int(extra * share * cost.weight / total_weight / (cost.step_s * speed))
@@ -176,7 +172,7 @@ class Budget:
         if planned is None:
             raise PlanError(f"{self.path}: no budgeted schedule for {network} unit {unit}")
         iterations = int(planned["iterations"])
-        stage = network_stage(network)
+        stage = network_key(network)
         schedule = {"iterations": iterations, "batch_size": BATCH[stage],
                     "lr": LEARNING_RATE[stage],
                     "val_every": max(10, math.ceil(iterations / VALIDATIONS_PER_UNIT)),

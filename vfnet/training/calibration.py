@@ -128,14 +128,15 @@ def calibrate(plan: Plan, device: torch.device, max_step_s: float = float("inf")
     views = {}
     for view in VIEWS:
         settings = []
-        channels = plan["views"][view]["in_channels"]
+        spec = plan.view(view)
+        channels = spec.in_channels
         for factor in reversed(candidate_factors(plan["median_shape"])):
             setting = view_setting(plan, view, factor)
             network = UNet2D(channels, plan.num_classes, setting["features"])
             network_s = _train_step_seconds(network, (BATCH["2d"], channels, *setting["patch_size"]),
                                             plan.num_classes, device, repeats)
-            setting["batch_s"] = _batch_seconds(setting, plan.num_channels, plan["views"][view]["context_slices"],
-                                                plan["views"][view].get("mirror_axes", ()), repeats)
+            setting["batch_s"] = _batch_seconds(setting, plan.num_channels, spec.context_slices, spec.mirror_axes,
+                                                repeats)
             # the loader's worker shares the cores with the network: half its time adds to a step
             setting["step_s"] = network_s + LOADER_SHARE * setting["batch_s"]
             setting["slice_s"] = _forward_seconds(network, (BATCH["2d"], channels, *setting["slice_shape"]),
@@ -149,7 +150,7 @@ def calibrate(plan: Plan, device: torch.device, max_step_s: float = float("inf")
                 break
         views[view] = settings
     vfn = build_vfn(plan, plan.num_channels, plan.num_classes)
-    patch = plan["vfn"]["patch_size"]
+    patch = plan.vfn.patch_size
     vfn_step = _train_step_seconds(vfn, (BATCH["vfn"], vfn.in_channels, *patch), plan.num_classes, device, repeats)
     vfn_window = _forward_seconds(vfn, (2, vfn.in_channels, *patch), device, 1) / 2
     return {"device": str(device), "threads": torch.get_num_threads(), "views": views,

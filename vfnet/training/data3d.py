@@ -5,9 +5,10 @@ Volumes are read into RAM once in the canonical (z, y, x) layout. A patch has th
 somewhere inside it and the rest is padded (image 0, the normalized mean; label background).
 About a third of every batch is centred on a foreground voxel of a random class.
 
-Augmentation is deliberately light, so CPU presets stay fast: mirroring along every axis,
-Gaussian noise, brightness, contrast and gamma (batchgenerators). No rotation or scaling:
-3D interpolation of every patch would cost more than the network on two CPU cores.
+Augmentation is deliberately light, so CPU presets stay fast: mirroring along the planned axes
+(``plan.unet3d.mirror_axes``: every axis), Gaussian noise, brightness, contrast and gamma
+(batchgenerators). No rotation or scaling: 3D interpolation of every patch would cost more
+than the network on two CPU cores.
 
 Example:
     >>> volumes = load_volumes(PreprocessedDataset(folder), cases)
@@ -86,25 +87,27 @@ class PatchSampler3D(SeededSampler):
                 crop_padded(volume.label, start, self.patch_size)[None].astype(np.float32))
 
 
-def augmentation_3d() -> Compose:
-    """Mirroring along z, y and x, Gaussian noise, brightness, contrast and gamma."""
-    return Compose([
+def augmentation_3d(mirror_axes: Sequence[int]) -> Compose:
+    """Gaussian noise, brightness, contrast, gamma and mirroring along ``mirror_axes`` (0 z, 1 y, 2 x)."""
+    transforms = [
         GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1, data_key="data"),
         BrightnessMultiplicativeTransform((0.75, 1.25), per_channel=False, p_per_sample=0.15, data_key="data"),
         ContrastAugmentationTransform((0.75, 1.25), per_channel=False, p_per_sample=0.15, data_key="data"),
         GammaTransform((0.7, 1.5), per_channel=False, retain_stats=True, p_per_sample=0.15, data_key="data"),
-        MirrorTransform(axes=(0, 1, 2), data_key="data", label_key="target"),
-    ])
+    ]
+    if mirror_axes:
+        transforms.append(MirrorTransform(axes=tuple(int(a) for a in mirror_axes), data_key="data", label_key="target"))
+    return Compose(transforms)
 
 
 def make_train_loader_3d(volumes: list[ViewVolume], patch_size: Sequence[int], batch_size: int, num_workers: int,
-                         seed: int = 0, augment: bool = True):
+                         seed: int = 0, augment: bool = True, mirror_axes: Sequence[int] = ()):
     """Augmented training batches made by ``num_workers`` background processes (0: in-process).
 
     Stop the workers with :func:`vfnet.training.data2d.close_loader` when done.
     """
     return start_loader(PatchSampler3D(volumes, patch_size, batch_size, seed=seed),
-                        augmentation_3d() if augment else None, num_workers, seed)
+                        augmentation_3d(mirror_axes) if augment else None, num_workers, seed)
 
 
 def fixed_batches_3d(volumes: list[ViewVolume], patch_size: Sequence[int], batch_size: int, num_batches: int,

@@ -1,13 +1,14 @@
 """Patches for the VFN from a fusion set: random crops, optionally with the paper's 90° rotations and flips.
 
-The planned default (``plan["vfn"]["augmentation"] == "none"``) only crops: every channel
-keeps its view identity and the anatomy keeps its sides. Swapping axes exchanges the
-axial and sagittal channels (views with different error patterns) and flips exchange
-anterior and posterior, so the VFN cannot learn which view to trust where.
-``"paper"`` restores the paper's augmentation: rotations swap two spatial axes, so the
-view channels swap with them (a map made by slicing along axis i always sits in the
-channel of the view that slices axis i: axial ↔ z, coronal ↔ y, sagittal ↔ x); axes are
-only swapped where the patch extent and the voxel spacing along both are equal.
+The planned default (``plan.vfn.augmentation == "none"``, ``plan.vfn.mirror_axes == []``) only
+crops: every channel keeps its view identity and the anatomy keeps its sides. Swapping axes
+exchanges the axial and sagittal channels (views with different error patterns) and flips
+exchange anterior and posterior, so the VFN cannot learn which view to trust where.
+``"paper"`` restores the paper's rotations (and ``mirror_axes`` [0, 1, 2] its flips):
+rotations swap two spatial axes, so the view channels swap with them (a map made by slicing
+along axis i always sits in the channel of the view that slices axis i: axial ↔ z, coronal ↔
+y, sagittal ↔ x); axes are only swapped where the patch extent and the voxel spacing along
+both are equal.
 
 Validation uses :func:`tile_batches`: every validation case is covered by whole tiles, so
 every case is scored at every validation.
@@ -15,6 +16,7 @@ every case is scored at every validation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import permutations
 from pathlib import Path
 
@@ -25,8 +27,6 @@ from vfnet.errors import ModelNotFoundError
 from vfnet.resolution import IDENTITY, downsample_image, downsample_label, normalise_factor
 from vfnet.views import VIEWS
 from vfnet.windows import sliding_window_starts
-
-AUGMENTATIONS = ("none", "paper")
 
 
 def load_manifest(folder: Path) -> dict:
@@ -85,15 +85,21 @@ class VfnPatchSampler:
         patch_size: planned VFN patch (z, y, x).
         spacing: target spacing (z, y, x), to decide which axis swaps are allowed.
         num_image_channels: M; ``use_image=False`` drops these channels (the paper's ablation).
-        augment: random axis permutations (where allowed), flips.
+        augment: random axis permutations (where allowed): the paper's rotations.
+        mirror_axes: axes (0 z, 1 y, 2 x) each flipped with probability 1/2; None: every axis with
+            ``augment`` (the paper's flips), none without.
     """
 
     def __init__(self, samples, patch_size, spacing, num_image_channels: int, num_foreground: int,
-                 batch_size: int, use_image: bool = True, augment: bool = True, seed: int = 0):
+                 batch_size: int, use_image: bool = True, augment: bool = True, seed: int = 0,
+                 mirror_axes: Sequence[int] | None = None):
         self.samples = samples
         self.patch = [int(p) for p in patch_size]
         self.orders = allowed_axis_orders(self.patch, spacing) if augment else [(0, 1, 2)]
         self.augment = augment
+        if mirror_axes is None:
+            mirror_axes = (0, 1, 2) if augment else ()
+        self.mirror_axes = tuple(int(a) for a in mirror_axes)
         self.num_image = num_image_channels
         self.num_foreground = num_foreground
         self.batch_size = batch_size
@@ -114,12 +120,13 @@ class VfnPatchSampler:
         return x, y
 
     def _augment(self, x: np.ndarray, y: np.ndarray):
-        order = self.orders[int(self.rng.integers(len(self.orders)))]
-        if order != (0, 1, 2):
-            x = x[permute_view_channels(self.num_image, self.num_foreground, order)]
-            x = x.transpose(0, *(a + 1 for a in order))
-            y = y.transpose(order)
-        for axis in range(3):
+        if self.augment:
+            order = self.orders[int(self.rng.integers(len(self.orders)))]
+            if order != (0, 1, 2):
+                x = x[permute_view_channels(self.num_image, self.num_foreground, order)]
+                x = x.transpose(0, *(a + 1 for a in order))
+                y = y.transpose(order)
+        for axis in self.mirror_axes:
             if self.rng.random() < 0.5:
                 x, y = np.flip(x, axis + 1), np.flip(y, axis)
         return np.ascontiguousarray(x), np.ascontiguousarray(y)
@@ -129,7 +136,7 @@ class VfnPatchSampler:
         for _ in range(self.batch_size):
             inputs, label = self.samples[int(self.rng.integers(len(self.samples)))]
             x, y = self._crop(inputs, label)
-            if self.augment:
+            if self.augment or self.mirror_axes:
                 x, y = self._augment(x, y)
             data.append(x if self.use_image else x[self.num_image:])
             target.append(y[None])

@@ -102,3 +102,12 @@ def foreground_counts(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
         p, t = pred == c, indices == c
         rows.append(torch.stack([(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]))
     return torch.stack(rows, dim=1).double().cpu()
+
+
+# the losses a plan's schedule may name ("loss")
+LOSSES = {"dice_ce": DiceCELoss, "dice": SoftDiceLoss}
+
+
+def make_loss(name: str) -> nn.Module:
+    """The loss a plan's schedule names: ``dice_ce`` (Dice + cross-entropy) or ``dice`` (soft Dice)."""
+    return LOSSES[name]()

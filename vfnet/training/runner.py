@@ -108,7 +108,7 @@ def run_unit(recipe: Recipe, dataset: str | int | None, unit: str, preset: str, 
     write_json(UnitPaths(out).record, {
         **metadata, **cases.record, "train_folds": setup.spec["train_folds"],
         "predict_folds": setup.spec["predict_folds"], "train_cases": cases.train, "val_cases": cases.val,
-        "predict_cases": cases.predict, "schedule": setup.schedule})
+        "predict_cases": cases.predict, "schedule": setup.schedule.to_dict()})
     this_run: dict = {}
     if not (options.resume and UnitPaths(out).final_checkpoint.is_file()):
         if not options.resume:

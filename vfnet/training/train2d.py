@@ -19,13 +19,12 @@ from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import normalise_factor
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
 from vfnet.training.ddp import DistributedContext
-from vfnet.training.losses import DiceCELoss
+from vfnet.training.config import TrainingConfig
+from vfnet.training.losses import make_loss
 from vfnet.training.runner import Run, RunOptions, UnitCases, run_unit
-from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
-from vfnet.training.units import SEED, AfterTraining, UnitSetup, held_out_split
+from vfnet.training.trainer import Trainer, saved_iteration, seed_everything
+from vfnet.training.units import AfterTraining, UnitSetup, held_out_split
 from vfnet.views import VIEWS
-
-VALIDATION_BATCHES = 5
 
 
 def _check_view(view: str) -> str:
@@ -71,29 +70,30 @@ class View2dRecipe:
 
     def cases(self, setup: UnitSetup) -> UnitCases:
         data = PreprocessedDataset(setup.preprocessed)
-        train, val, predict = held_out_split(data, setup.spec, key=str(setup.spec["name"]),
+        train, val, predict = held_out_split(data, setup.spec, setup.plan.training, key=str(setup.spec["name"]),
                                              label=f"unit {setup.spec['name']}")
         return UnitCases(train, val, predict, data, record={"view": self.view})
 
     def build(self, setup: UnitSetup, cases: UnitCases, metadata: dict, options: RunOptions) -> Run:
         plan, schedule, view, data = setup.plan, setup.schedule, self.view, cases.data
-        spec = plan["views"][view]
+        spec, seed = plan.view(view), plan.training.seed
         # a budgeted schedule may train at a coarser resolution with its own patch and widths
-        patch = schedule.get("patch_size", spec["patch_size"])
-        context, batch_size = spec["context_slices"], int(schedule["batch_size"])
-        downsample = schedule.get("input_downsample")
-        seed_everything(SEED)
-        network = build_unet2d(plan, view, self.features if self.features is not None else schedule.get("features"))
+        patch = schedule.patch_size or spec.patch_size
+        context, batch_size = spec.context_slices, schedule.batch_size
+        downsample = schedule.input_downsample
+        seed_everything(seed)
+        network = build_unet2d(plan, view, self.features if self.features is not None else schedule.features)
         volumes = load_view_volumes(data, cases.train, view, downsample=downsample)
         val_batches = fixed_batches(load_view_volumes(data, cases.val, view, downsample=downsample), patch, context,
-                                    batch_size, int(schedule.get("val_batches", VALIDATION_BATCHES)), seed=SEED)
+                                    schedule.val_batch_size or batch_size, schedule.val_batches, seed=seed)
         # Workers are re-seeded from the resumed iteration so a continued run does not replay old batches.
         start = saved_iteration(setup.out) if options.resume else 0
-        loader = make_train_loader(volumes, patch, context, batch_size, int(schedule.get("num_workers", 0)),
-                                   seed=SEED + start, mirror_axes=spec.get("mirror_axes", ()))
-        config = TrainingConfig.from_schedule(schedule, seed=SEED)
-        trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, setup.out, device=setup.device,
-                          num_threads=options.num_threads, quiet=options.quiet, distributed=options.distributed,
+        loader = make_train_loader(volumes, patch, context, batch_size, schedule.num_workers, seed=seed + start,
+                                   mirror_axes=spec.mirror_axes)
+        config = TrainingConfig.from_schedule(schedule, seed=seed)
+        trainer = Trainer(network, make_loss(schedule.loss), loader, val_batches, config, setup.out,
+                          device=setup.device, num_threads=options.num_threads, quiet=options.quiet,
+                          distributed=options.distributed,
                           metadata={**metadata, "view": view, "network_config": network.config(),
                                     "parameters": count_parameters(network),
                                     "input_downsample": list(normalise_factor(downsample)),

@@ -21,13 +21,13 @@ from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.training.data2d import close_loader
 from vfnet.training.data3d import fixed_batches_3d, load_volumes, make_train_loader_3d
 from vfnet.training.ddp import DistributedContext
-from vfnet.training.losses import DiceCELoss
+from vfnet.training.config import TrainingConfig
+from vfnet.training.losses import make_loss
 from vfnet.training.runner import Run, RunOptions, UnitCases, run_unit
-from vfnet.training.trainer import Trainer, TrainingConfig, saved_iteration, seed_everything
-from vfnet.training.units import SEED, AfterTraining, UnitSetup, held_out_split
+from vfnet.training.trainer import Trainer, saved_iteration, seed_everything
+from vfnet.training.units import AfterTraining, UnitSetup, held_out_split
 
 NETWORK = UNET3D_NETWORK
-VALIDATION_BATCHES = 5
 
 
 def train_hint(dataset: str, unit: str, preset: str) -> str:
@@ -72,27 +72,29 @@ class UNet3dRecipe:
     def cases(self, setup: UnitSetup) -> UnitCases:
         data = PreprocessedDataset(setup.preprocessed)
         name = setup.spec["name"]
-        train, val, predict = held_out_split(data, setup.spec, key=f"3d-{name}", label=f"3d unit {name}")
+        train, val, predict = held_out_split(data, setup.spec, setup.plan.training, key=f"3d-{name}",
+                                             label=f"3d unit {name}")
         return UnitCases(train, val, predict, data)
 
     def build(self, setup: UnitSetup, cases: UnitCases, metadata: dict, options: RunOptions) -> Run:
         plan, schedule, data = setup.plan, setup.schedule, cases.data
-        patch, batch_size = plan["unet3d"]["patch_size"], int(schedule["batch_size"])
-        seed_everything(SEED)
+        patch, batch_size, seed = plan.unet3d.patch_size, schedule.batch_size, plan.training.seed
+        seed_everything(seed)
         if self.features is None:
             network = build_unet3d(plan, plan.num_channels, plan.num_classes)
         else:
             network = UNet3D(plan.num_channels, plan.num_classes, self.features)
-        val_batches = fixed_batches_3d(load_volumes(data, cases.val), patch, batch_size,
-                                       int(schedule.get("val_batches", VALIDATION_BATCHES)), seed=SEED)
+        val_batches = fixed_batches_3d(load_volumes(data, cases.val), patch, schedule.val_batch_size or batch_size,
+                                       schedule.val_batches, seed=seed)
         # Workers are re-seeded from the resumed iteration so a continued run does not replay old batches.
         start = saved_iteration(setup.out) if options.resume else 0
-        loader = make_train_loader_3d(load_volumes(data, cases.train), patch, batch_size,
-                                      int(schedule.get("num_workers", 0)), seed=SEED + start)
-        config = TrainingConfig.from_schedule(schedule, seed=SEED)
+        loader = make_train_loader_3d(load_volumes(data, cases.train), patch, batch_size, schedule.num_workers,
+                                      seed=seed + start, mirror_axes=plan.unet3d.mirror_axes)
+        config = TrainingConfig.from_schedule(schedule, seed=seed)
         parameters = count_parameters(network)
-        trainer = Trainer(network, DiceCELoss(), loader, val_batches, config, setup.out, device=setup.device,
-                          num_threads=options.num_threads, quiet=options.quiet, distributed=options.distributed,
+        trainer = Trainer(network, make_loss(schedule.loss), loader, val_batches, config, setup.out,
+                          device=setup.device, num_threads=options.num_threads, quiet=options.quiet,
+                          distributed=options.distributed,
                           metadata={**metadata, "network_config": unet3d_config(network), "parameters": parameters,
                                     "train_cases": cases.train, "val_cases": cases.val})
         if start == 0:

@@ -4,9 +4,10 @@ The VFN of test fold k trains on the fusion set of fold k (built by vfnet_build_
 by :func:`vfnet.pipeline.units.train_vfn_unit` when missing),
 with patches cropped inside each case's region of interest (planned: crops only, so each
 channel keeps its view and the anatomy its sides; ``"augmentation": "paper"`` adds the
-paper's rotations and flips), Dice (+ cross-entropy for several classes), and the preset's
-optimizer with the learning rate divided by 10 at 2/3 and 5/6 of the iterations. Every
-validation case is scored whole at every validation, iteration 0 included (the untrained
+paper's rotations, ``mirror_axes`` its flips), and the loss, optimizer and learning-rate
+schedule of the plan's VFN schedule (planned: Dice, + cross-entropy for several classes; the
+paper's SGD, AdamW in quick; the learning rate divided by 10 at 2/3 and 5/6 of the iterations).
+Every validation case is scored whole at every validation, iteration 0 included (the untrained
 VFN is mean fusion), and prediction uses the checkpoint that validated best. It shares the
 trainer (checkpoints, resume, log, progress.png, mixed precision on CUDA) with the 2D views.
 """
@@ -15,48 +16,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from vfnet import paths
 from vfnet.atomic import write_json
-from vfnet.errors import PlanError
+from vfnet.experiment_planning.plans import Plan
 from vfnet.networks.vfn import build_vfn, count_parameters
 from vfnet.paths import UnitPaths
 from vfnet.resolution import normalise_factor
-from vfnet.training.data_vfn import AUGMENTATIONS, VfnPatchSampler, load_fusion_samples, load_manifest, tile_batches
+from vfnet.training.config import TrainingConfig
+from vfnet.training.data_vfn import VfnPatchSampler, load_fusion_samples, load_manifest, tile_batches
 from vfnet.training.ddp import DistributedContext
-from vfnet.training.losses import DiceCELoss, SoftDiceLoss
+from vfnet.training.losses import make_loss
 from vfnet.training.runner import Run, RunOptions, UnitCases, run_unit
-from vfnet.training.trainer import (
-    StepLR,
-    Trainer,
-    TrainingConfig,
-    saved_iteration,
-    seed_everything,
-)
-from vfnet.training.units import SEED, TrainedUnit, UnitSetup, split_validation
-
-VALIDATION_TILE_BATCH = 4  # tiles per validation forward pass
+from vfnet.training.trainer import Trainer, saved_iteration, seed_everything
+from vfnet.training.units import TrainedUnit, UnitSetup, split_validation
 
 
 def vfn_network_name(use_image: bool) -> str:
     return paths.VFN_NETWORK if use_image else paths.VFN_NOIMAGE_NETWORK
 
 
-def sgd_momentum(params, lr: float):
-    """Plain SGD with momentum 0.9, as the paper trained the VFN."""
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-5)
-
-
 def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", use_image: bool = True,
                  device: str = "auto", num_threads: int | None = None, resume: bool = False,
                  quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None,
-                 overwrite: bool = False, seed: int = SEED, distributed: DistributedContext | None = None) -> Path:
+                 overwrite: bool = False, seed: int | None = None,
+                 distributed: DistributedContext | None = None) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set, then write its summary.
 
-    ``seed`` seeds the weights and the patch sampling (the validation cases stay the same); a
-    seed other than the default trains into ``vfn_seed<seed>`` beside the unit, to measure how
-    much the VFN's result depends on it.
+    ``seed`` seeds the weights and the patch sampling (the validation cases stay the same); None
+    takes the plan's (``training.seed``), and another seed trains into ``vfn_seed<seed>`` beside
+    the unit, to measure how much the VFN's result depends on it.
 
     The fusion set must exist (:func:`vfnet.pipeline.units.train_vfn_unit` builds it when
     missing; a missing one raises ``ModelNotFoundError`` naming the command). The other arguments:
@@ -65,8 +53,10 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     Returns:
         The unit's results folder (``<results>/<preset>/vfn/<unit>`` or ``vfn_noimage``).
     """
+    plan_seed = Plan.load(paths.preprocessed_dataset(dataset)).training.seed
     options = RunOptions(num_threads, resume, quiet, overwrite, schedule_overrides, stop_at, distributed)
-    return run_unit(VfnRecipe(use_image, seed), dataset, unit, preset, device, options, [write_vfn_summary])
+    return run_unit(VfnRecipe(use_image, plan_seed if seed is None else seed, plan_seed), dataset, unit, preset,
+                    device, options, [write_vfn_summary])
 
 
 def write_vfn_summary(trained: TrainedUnit) -> None:
@@ -75,58 +65,53 @@ def write_vfn_summary(trained: TrainedUnit) -> None:
 
 
 class VfnRecipe:
-    """The VFN for :func:`vfnet.training.runner.run_unit`: ROI patches of its fusion set's cases."""
+    """The VFN for :func:`vfnet.training.runner.run_unit`: ROI patches of its fusion set's cases.
+
+    A ``seed`` other than the plan's trains into ``<network>_seed<seed>``.
+    """
 
     stage = "vfn"
     view = None
 
-    def __init__(self, use_image: bool = True, seed: int = SEED):
+    def __init__(self, use_image: bool, seed: int, plan_seed: int):
         self.use_image, self.seed = use_image, seed
-        self.network = vfn_network_name(use_image) + ("" if seed == SEED else f"_seed{seed}")
+        self.network = vfn_network_name(use_image) + ("" if seed == plan_seed else f"_seed{seed}")
 
     def cases(self, setup: UnitSetup) -> UnitCases:
         folder = paths.fusion_set_dir(setup.preprocessed, setup.preset, str(setup.spec["name"]))
         cases = sorted(load_manifest(folder)["cases"])
-        train, val = split_validation(cases, key=f"vfn-{setup.spec['name']}")
+        train, val = split_validation(cases, f"vfn-{setup.spec['name']}", setup.plan.training)
         return UnitCases(train, val, [], folder, record={"use_image": self.use_image, "fusion_set": str(folder)})
 
     def build(self, setup: UnitSetup, cases: UnitCases, metadata: dict, options: RunOptions) -> Run:
-        plan, schedule, folder, use_image = setup.plan, setup.schedule, cases.data, self.use_image
-        seed_everything(self.seed)
+        plan, schedule, folder, use_image, seed = setup.plan, setup.schedule, cases.data, self.use_image, self.seed
+        seed_everything(seed)
         model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image)
         parameters = count_parameters(model)
-        vfn = plan["vfn"]
-        common = {"patch_size": vfn["patch_size"], "spacing": plan["target_spacing"],
+        vfn = plan.vfn
+        common = {"patch_size": vfn.patch_size, "spacing": plan["target_spacing"],
                   "num_image_channels": plan.num_channels, "num_foreground": plan.num_classes - 1,
-                  "batch_size": int(schedule["batch_size"]), "use_image": use_image}
+                  "batch_size": schedule.batch_size, "use_image": use_image}
         start_iteration = saved_iteration(setup.out) if options.resume else 0
-        augmentation = vfn.get("augmentation", "none")
-        if augmentation not in AUGMENTATIONS:
-            raise PlanError(f"plans.json: vfn augmentation '{augmentation}' unknown; expected one of "
-                            f"{', '.join(AUGMENTATIONS)}")
         # the plan may have the VFN fuse at a coarser in-plane resolution (see plan_vfn); a schedule may override it
-        factor = normalise_factor(schedule.get("input_downsample", vfn.get("input_downsample")))
+        factor = normalise_factor(schedule.input_downsample or vfn.input_downsample)
         train_batches = VfnPatchSampler(load_fusion_samples(folder, cases.train, factor, plan.num_classes),
-                                        augment=augmentation == "paper", seed=self.seed + start_iteration, **common)
+                                        augment=vfn.augmentation == "paper", mirror_axes=vfn.mirror_axes,
+                                        seed=seed + start_iteration, **common)
         # every validation case, whole, at every validation (iteration 0 included)
-        validation = VfnPatchSampler(load_fusion_samples(folder, cases.val, factor, plan.num_classes),
-                                     augment=False, seed=SEED, **common)
-        val_batches = tile_batches(validation, VALIDATION_TILE_BATCH)
-        iterations = int(schedule["iterations"])
-        # the paper's SGD unless the preset names an optimizer (the CPU preset uses Adam to learn in fewer steps)
-        paper_sgd = {} if "optimizer" in schedule else {"optimizer": sgd_momentum}
-        config = TrainingConfig.from_schedule(schedule, seed=self.seed, lr_schedule=StepLR(iterations),
-                                              grad_clip=None, validate_at_start=True, **paper_sgd)
-        # Dice alone (the paper, one organ) left the multi-class softmax VFN predicting a foreground class over
-        # the whole ROI on Hippocampus after a short schedule; cross-entropy anchors the background.
-        loss = SoftDiceLoss() if plan.num_classes == 2 else DiceCELoss()
-        trainer = Trainer(model, loss, train_batches, val_batches, config, setup.out, device=setup.device,
-                          num_threads=options.num_threads, quiet=options.quiet, distributed=options.distributed,
+        validation = VfnPatchSampler(load_fusion_samples(folder, cases.val, factor, plan.num_classes), augment=False,
+                                     mirror_axes=(), seed=plan.training.seed, **common)
+        val_batches = tile_batches(validation, schedule.val_batch_size or schedule.batch_size)
+        config = TrainingConfig.from_schedule(schedule, seed=seed)
+        trainer = Trainer(model, make_loss(schedule.loss), train_batches, val_batches, config, setup.out,
+                          device=setup.device, num_threads=options.num_threads, quiet=options.quiet,
+                          distributed=options.distributed,
                           metadata={**metadata, "use_image": use_image, "parameters": parameters,
                                     "input_downsample": list(factor),
                                     "train_cases": cases.train, "val_cases": cases.val})
         trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, "
-                    f"{model.in_channels} input channels, patch {vfn['patch_size']}, in-plane downsample "
-                    f"{list(factor)}, augmentation {augmentation}, {len(val_batches)} validation batches, "
+                    f"{model.in_channels} input channels, patch {vfn.patch_size}, in-plane downsample "
+                    f"{list(factor)}, augmentation {vfn.augmentation}, mirroring {vfn.mirror_axes}, loss "
+                    f"{schedule.loss}, {len(val_batches)} validation batches, "
                     f"{len(cases.train)} training / {len(cases.val)} validation cases")
         return Run(trainer)

@@ -1,8 +1,8 @@
 """A generic, iteration-based training loop shared by the 2D view U-Nets, the VFN and the 3D U-Net.
 
 Training is composition: the trainer takes a network, a loss, an iterator of training
-batches, an iterable of validation batches, a :class:`TrainingConfig` (iterations,
-learning rate, pluggable LR schedule) and a device. Nothing here knows about views,
+batches, an iterable of validation batches, a :class:`vfnet.training.config.TrainingConfig`
+(iterations, learning rate, LR schedule, optimizer) and a device. Nothing here knows about views,
 patches or datasets. Batches are dicts with ``"data"`` (B, C, *spatial) and ``"target"``
 (B, [1,] *spatial) class indices, as numpy arrays or tensors.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,96 +34,15 @@ from tqdm import tqdm
 from vfnet.atomic import atomic_path, remove_stale_temporaries
 from vfnet.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from vfnet.device import resolve_device
-from vfnet.errors import CheckpointError, PlanError
+from vfnet.errors import CheckpointError
 from vfnet.paths import BEST_CHECKPOINT, FINAL_CHECKPOINT, LATEST_CHECKPOINT
+from vfnet.training.config import PolyLR, TrainingConfig, sgd_nesterov
 from vfnet.training.losses import foreground_counts
 
 if TYPE_CHECKING:
     from vfnet.training.ddp import DistributedContext
 
 CHECKPOINTS = (LATEST_CHECKPOINT, BEST_CHECKPOINT, FINAL_CHECKPOINT)
-
-
-class PolyLR:
-    """Poly decay ``(1 − iteration / iterations) ** exponent`` (nnU-Net's default)."""
-
-    def __init__(self, iterations: int, exponent: float = 0.9):
-        self.iterations, self.exponent = int(iterations), float(exponent)
-
-    def __call__(self, iteration: int) -> float:
-        return max(0.0, 1 - iteration / self.iterations) ** self.exponent
-
-
-class StepLR:
-    """Multiply by ``gamma`` at each fraction of the schedule (the VFN paper: ÷10 at 2/3 and 5/6)."""
-
-    def __init__(self, iterations: int, fractions: tuple[float, ...] = (2 / 3, 5 / 6), gamma: float = 0.1):
-        self.milestones = [round(f * iterations) for f in fractions]
-        self.gamma = float(gamma)
-
-    def __call__(self, iteration: int) -> float:
-        return self.gamma ** sum(iteration >= m for m in self.milestones)
-
-
-def sgd_nesterov(params: Iterable, lr: float, momentum: float = 0.99, weight_decay: float = 3e-5):
-    """SGD with Nesterov momentum, the default optimizer."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
-
-
-def adamw(params: Iterable, lr: float, weight_decay: float = 3e-5):
-    """AdamW: on the shared Hippocampus it learns far faster than SGD in short (quick) schedules."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-# Names a plan preset may give as "optimizer".
-OPTIMIZERS = {"sgd": sgd_nesterov, "adam": adamw}
-
-
-@dataclass
-class TrainingConfig:
-    """How long and how fast to train.
-
-    Args:
-        iterations: optimizer steps in the whole schedule.
-        lr: initial learning rate.
-        val_every: iterations between validations (and latest checkpoints).
-        lr_schedule: factor of ``lr`` per iteration; None means :class:`PolyLR` over ``iterations``.
-        optimizer: ``(params, lr) -> torch.optim.Optimizer``; None means :func:`sgd_nesterov`. A plan
-            schedule names it (``"sgd"`` or ``"adam"``, see :data:`OPTIMIZERS`).
-        grad_clip: max gradient norm, None for no clipping.
-        seed: seeds python, numpy and torch when the trainer is made.
-        validate_at_start: also validate (and keep a best checkpoint) before the first step, so
-            an untrained network that is already good (the VFN's view prior) can win.
-    """
-
-    iterations: int
-    lr: float = 0.01
-    val_every: int = 250
-    lr_schedule: Callable[[int], float] | None = None
-    optimizer: Callable | None = None
-    grad_clip: float | None = 12.0
-    seed: int = 12345
-    validate_at_start: bool = False
-    extra: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_schedule(cls, schedule: dict, **overrides) -> TrainingConfig:
-        """From a plan preset (``plan.schedule(preset, network)``); keys it does not know go to ``extra``."""
-        merged = {**schedule, **overrides}
-        if isinstance(merged.get("optimizer"), str):
-            name = merged["optimizer"]
-            if name not in OPTIMIZERS:
-                raise PlanError(f"optimizer '{name}' in the plan's schedule is unknown; expected one of "
-                                f"{', '.join(OPTIMIZERS)}")
-            merged["optimizer"] = OPTIMIZERS[name]
-        known = {k: merged.pop(k) for k in list(merged) if k in cls.__dataclass_fields__ and k != "extra"}
-        return cls(**known, extra=merged)
-
-    def describe(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k not in ("lr_schedule", "optimizer")}
-        out["lr_schedule"] = type(self.lr_schedule).__name__ if self.lr_schedule else "PolyLR"
-        out["optimizer"] = getattr(self.optimizer, "__name__", "custom") if self.optimizer else "sgd_nesterov"
-        return out
 
 
 def plot_progress(history: list[dict], path: Path) -> None:

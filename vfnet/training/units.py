@@ -17,23 +17,23 @@ from vfnet import paths
 from vfnet.atomic import read_json
 from vfnet.device import resolve_device
 from vfnet.errors import PlanError, VfnetError
-from vfnet.experiment_planning.plans import Plan, budget_minutes
+from vfnet.experiment_planning.migration import version_1_schedule
+from vfnet.experiment_planning.plans import Plan, budget_minutes, network_key
+from vfnet.experiment_planning.schema import Schedule, TrainingPlan, read_schedule
 from vfnet.paths import UnitPaths
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.training.budget import load_or_plan_budget
 
-SEED = 12345
-VALIDATION_FRACTION = 0.15
-
 
 @dataclass
 class UnitSetup:
-    """Resolved inputs of one unit: ``spec`` is its plans.json entry, ``out`` its results folder."""
+    """Resolved inputs of one unit: ``spec`` is its plans.json entry, ``schedule`` the one it trains
+    with, ``out`` its results folder."""
 
     preprocessed: Path
     plan: Plan
     spec: dict
-    schedule: dict
+    schedule: Schedule
     device: torch.device
     out: Path
     final: Path | None = None  # with --overwrite of a finished unit, ``out`` is a staging folder swapped in at the end
@@ -91,8 +91,10 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
     The schedule is the preset's; a budgeted preset (quick, budget<N>) takes the unit's
     iterations and, for 2D, its resolution and patch from the budget (calibrated on this
     device the first time; see :mod:`vfnet.training.budget`). A resumed unit keeps the
-    schedule its ``unit.json`` recorded when it started. Also copies plans, dataset.json and
-    fingerprint beside the models so results are self-contained.
+    schedule its ``unit.json`` recorded when it started (one recorded under a version-1 plan gets
+    the settings version-1 trainers added). A schedule key the schema does not know (a misspelled
+    override) is refused, naming it. Also copies plans, dataset.json and fingerprint beside the
+    models so results are self-contained.
 
     A finished unit is never destroyed by a new run: without ``resume`` it is refused unless
     ``overwrite``, and then the new run trains in a staging folder that replaces the unit's only
@@ -100,6 +102,7 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
 
     Raises:
         VfnetError: the unit is finished and neither ``resume`` nor ``overwrite`` was given.
+        PlanError: the schedule has an unknown, missing or malformed key.
     """
     preprocessed = paths.preprocessed_dataset(dataset)
     plan = Plan.load(preprocessed)
@@ -120,37 +123,44 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
     record = UnitPaths(out).record
     recorded = read_json(record).get("schedule") if record.is_file() else None
     if resume and recorded and UnitPaths(out).latest_checkpoint.is_file():
-        schedule = {**recorded, **overrides}
+        if "lr_schedule" not in recorded:  # recorded under a version-1 plan
+            recorded = version_1_schedule(recorded, network_key(stage), plan.num_classes)
+        schedule, source = {**recorded, **overrides}, str(record)
     else:
-        schedule = plan.schedule(preset, stage)
+        schedule, source = plan.schedule(preset, stage).to_dict(), f"{network} unit {unit}"
         if budget_minutes(preset) is not None and stage in ("2d", "vfn") and "iterations" not in overrides:
             budget = load_or_plan_budget(preprocessed, results, preset, torch_device)
             schedule.update(budget.schedule("vfn" if stage == "vfn" else network, str(unit)))
         schedule.update(overrides)
-    return UnitSetup(preprocessed, plan, spec, schedule, torch_device, out, final, preset)
+    return UnitSetup(preprocessed, plan, spec, read_schedule(schedule, network_key(stage), "schedule", source),
+                     torch_device, out, final, preset)
 
 
-def split_validation(cases: Sequence[str], key: str, fraction: float = VALIDATION_FRACTION) -> tuple[list, list]:
-    """(train, validation) cases: a seeded ``fraction`` (at least one case) of the unit's own training cases.
+def split_validation(cases: Sequence[str], key: str, training: TrainingPlan) -> tuple[list, list]:
+    """(train, validation) cases: a seeded share (at least one case) of the unit's own training cases.
+
+    The share and the seed are the plan's (``training.validation_fraction``, ``training.seed``);
+    ``key`` (the unit) varies the draw between units.
 
     With a single training case it serves as its own validation case (nothing else is allowed).
     """
     cases = sorted(cases)
     if len(cases) < 2:
         return cases, list(cases)
-    rng = np.random.default_rng(SEED + zlib.crc32(key.encode()))
-    count = min(len(cases) - 1, max(1, round(fraction * len(cases))))
+    rng = np.random.default_rng(training.seed + zlib.crc32(key.encode()))
+    count = min(len(cases) - 1, max(1, round(training.validation_fraction * len(cases))))
     val = sorted(cases[i] for i in rng.choice(len(cases), count, replace=False))
     return [c for c in cases if c not in val], val
 
 
-def held_out_split(data: PreprocessedDataset, spec: dict, key: str, label: str) -> tuple[list, list, list]:
-    """(train, validation, predicted) cases of a unit whose plan entry is ``spec``.
+def held_out_split(data: PreprocessedDataset, spec: dict, training: TrainingPlan, key: str,
+                   label: str) -> tuple[list, list, list]:
+    """(train, validation, predicted) cases of a unit whose plan entry is ``spec`` (see :func:`split_validation`).
 
     Raises:
         PlanError: a predicted case is also a training or validation case (``label`` names the unit).
     """
-    train_cases, val_cases = split_validation(data.fold_cases(spec["train_folds"]), key=key)
+    train_cases, val_cases = split_validation(data.fold_cases(spec["train_folds"]), key, training)
     predict_cases = data.fold_cases(spec["predict_folds"])
     if set(predict_cases) & set(train_cases + val_cases):
         raise PlanError(f"{label}: training and predicted cases overlap; check splits.json and plans.json")
