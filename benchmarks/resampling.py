@@ -92,11 +92,11 @@ def main() -> None:
         tests[s] = {"difference": float(differences.mean()),
                     "wilcoxon_p": float(stats.wilcoxon(separate, joint).pvalue) if np.any(differences) else 1.0}
     organs = list(next(iter(summary["joint"].values()))["dice"])
-    lines = [f"Command: `python benchmarks/resampling.py`, on {len(cases)} cases of {args.data.name} "
-             f"(spacing {spacing[2]:g} × {spacing[1]:g} × {spacing[0]:g} mm).", "",
-             "Each case's image and label go to another slice spacing and back, as a scan with other slices goes "
+    lines = [(f"Command: `python benchmarks/resampling.py`, on {len(cases)} cases of {args.data.name} "
+             f"(spacing {spacing[2]:g} × {spacing[1]:g} × {spacing[0]:g} mm)."), "",
+             ("Each case's image and label go to another slice spacing and back, as a scan with other slices goes "
              "through preprocessing and prediction. Dice (%) of the label that came back against the original; "
-             "image RMSE in standard deviations; seconds per case (image and label).", "",
+             "image RMSE in standard deviations; seconds per case (image and label)."), "",
              "| slices (mm) | scheme | " + " | ".join(organs) + " | mean Dice | image RMSE | s per case |",
              "|---|---|" + "---|" * (len(organs) + 3)]
     for s in map(str, SLICE_SPACINGS):

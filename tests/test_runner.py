@@ -10,13 +10,13 @@ import torch
 
 from vfnet.atomic import read_json
 from vfnet.errors import VfnetError
+from vfnet.experiment_planning.settings import SEED
 from vfnet.paths import UnitPaths
+from vfnet.training.config import TrainingConfig
 from vfnet.training.runner import Run, RunOptions, UnitCases, run_unit
 from vfnet.training.train2d import View2dRecipe
 from vfnet.training.train3d import UNet3dRecipe
 from vfnet.training.train_vfn import VfnRecipe
-from vfnet.experiment_planning.settings import SEED
-from vfnet.training.config import TrainingConfig
 from vfnet.training.trainer import Trainer
 
 

@@ -24,7 +24,6 @@ from vfnet.errors import PlanError
 from vfnet.experiment_planning.migration import migrate
 from vfnet.experiment_planning.schema import (
     PRESETS,
-    RESAMPLING_SCHEMES,
     SCHEMA_VERSION,
     FusionPlan,
     PlanSchema,

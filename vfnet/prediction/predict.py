@@ -27,8 +27,13 @@ from vfnet.inference.predict3d import window_stride
 from vfnet.inference.probabilities import probabilities_in_input_grid, probability_properties
 from vfnet.inference.probabilities import save_probabilities as save_probabilities_file
 from vfnet.prediction.models import DeployedModels, UNet3DModels, load_3d_models, load_deployed_models
-from vfnet.preprocessing.preprocessing import (class_values, coarse_axis, plan_resampling, preprocess_image,
-                                               resample_to_shape)
+from vfnet.preprocessing.preprocessing import (
+    class_values,
+    coarse_axis,
+    plan_resampling,
+    preprocess_image,
+    resample_to_shape,
+)
 
 MODELS = ("vfnet", "3d")
 LOG_NAME = "vfnet_predict.jsonl"  # one JSON object per line: the settings, then one line per case

@@ -19,10 +19,10 @@ from tqdm import tqdm
 from vfnet.atomic import atomic_path, read_json, remove_stale_temporaries, write_json
 from vfnet.dataset import CaseFiles
 from vfnet.errors import VfnetError
-from vfnet.experiment_planning.plans import ANISOTROPY_THRESHOLD, RESAMPLING_SCHEMES
+from vfnet.experiment_planning.plans import ANISOTROPY_THRESHOLD
+from vfnet.experiment_planning.schema import RESAMPLING_SCHEMES
 from vfnet.imageio import read_canonical
 from vfnet.paths import ARRAYS_DIR
-
 
 # plans made before the resampling key resampled every axis jointly
 JOINT_RESAMPLING = {"scheme": "joint", "anisotropy_threshold": ANISOTROPY_THRESHOLD}

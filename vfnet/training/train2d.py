@@ -17,9 +17,9 @@ from vfnet.networks.unet2d import build_unet2d
 from vfnet.networks.vfn import count_parameters
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.resolution import normalise_factor
+from vfnet.training.config import TrainingConfig
 from vfnet.training.data2d import close_loader, fixed_batches, load_view_volumes, make_train_loader
 from vfnet.training.ddp import DistributedContext
-from vfnet.training.config import TrainingConfig
 from vfnet.training.losses import make_loss
 from vfnet.training.runner import Run, RunOptions, UnitCases, run_unit
 from vfnet.training.trainer import Trainer, saved_iteration, seed_everything

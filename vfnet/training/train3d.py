@@ -18,10 +18,10 @@ from vfnet.networks.unet3d import UNet3D, build_unet3d, unet3d_config
 from vfnet.networks.vfn import count_parameters
 from vfnet.paths import UNET3D_NETWORK
 from vfnet.preprocessing.data import PreprocessedDataset
+from vfnet.training.config import TrainingConfig
 from vfnet.training.data2d import close_loader
 from vfnet.training.data3d import fixed_batches_3d, load_volumes, make_train_loader_3d
 from vfnet.training.ddp import DistributedContext
-from vfnet.training.config import TrainingConfig
 from vfnet.training.losses import make_loss
 from vfnet.training.runner import Run, RunOptions, UnitCases, run_unit
 from vfnet.training.trainer import Trainer, saved_iteration, seed_everything
