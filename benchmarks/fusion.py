@@ -170,7 +170,7 @@ def main() -> None:
     if args.from_work:
         # a finished run: its units are kept; crossval is run again with this code (stack, paired tests)
         run = finished_run(args)
-        from vfnet.fusion.crossval import crossval
+        from vfnet.evaluation.crossval import crossval
 
         start = time.perf_counter()
         crossval(args.dataset, run["preset"], device="cpu", quiet=True)

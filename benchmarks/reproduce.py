@@ -230,7 +230,7 @@ def reproduce(args) -> Path:
 
     from vfnet import paths
     from vfnet.experiment_planning.plans import Plan
-    from vfnet.fusion.crossval import crossval
+    from vfnet.evaluation.crossval import crossval
     from vfnet.preprocessing.data import PreprocessedDataset
 
     timings = Timings(args.work / _timings_file(args.preset))

@@ -145,7 +145,7 @@ def test_cca_crossval_scores_stack_and_prediction_uses_the_scored_pairs(demo_pre
 
     from vfnet import paths
     from vfnet.experiment_planning.plans import Plan
-    from vfnet.fusion.crossval import crossval
+    from vfnet.evaluation.crossval import crossval
     from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
     from vfnet.preprocessing.data import PreprocessedDataset
     from vfnet_cli.predict import predict_entry

@@ -23,13 +23,16 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("vfnet", "vfnet.errors", "vfnet.atomic", "vfnet.views", "vfnet.paths", "vfnet.resolution",
               "vfnet.device", "vfnet.windows", "vfnet.checkpoint", "vfnet.zipsafe")),
     ("io", ("vfnet.imageio", "vfnet.dicom", "vfnet.dataset", "vfnet.integrity", "vfnet.demo_data")),
-    ("evaluation", ("vfnet.evaluation",)),
+    # the measures (Dice, HD95, paired tests): held-out prediction scores with them, so they sit low
+    ("measures", ("vfnet.evaluation", "vfnet.evaluation.metrics", "vfnet.evaluation.stats")),
     ("experiment_planning", ("vfnet.experiment_planning",)),
     ("preprocessing", ("vfnet.preprocessing",)),
     ("networks", ("vfnet.networks",)),
     ("training", ("vfnet.training",)),
     ("inference", ("vfnet.inference",)),
     ("fusion", ("vfnet.fusion",)),
+    # scoring label folders, cross-validation of every method and the choice of the best one
+    ("evaluation", ("vfnet.evaluation.evaluate", "vfnet.evaluation.crossval")),
     ("prediction", ("vfnet.prediction",)),
     ("reporting and deployment", ("vfnet.reporting", "vfnet.deployment")),
     ("pipeline", ("vfnet.pipeline", "vfnet.demo")),

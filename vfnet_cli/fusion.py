@@ -66,7 +66,7 @@ def crossval_entry(dataset, preset, device, quiet):
     t-test / Wilcoxon p-values of VFN against majority. Writes crossval.json, crossval.md and
     best_method.json (the default fusion of vfnet_predict) to $vfnet_results/TaskXX/<preset>/crossval/.
     """
-    from vfnet.fusion.crossval import crossval, crossval_markdown
+    from vfnet.evaluation.crossval import crossval, crossval_markdown
 
     preset = use_trained_preset(dataset, preset)
     result = crossval(dataset, preset, device=device, quiet=quiet)

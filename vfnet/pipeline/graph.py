@@ -220,7 +220,7 @@ def _run_step(node: Node, dataset: str, preset: str, options: dict) -> None:
 
         build_fusion_set(dataset, node.key.split("/", 1)[1], preset, quiet=options.get("quiet", True))
     elif node.stage == "crossval":
-        from vfnet.fusion.crossval import crossval
+        from vfnet.evaluation.crossval import crossval
 
         crossval(dataset, preset, device=options.get("device", "auto"), quiet=options.get("quiet", True))
     else:

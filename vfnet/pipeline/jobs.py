@@ -218,7 +218,7 @@ def train_all(dataset: str | int | None, preset: str = "default", stage: str = "
             budget.replan(Plan.load(preprocessed), read_json(preprocessed / "splits.json"),
                           budget.data["calibration"]["seconds"] + recorded, started)
     if run_crossval and stage == "all" and set(_check_views(views)) == set(VIEWS) and all(j.finished for j in jobs):
-        from vfnet.fusion.crossval import crossval
+        from vfnet.evaluation.crossval import crossval
 
         log(f"vfnet_crossval -d {name} --preset {preset}")
         start = time.perf_counter()

@@ -28,7 +28,7 @@ from vfnet.checkpoint import load_checkpoint
 from vfnet.errors import CheckpointError, VfnetError
 from vfnet.evaluation.metrics import dice
 from vfnet.experiment_planning.plans import NETWORKS_2D, Plan
-from vfnet.fusion.crossval import test_folds
+from vfnet.evaluation.crossval import test_folds
 from vfnet.fusion.methods import VfnConfig, fuse, majority_vote
 from vfnet.fusion.models import load_vfn
 from vfnet.paths import FINAL_CHECKPOINT, LATEST_CHECKPOINT
