@@ -229,8 +229,8 @@ def reproduce(args) -> Path:
     import torch
 
     from vfnet import paths
-    from vfnet.experiment_planning.plans import Plan
     from vfnet.evaluation.crossval import crossval
+    from vfnet.experiment_planning.plans import Plan
     from vfnet.preprocessing.data import PreprocessedDataset
 
     timings = Timings(args.work / _timings_file(args.preset))

@@ -144,8 +144,8 @@ def test_cca_crossval_scores_stack_and_prediction_uses_the_scored_pairs(demo_pre
     from click.testing import CliRunner
 
     from vfnet import paths
-    from vfnet.experiment_planning.plans import Plan
     from vfnet.evaluation.crossval import crossval
+    from vfnet.experiment_planning.plans import Plan
     from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
     from vfnet.preprocessing.data import PreprocessedDataset
     from vfnet_cli.predict import predict_entry

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.errors import ModelNotFoundError, PlanError
-from vfnet.experiment_planning.plans import Plan
 from vfnet.evaluation.crossval import crossval
+from vfnet.experiment_planning.plans import Plan
 from vfnet.inference.predict3d import load_unit_network_3d
 from vfnet.pipeline.units import train_3d_unit
 from vfnet.prediction.models import load_3d_models

@@ -47,8 +47,8 @@ def _test_inputs(raw: Path, workdir: Path, test_cases: list[str], file_ending: s
 
 def run_demo(workdir: Path, data: Path | None = None, preset: str = DEMO_PRESET) -> dict:
     """Run every stage in order and return where each result is."""
-    from vfnet.evaluation.evaluate import evaluate_folders
     from vfnet.evaluation.crossval import crossval, crossval_markdown
+    from vfnet.evaluation.evaluate import evaluate_folders
     from vfnet.pipeline.units import train_2d_unit, train_vfn_unit
     from vfnet.prediction.predict import predict
     from vfnet.reporting.report import make_report

@@ -26,9 +26,9 @@ from vfnet import __version__, paths
 from vfnet.atomic import atomic_path, read_json
 from vfnet.checkpoint import load_checkpoint
 from vfnet.errors import CheckpointError, VfnetError
+from vfnet.evaluation.crossval import test_folds
 from vfnet.evaluation.metrics import dice
 from vfnet.experiment_planning.plans import NETWORKS_2D, Plan
-from vfnet.evaluation.crossval import test_folds
 from vfnet.fusion.methods import VfnConfig, fuse, majority_vote
 from vfnet.fusion.models import load_vfn
 from vfnet.paths import FINAL_CHECKPOINT, LATEST_CHECKPOINT
