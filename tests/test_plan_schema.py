@@ -183,9 +183,15 @@ def test_the_preprocessing_hash_ignores_the_schema_version():
     plan = synthetic_plan(modality="CT")
     relevant = {k: plan[k] for k in ("channel_names", "labels", "target_spacing", "normalization")}
     version_1_hash = hashlib.sha1(json.dumps({**relevant, "schema_version": 1}, sort_keys=True).encode()).hexdigest()
-    assert preprocessing_hash(plan) == preprocessing_hash(version_1(plan)) == version_1_hash[:12]
-    plan["normalization"]["0"]["mean"] += 1
+    old = version_1(plan)
+    old.pop("resampling", None)  # version 1 had no resampling key: it zoomed all axes jointly
+    joint = {**plan, "resampling": {"scheme": "joint", "anisotropy_threshold": 3.0}}
+    assert preprocessing_hash(joint) == preprocessing_hash(old) == version_1_hash[:12]
+    # the planned scheme (nnU-Net's separate coarse axis) changes arrays of anisotropic data, so it counts
+    assert plan["resampling"]["scheme"] == "separate_coarse_axis"
     assert preprocessing_hash(plan) != version_1_hash[:12]
+    joint["normalization"]["0"]["mean"] += 1
+    assert preprocessing_hash(joint) != version_1_hash[:12]
 
 
 def test_schedules_build_the_optimizers_and_learning_rates_of_version_1():
