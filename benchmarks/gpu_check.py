@@ -98,7 +98,8 @@ def vfn_step_benchmark(plan, device: torch.device, batch: int, patch: int, steps
             "in_channels": model.in_channels, "amp": device.type == "cuda"}
 
 
-def run(out: Path, allow_cpu: bool) -> dict:
+def run(out: Path, allow_cpu: bool, save=lambda result: None) -> dict:
+    """Run every stage; ``save(result)`` is called after each one, so a check cut short keeps what it measured."""
     from vfnet import paths
     from vfnet.demo_data import make_demo_dataset
     from vfnet.experiment_planning.plans import Plan
@@ -124,21 +125,33 @@ def run(out: Path, allow_cpu: bool) -> dict:
     prepare_s = time.perf_counter() - started
     result: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu (dry run: not a GPU number)",
                     "torch": torch.__version__, "prepare_s": round(prepare_s, 1), "units": {}}
+    save(result)
     iterations_2d = _size("iterations_2d", cuda)
+    workers = _size("loader_workers", cuda)
     for view in VIEWS:
         _peak_reset(device)
         begin = time.perf_counter()
-        unit = train_2d_unit(None, view, "holdout", "default", device=device.type, quiet=True,
-                             schedule_overrides={"iterations": iterations_2d, "val_every": iterations_2d,
-                                                 "batch_size": _size("batch_2d", cuda),
-                                                 "num_workers": _size("loader_workers", cuda)})
+        overrides = {"iterations": iterations_2d, "val_every": iterations_2d, "batch_size": _size("batch_2d", cuda)}
+        try:
+            unit = train_2d_unit(None, view, "holdout", "default", device=device.type, quiet=True,
+                                 schedule_overrides={**overrides, "num_workers": workers})
+        except Exception as error:  # a machine without shared memory for loader processes: load in-process
+            if workers == 0:
+                raise
+            print(f"2d {view} with {workers} loader workers failed ({error!r}); retrying with loading in-process")
+            result["loader_fallback"] = repr(error)
+            workers = 0
+            begin = time.perf_counter()
+            unit = train_2d_unit(None, view, "holdout", "default", device=device.type, quiet=True,
+                                 schedule_overrides={**overrides, "num_workers": 0}, overwrite=True)
         wall = time.perf_counter() - begin
         iterations, seconds = _unit_rate(unit)
         result["units"][f"2d_{view}"] = {
             "iterations": iterations, "batch": _size("batch_2d", cuda),
             "patch": plan["views"][view]["patch_size"], "train_and_validation_s": round(seconds, 2),
             "iterations_per_s": round(iterations / seconds, 2), "unit_wall_s": round(wall, 1),
-            "peak_memory_mib": _peak_mib(device)}
+            "peak_memory_mib": _peak_mib(device), "loader_workers": workers}
+        save(result)
     iterations_vfn = _size("iterations_vfn", cuda)
     _peak_reset(device)
     begin = time.perf_counter()
@@ -151,6 +164,7 @@ def run(out: Path, allow_cpu: bool) -> dict:
                               "patch": plan["vfn"]["patch_size"], "train_and_validation_s": round(seconds, 2),
                               "iterations_per_s": round(iterations / seconds, 2), "unit_wall_s": round(wall, 1),
                               "peak_memory_mib": _peak_mib(device)}
+    save(result)
     steps = vfn_step_benchmark(plan, device, _size("batch_vfn", cuda), _size("step_patch", cuda),
                                _size("timed_steps", cuda))
     result["vfn_steps"] = steps
@@ -162,6 +176,7 @@ def run(out: Path, allow_cpu: bool) -> dict:
         "unit_matches_schedule": cuda and list(plan["vfn"]["patch_size"]) == [PAPER_VFN_PATCH] * 3,
         "target_min": TARGET_MINUTES}
     result["total_s"] = round(time.perf_counter() - started, 1)
+    result["complete"] = True
     return result
 
 
@@ -173,8 +188,11 @@ def markdown(result: dict) -> str:
     for name, unit in result["units"].items():
         lines.append(f"| {name} | {unit['iterations']} | {unit['batch']} | {unit['patch']} | "
                      f"{unit['iterations_per_s']} | {unit['peak_memory_mib']} |")
+    lines += ["", "Iterations per second include one validation at the end of each unit."]
+    if not result.get("complete"):
+        return "\n".join([*lines, "", "**The check did not finish: the stages above are all it measured.**"])
     steps, projection = result["vfn_steps"], result["projection"]
-    lines += ["", "Iterations per second include one validation at the end of each unit.", "",
+    lines += ["",
               (f"VFN training steps alone (batches already on the device): {steps['iterations_per_s']} it/s at "
               f"batch {steps['batch']}, patch {steps['patch']}, peak {steps['peak_memory_mib']} MiB."), "",
               (f"Paper schedule ({projection['schedule']}) projected: **{projection['from_steps_min']} min** from "
@@ -204,8 +222,8 @@ def main() -> None:
     cpu = not torch.cuda.is_available()
     if cpu and args.out.resolve() == RESULTS.resolve():
         raise SystemExit("a CPU dry run never writes benchmarks/results: give --out a temporary folder")
-    result = run(args.out, args.allow_cpu)
     invocation = " ".join(["python", "benchmarks/gpu_check.py", *sys.argv[1:]])
+    result = run(args.out, args.allow_cpu, save=lambda partial: write(args.out, partial, invocation))
     print(write(args.out, result, invocation).read_text())
 
 

@@ -47,6 +47,8 @@ def describe_machine() -> dict:
                                         cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         pass
+    if not info.get("commit") and os.environ.get("VFNET_COMMIT"):  # a copy without .git (a GPU machine's)
+        info["commit"] = os.environ["VFNET_COMMIT"]
     return info
 
 
