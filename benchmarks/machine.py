@@ -47,7 +47,7 @@ def describe_machine() -> dict:
                                         cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         pass
-    if not info.get("commit") and os.environ.get("VFNET_COMMIT"):  # a copy without .git (a GPU machine's)
+    if os.environ.get("VFNET_COMMIT"):  # a copied tree (a GPU machine's) whose .git, if any, is not its commit
         info["commit"] = os.environ["VFNET_COMMIT"]
     return info
 

@@ -88,9 +88,20 @@ def saved_iteration(out_dir: Path, name: str = LATEST_CHECKPOINT) -> int:
     return int(load_checkpoint(path)["iteration"])
 
 
-def _to_tensor(value, device: torch.device) -> torch.Tensor:
+def _to_tensor(value, device: torch.device, memory_format: torch.memory_format | None = None) -> torch.Tensor:
     tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-    return tensor.to(device, non_blocking=True)
+    tensor = tensor.to(device, non_blocking=True)
+    if memory_format is not None and tensor.dim() == 5:
+        tensor = tensor.contiguous(memory_format=memory_format)
+    return tensor
+
+
+def cuda_memory_format(network: nn.Module, device: torch.device) -> torch.memory_format | None:
+    """``channels_last_3d`` for a 3D network on CUDA (cuDNN's fast half-precision kernels want
+    channels last; measured in benchmarks/results/gpu.md), else None (the default layout)."""
+    if device.type != "cuda" or not any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) for m in network.modules()):
+        return None
+    return torch.channels_last_3d
 
 
 class Trainer:
@@ -125,7 +136,10 @@ class Trainer:
         elif num_threads:
             torch.set_num_threads(int(num_threads))
         seed_everything(config.seed)
+        self.memory_format = cuda_memory_format(network, self.device)
         self.network = network.to(self.device)
+        if self.memory_format is not None:
+            self.network = self.network.to(memory_format=self.memory_format)
         # the network steps train through (DDP's wrapper when distributed); validation uses the plain one
         self.train_network = self.network if distributed is None else distributed.wrap(self.network)
         if distributed is not None:
@@ -202,7 +216,7 @@ class Trainer:
     def train_step(self, batch: dict) -> float:
         if self.distributed is not None:
             batch = self.distributed.shard(batch)
-        data, target = _to_tensor(batch["data"], self.device), _to_tensor(batch["target"], self.device)
+        data, target = _to_tensor(batch["data"], self.device, self.memory_format), _to_tensor(batch["target"], self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=self.amp):
             loss = self.loss(self.train_network(data), target)
@@ -223,7 +237,8 @@ class Trainer:
         self.network.eval()
         losses, counts = [], None
         for batch in self.val_loader:
-            data, target = _to_tensor(batch["data"], self.device), _to_tensor(batch["target"], self.device)
+            data = _to_tensor(batch["data"], self.device, self.memory_format)
+            target = _to_tensor(batch["target"], self.device)
             with torch.autocast(self.device.type, enabled=self.amp):
                 logits = self.network(data)
                 losses.append(float(self.loss(logits, target)))
