@@ -99,6 +99,22 @@ def test_staple_of_identical_maps_returns_that_map():
     np.testing.assert_array_equal(fuse("staple", maps, None), labels)
 
 
+def test_staple_stops_at_its_iteration_cap_where_disagreeing_views_never_converge():
+    from vfnet.fusion.methods import STAPLE_MAX_ITERATIONS, staple_probability
+
+    shape = (20, 48, 48)
+    # three mostly disjoint blobs: SimpleITK's EM creeps on for thousands of iterations here
+    masks = [ball(shape, (10, 10, 24), 4), ball(shape, (10, 24, 24), 8), ball(shape, (10, 24, 30), 6)]
+    _, uncapped = staple_probability(masks, max_iterations=1000)
+    assert uncapped == 1000  # the case needs the cap
+    probability, iterations = staple_probability(masks)
+    assert iterations == STAPLE_MAX_ITERATIONS <= 100
+    assert np.isfinite(probability).all() and 0 <= probability.min() and probability.max() <= 1
+    maps = {view: one_hot(mask.astype(np.int64), 2) for view, mask in zip(VIEWS, masks)}
+    fused = staple_fusion(maps)
+    assert fused.shape == shape and set(np.unique(fused)) <= {0, 1}
+
+
 def test_staple_of_empty_maps_is_background_not_nan():
     shape = (8, 9, 7)
     empty = {view: one_hot(np.zeros(shape, dtype=np.int64), 3) for view in VIEWS}
