@@ -92,11 +92,11 @@ def _seed_spread(dataset: str, preset: str) -> dict:
     same schedule, into ``vfn_seed<seed>`` beside the unit.
     """
     from vfnet import paths
-    from vfnet.evaluation.metrics import dice
     from vfnet.experiment_planning.plans import Plan
     from vfnet.fusion.fusion_set import load_view_maps
     from vfnet.fusion.methods import VfnConfig, fuse
     from vfnet.fusion.models import load_vfn
+    from vfnet.measures.metrics import dice
     from vfnet.pipeline.units import train_vfn_unit
     from vfnet.preprocessing.data import PreprocessedDataset
     from vfnet.views import VIEWS

@@ -175,7 +175,7 @@ def method_costs(summary: dict, seconds_views: dict[str, float], params: dict[st
 
 def table_markdown(table: dict, costs: dict[str, dict]) -> str:
     """Table 1 of the paper for every method, then the paired tests of the VFN."""
-    from vfnet.evaluation.stats import format_pvalue
+    from vfnet.measures.stats import format_pvalue
 
     labels = list(table["labels"])
     summary = table["summary"]

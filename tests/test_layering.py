@@ -24,7 +24,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
               "vfnet.device", "vfnet.windows", "vfnet.checkpoint", "vfnet.zipsafe")),
     ("io", ("vfnet.imageio", "vfnet.dicom", "vfnet.dataset", "vfnet.integrity", "vfnet.demo_data")),
     # the measures (Dice, HD95, paired tests): held-out prediction scores with them, so they sit low
-    ("measures", ("vfnet.evaluation", "vfnet.evaluation.metrics", "vfnet.evaluation.stats")),
+    ("measures", ("vfnet.measures",)),
     ("experiment_planning", ("vfnet.experiment_planning",)),
     ("preprocessing", ("vfnet.preprocessing",)),
     ("networks", ("vfnet.networks",)),
@@ -32,7 +32,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("inference", ("vfnet.inference",)),
     ("fusion", ("vfnet.fusion",)),
     # scoring label folders, cross-validation of every method and the choice of the best one
-    ("evaluation", ("vfnet.evaluation.evaluate", "vfnet.evaluation.crossval")),
+    ("evaluation", ("vfnet.evaluation",)),
     ("prediction", ("vfnet.prediction",)),
     ("reporting and deployment", ("vfnet.reporting", "vfnet.deployment")),
     ("pipeline", ("vfnet.pipeline", "vfnet.demo")),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from vfnet.evaluation.metrics import (
+from vfnet.measures.metrics import (
     dice,
     evaluate_case,
     hd95,
@@ -18,7 +18,7 @@ from vfnet.evaluation.metrics import (
     volume_difference,
     volume_ml,
 )
-from vfnet.evaluation.stats import markdown_table, method_table, paired_tests, summarize
+from vfnet.measures.stats import markdown_table, method_table, paired_tests, summarize
 
 
 def _cube(shape=(6, 6, 6), size=3) -> np.ndarray:
@@ -178,7 +178,7 @@ def _full_volume_surface_distances(reference, prediction, spacing):
     """The uncropped computation, as it was before cropping to the union bounding box."""
     from scipy import ndimage
 
-    from vfnet.evaluation.metrics import surface
+    from vfnet.measures.metrics import surface
 
     ref_surface, pred_surface = surface(reference), surface(prediction)
     to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)
@@ -188,7 +188,7 @@ def _full_volume_surface_distances(reference, prediction, spacing):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_hd95_on_the_union_box_equals_the_full_volume(seed):
-    from vfnet.evaluation.metrics import surface_distances
+    from vfnet.measures.metrics import surface_distances
 
     rng = np.random.default_rng(seed)
     shape = (30, 40, 36)

@@ -7,9 +7,9 @@ from functools import partial
 import numpy as np
 import torch
 
-from vfnet.evaluation.metrics import dice
 from vfnet.experiment_planning.settings import SGD_PAPER
 from vfnet.fusion.methods import VfnConfig, fuse, vfn_input
+from vfnet.measures.metrics import dice
 from vfnet.networks.vfn import VolumetricFusionNet
 from vfnet.training.config import StepLR, sgd
 from vfnet.training.data_vfn import VfnPatchSampler

@@ -7,7 +7,7 @@ import sys
 import click
 
 from vfnet.evaluation.evaluate import evaluate_folders, labels_from_dataset
-from vfnet.evaluation.stats import format_pvalue
+from vfnet.measures.stats import format_pvalue
 from vfnet_cli.common import command, processes_option, quiet_option
 
 

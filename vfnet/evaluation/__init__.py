@@ -1,7 +1,16 @@
-"""Evaluation: Dice, HD95 and volume metrics, Table-1-style statistics, paired tests, folder evaluation."""
+"""Evaluation: folder evaluation and cross-validation; the measures they use are in :mod:`vfnet.measures`."""
 
-from vfnet.evaluation.metrics import dice, evaluate_case, hd95, relative_volume_difference, volume_difference
-from vfnet.evaluation.stats import markdown_table, method_table, paired_tests, summarize
+from vfnet.measures import (
+    dice,
+    evaluate_case,
+    hd95,
+    markdown_table,
+    method_table,
+    paired_tests,
+    relative_volume_difference,
+    summarize,
+    volume_difference,
+)
 
 __all__ = ["dice", "evaluate_case", "hd95", "markdown_table", "method_table", "paired_tests",
            "relative_volume_difference", "summarize", "volume_difference"]

@@ -19,14 +19,14 @@ from vfnet import paths
 from vfnet.atomic import read_json, write_json
 from vfnet.device import resolve_device
 from vfnet.errors import ModelNotFoundError
-from vfnet.evaluation.metrics import dice
-from vfnet.evaluation.stats import paired_tests, summarize
 from vfnet.experiment_planning.plans import Plan
 from vfnet.fusion.fusion_set import load_view_maps
 from vfnet.fusion.methods import VfnConfig, fuse
 from vfnet.fusion.models import load_vfn
 from vfnet.fusion.postprocess import keep_largest_component
 from vfnet.fusion.stack import fit_unit_stack
+from vfnet.measures.metrics import dice
+from vfnet.measures.stats import paired_tests, summarize
 from vfnet.preprocessing.data import PreprocessedDataset
 from vfnet.views import VIEWS
 

@@ -1,7 +1,7 @@
 """vfnet_evaluate as a library call: compare a folder of predicted label maps with references.
 
 Cases are paired by file name without extension (``case.nii.gz`` ↔ ``case.nrrd`` works).
-Metrics and the empty-mask convention are those of :mod:`vfnet.evaluation.metrics`; a
+Metrics and the empty-mask convention are those of :mod:`vfnet.measures.metrics`; a
 reference case without a prediction is reported as missing and scores Dice 0 on every
 label (HD95 undefined). Results go to ``summary.json`` (NaN written as null), ``summary.md``
 and ``boxplot.png`` in the output folder, which defaults to the prediction folder as in
@@ -23,8 +23,9 @@ from vfnet import paths
 from vfnet.atomic import atomic_path
 from vfnet.dataset import load_dataset_json
 from vfnet.errors import DatasetNotFoundError, ImageReadError, VfnetError
-from vfnet.evaluation.metrics import evaluate_case, label_metrics
-from vfnet.evaluation.stats import (
+from vfnet.imageio import IMAGE_SUFFIXES, geometry_differences, read_image, strip_suffix, to_canonical
+from vfnet.measures.metrics import evaluate_case, label_metrics
+from vfnet.measures.stats import (
     TABLE1_COLUMNS,
     format_pvalue,
     markdown_table,
@@ -33,7 +34,6 @@ from vfnet.evaluation.stats import (
     stats_row,
     summarize,
 )
-from vfnet.imageio import IMAGE_SUFFIXES, geometry_differences, read_image, strip_suffix, to_canonical
 
 CONVENTION = ("Dice: 1 when reference and prediction are both empty, 0 when only one is. "
               "HD95: 0 when both are empty, undefined (null) when only one is; undefined values are left "

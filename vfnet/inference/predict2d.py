@@ -30,7 +30,7 @@ from tqdm import tqdm
 from vfnet.atomic import atomic_path, write_json
 from vfnet.checkpoint import load_checkpoint
 from vfnet.errors import ModelNotFoundError
-from vfnet.evaluation.metrics import dice
+from vfnet.measures.metrics import dice
 from vfnet.networks.unet2d import UNet2D, build_unet2d, unet2d_from_config
 from vfnet.paths import UnitPaths
 from vfnet.preprocessing.data import PreprocessedDataset

@@ -27,10 +27,10 @@ from vfnet.atomic import atomic_path, read_json
 from vfnet.checkpoint import load_checkpoint
 from vfnet.errors import CheckpointError, VfnetError
 from vfnet.evaluation.crossval import test_folds
-from vfnet.evaluation.metrics import dice
 from vfnet.experiment_planning.plans import NETWORKS_2D, Plan
 from vfnet.fusion.methods import VfnConfig, fuse, majority_vote
 from vfnet.fusion.models import load_vfn
+from vfnet.measures.metrics import dice
 from vfnet.paths import FINAL_CHECKPOINT, LATEST_CHECKPOINT
 from vfnet.prediction.models import _train_hint
 from vfnet.preprocessing.data import PreprocessedDataset
