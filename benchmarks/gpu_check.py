@@ -68,6 +68,24 @@ def _unit_rate(unit: Path) -> tuple[int, float]:
     return int(state["iteration"]), float(sum(h["seconds"] for h in state["history"]))
 
 
+def _time_steps(step, steps: int, device: torch.device, before_timing=lambda: None) -> tuple[float, float]:
+    """(warm-up seconds, seconds of ``steps`` calls of ``step``) after 3 warm-up calls (cudnn autotuning
+    and compilation happen there), synchronizing with the GPU around the timed calls."""
+    begin = time.perf_counter()
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    warm_s = time.perf_counter() - begin
+    before_timing()
+    begin = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return warm_s, time.perf_counter() - begin
+
+
 def vfn_step_benchmark(plan, device: torch.device, batch: int, patch: int, steps: int) -> dict:
     """Time VFN training steps (mixed precision on CUDA) on batches already on the device."""
     from vfnet.networks.vfn import build_vfn
@@ -83,15 +101,8 @@ def vfn_step_benchmark(plan, device: torch.device, batch: int, patch: int, steps
         trainer = Trainer(model, loss, iter(()), None, TrainingConfig(iterations=steps, lr=0.01, grad_clip=None),
                           Path(folder), device=device, quiet=True)
         batch_dict = {"data": data, "target": target}
-        for _ in range(3):  # warm-up: cudnn autotuning picks its kernels here
-            trainer.train_step(batch_dict)
-        _peak_reset(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step(batch_dict)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        _, seconds = _time_steps(lambda: trainer.train_step(batch_dict), steps, device,
+                                 before_timing=lambda: _peak_reset(device))
     per_s = steps / seconds
     return {"batch": batch, "patch": [patch] * 3, "steps": steps, "memory_format": str(trainer.memory_format), "seconds": round(seconds, 3),
             "iterations_per_s": round(per_s, 2), "peak_memory_mib": _peak_mib(device),
@@ -123,18 +134,8 @@ def _time_variant(plan, device: torch.device, batch: int, patch: int, steps: int
         scaler.update()
         float(loss.detach())
 
-    begin = time.perf_counter()
-    for _ in range(3):  # warm-up: cudnn autotuning, and compilation when compiled
-        step()
-    warm_s = time.perf_counter() - begin
-    if cuda:
-        torch.cuda.synchronize()
-    begin = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    per_s = steps / (time.perf_counter() - begin)
+    warm_s, seconds = _time_steps(step, steps, device)
+    per_s = steps / seconds
     return {"iterations_per_s": round(per_s, 2), "warm_up_s": round(warm_s, 1),
             "paper_schedule_min": round(PAPER_VFN_ITERATIONS / per_s / 60, 1)}
 
