@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import write_results
+from machine import current_commit, write_results
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -112,9 +112,7 @@ def run_budgeted(args: argparse.Namespace, name: str) -> dict:
     prepare_s = run([str(bin_dir / "vfnet_convert_msd"), "-i", str(data)], work / "convert.log")
     prepare_s += run([str(bin_dir / "vfnet_plan_and_preprocess"), "-d", args.dataset, "--split", "cca"],
                      work / "plan.log")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
-                            cwd=Path(__file__).parent).stdout.strip()
-    (work / "trained_with_commit.txt").write_text(commit + "\n")
+    (work / "trained_with_commit.txt").write_text(current_commit() + "\n")
     wall_s = run(command, work / "train_all.log")
     results = next((work / "res").iterdir())
     preset = f"budget{args.budget:g}"

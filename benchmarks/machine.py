@@ -42,14 +42,20 @@ def describe_machine() -> dict:
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     except ImportError:
         pass
-    try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
-                                        cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        pass
-    if os.environ.get("VFNET_COMMIT"):  # a copied tree (a GPU machine's) whose .git, if any, is not its commit
-        info["commit"] = os.environ["VFNET_COMMIT"]
+    info["commit"] = current_commit()
     return info
+
+
+def current_commit() -> str:
+    """The short commit of this checkout; ``VFNET_COMMIT`` names it for a copied tree (a GPU machine's),
+    whose .git, if any, is not its commit."""
+    if os.environ.get("VFNET_COMMIT"):
+        return os.environ["VFNET_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        return "unknown"
 
 
 def machine_markdown(info: dict) -> str:
