@@ -241,6 +241,36 @@ def test_replan_on_schedule_keeps_the_plan(demo_preprocessed, tmp_path):
         assert after[key] == pytest.approx(before[key], rel=0.03, abs=2), key
 
 
+def test_replan_recovers_after_a_slow_start(demo_preprocessed, tmp_path):
+    """A first unit far slower than planned (a GPU's warm-up) cuts the others to their minimum; when the next
+    units run on plan, the re-plan gives the rest of the budget back to the units not yet started."""
+    plan = Plan.load(demo_preprocessed)
+    splits = read_json(demo_preprocessed / "splits.json")
+    with pytest.raises(PlanError) as refused:
+        plan_budget(plan, splits, 1.0, _calibration())
+    smallest = int(re.search(r"smallest budget that works is (\d+) min", str(refused.value)).group(1))
+    budget = Budget(tmp_path / "budget.json", plan_budget(plan, splits, 1.5 * smallest, _calibration()))
+    units = budget.data["units"]
+    before = {k: u["iterations"] for k, u in units.items()}
+    keys = list(units)
+    elapsed = budget.data["calibration"]["seconds"]
+    network, unit = keys[0].split("/")
+    budget.record(network, unit, 3 * units[keys[0]]["planned_s"])
+    elapsed += units[keys[0]]["actual_s"]
+    budget.replan(plan, splits, elapsed, frozen=set())
+    cut = {k: units[k]["iterations"] for k in keys[1:]}
+    assert all(n == MIN_ITERATIONS[k.split("_")[0].split("/")[0]] for k, n in cut.items())
+    # the next units take half their planned time: the measured speed falls and the budget opens again
+    for key in keys[1:11]:
+        network, unit = key.split("/")
+        budget.record(network, unit, 0.5 * units[key]["planned_s"])
+        elapsed += units[key]["actual_s"]
+        budget.replan(plan, splits, elapsed, frozen=set())
+    assert units["vfn/0"]["iterations"] > cut["vfn/0"]
+    assert units[keys[-2]]["iterations"] > cut[keys[-2]]
+    assert all(u["planned_iterations"] == before[k] for k, u in units.items())
+
+
 class _CountingVfn(torch.nn.Module):
     """Stands in for a VFN: logits favouring the mean map's class, and the window shapes it saw."""
 

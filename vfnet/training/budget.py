@@ -211,17 +211,23 @@ class Budget:
                                        self.data["allocation"], self.data["networks"])
                  if f"{c.network}/{c.unit}" in pending]
         # each network's costs scaled by its own measured speed (the global one before it has finished units);
-        # the pending units' time above their minimum is scaled by one factor, so the shares stay as planned
+        # the pending units' time above their minimum in the first plan is scaled by one factor, so the shares
+        # stay as planned. From the first plan, not the last re-plan: a slow start (CUDA warm-up) that cut the
+        # units to their minimum must not keep them there once the later units run faster.
         speeds = {network: self.speed(network) for network in self.data["networks"]}
         left = self.minutes * 60 * self.workers - elapsed_s - self.data["crossval_s"] * self.speed()
         entries = {f"{c.network}/{c.unit}": self.data["units"][f"{c.network}/{c.unit}"] for c in costs}
+
+        def first_plan(cost: UnitCost) -> int:
+            entry = entries[f"{cost.network}/{cost.unit}"]
+            return int(entry.get("planned_iterations", entry["iterations"]))
+
         floor = sum(speeds[c.network] * (c.fixed_s + c.min_iterations * c.step_s) for c in costs)
-        above = sum(speeds[c.network] * (entries[f"{c.network}/{c.unit}"]["iterations"] - c.min_iterations) * c.step_s
-                    for c in costs)
+        above = sum(speeds[c.network] * (first_plan(c) - c.min_iterations) * c.step_s for c in costs)
         factor = max(0.0, (left - floor) / above) if above > 0 else 0.0
         for cost in costs:
             entry = entries[f"{cost.network}/{cost.unit}"]
-            entry["iterations"] = cost.min_iterations + int((entry["iterations"] - cost.min_iterations) * factor)
+            entry["iterations"] = cost.min_iterations + int((first_plan(cost) - cost.min_iterations) * factor)
             # in calibrated seconds, so that measured / planned stays the speed of the device
             entry["planned_s"] = round(cost.fixed_s + entry["iterations"] * cost.step_s, 1)
         self.data["replanned"] = self.data.get("replanned", 0) + 1
@@ -292,7 +298,8 @@ def plan_budget(plan: Plan, splits: dict, minutes: float, calibration: dict, all
     units = {}
     for cost in costs:
         n = iterations[(cost.network, cost.unit)]
-        units[f"{cost.network}/{cost.unit}"] = {"iterations": n, "planned_s": round(cost.fixed_s + n * cost.step_s, 1)}
+        units[f"{cost.network}/{cost.unit}"] = {"iterations": n, "planned_iterations": n,
+                                                "planned_s": round(cost.fixed_s + n * cost.step_s, 1)}
     return {"version": BUDGET_VERSION, "budget_min": minutes, "workers": workers, "allocation": allocation,
             "networks": networks,
             "calibration": calibration, "views": settings, "crossval_s": round(crossval_s, 1),
