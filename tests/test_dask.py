@@ -151,6 +151,10 @@ def test_a_failed_unit_and_a_killed_worker_stop_only_their_dependents(holdout):
     nodes = [dataclasses.replace(n, job=dataclasses.replace(n.job, run=stubs[n.key])) if n.job is not None else n
              for n in nodes]
     with open_client(workers=2, killed_worker_retries=0) as (client, threads):
+        # glibc's dynamic mmap threshold stays on in the workers (Dask's default MALLOC_TRIM_THRESHOLD_ halves
+        # the speed of CPU training)
+        environ = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
+        assert len(environ) == 2 and set(environ.values()) == {(None, "1")}
         result = run_graph(nodes, client, name, preset, {"device": "cpu", "quiet": True, "schedule_overrides": TINY},
                            threads, events_path(name, preset), log=lambda line: None)
     assert set(result.failed) == {"2d_axial/holdout", "3d/holdout"}
