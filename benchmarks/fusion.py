@@ -50,7 +50,10 @@ def _setup(work: Path, data: Path) -> None:
 
 
 def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
-    """Median seconds per case of the three views (fold 0's networks) and of the VFN fusion after them."""
+    """Median seconds per case of the three views (fold 0's networks) and of the VFN fusion after them,
+    at the planned stride and with windows a whole patch apart."""
+    import dataclasses
+
     import torch
 
     from vfnet import paths
@@ -68,7 +71,8 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
     networks = {v: load_unit_network(paths.unit_dir(results, preset, f"2d_{v}", fold), plan, v) for v in VIEWS}
     vfn = load_vfn(paths.unit_dir(results, preset, "vfn", fold), plan)
     config = VfnConfig.from_plan(plan, device="cpu")
-    views_s, vfn_s = [], []
+    whole_patch = dataclasses.replace(config, stride=list(config.patch_size))
+    views_s, vfn_s, whole_patch_s = [], [], []
     with torch.inference_mode():
         for case in cases:
             image, _ = data.load(case, mmap=False)
@@ -76,13 +80,64 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
             maps = {v: predict_volume_2d(networks[v], image, v, plan["views"][v]["context_slices"], "cpu")
                     for v in VIEWS}
             views_s.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            fuse("vfn", maps, image, model=vfn, vfn_config=config)
-            vfn_s.append(time.perf_counter() - start)
-    return {"views_s": float(np.median(views_s)), "vfn_s": float(np.median(vfn_s)), "cases": len(cases)}
+            for times, vfn_config in ((vfn_s, config), (whole_patch_s, whole_patch)):
+                start = time.perf_counter()
+                fuse("vfn", maps, image, model=vfn, vfn_config=vfn_config)
+                times.append(time.perf_counter() - start)
+    return {"views_s": float(np.median(views_s)), "vfn_s": float(np.median(vfn_s)),
+            "vfn_whole_patch_stride_s": float(np.median(whole_patch_s)), "cases": len(cases)}
 
 
 SEEDS = 3
+
+
+def _overall_dice(num_classes: int, label: np.ndarray, prediction: np.ndarray) -> float:
+    """Mean Dice over the foreground classes, in %."""
+    from vfnet.measures.metrics import dice
+
+    return 100 * float(np.mean([dice(label == c, prediction == c) for c in range(1, num_classes)]))
+
+
+def _whole_patch_stride(dataset: str, preset: str) -> dict:
+    """The VFN with its windows a whole patch apart (no overlap) against the planned stride, on every
+    cross-validation case (each test fold's VFN on its fold units' maps, as crossval fuses them):
+    overall Dice of both, paired tests, and seconds per case of each."""
+    import dataclasses
+
+    from vfnet import paths
+    from vfnet.evaluation.crossval import test_folds
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.fusion.fusion_set import load_view_maps
+    from vfnet.fusion.methods import VfnConfig, fuse
+    from vfnet.fusion.models import load_vfn
+    from vfnet.measures.stats import paired_tests
+    from vfnet.preprocessing.data import PreprocessedDataset
+    from vfnet.views import VIEWS
+
+    preprocessed = paths.preprocessed_dataset(dataset)
+    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
+    results = paths.results_root() / preprocessed.name
+    planned = VfnConfig.from_plan(plan, device="cpu")
+    configs = {"planned": planned, "whole_patch": dataclasses.replace(planned, stride=list(planned.patch_size))}
+    dice_of = {name: [] for name in configs}
+    seconds = {name: [] for name in configs}
+    for fold, unit, vfn_unit in test_folds(plan):
+        model = load_vfn(paths.unit_dir(results, preset, "vfn", vfn_unit), plan)
+        for case in data.fold_cases([fold]):
+            image, label = data.load(case, mmap=False)
+            maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, preprocessed.name)
+            for name, config in configs.items():
+                start = time.perf_counter()
+                prediction = fuse("vfn", maps, image, model=model, vfn_config=config)
+                seconds[name].append(time.perf_counter() - start)
+                dice_of[name].append(_overall_dice(plan.num_classes, label, prediction))
+    test = paired_tests(dice_of["whole_patch"], dice_of["planned"])
+    return {"planned_stride": list(planned.stride), "whole_patch_stride": list(planned.patch_size),
+            "cases": len(dice_of["planned"]),
+            **{f"{name}_dice": float(np.mean(d)) for name, d in dice_of.items()},
+            **{f"{name}_s": float(np.mean(t)) for name, t in seconds.items()},
+            "difference": test["mean_difference"], "wilcoxon_p": test["wilcoxon_p"],
+            "t_test_p": test["t_test_p"]}
 
 
 def _seed_spread(dataset: str, preset: str) -> dict:
@@ -96,7 +151,6 @@ def _seed_spread(dataset: str, preset: str) -> dict:
     from vfnet.fusion.fusion_set import load_view_maps
     from vfnet.fusion.methods import VfnConfig, fuse
     from vfnet.fusion.models import load_vfn
-    from vfnet.measures.metrics import dice
     from vfnet.pipeline.units import train_vfn_unit
     from vfnet.preprocessing.data import PreprocessedDataset
     from vfnet.views import VIEWS
@@ -114,10 +168,9 @@ def _seed_spread(dataset: str, preset: str) -> dict:
     folders = {s: paths.unit_dir(results, preset, "vfn" if s == planned else f"vfn_seed{s}", fold) for s in seeds}
     models = {seed: load_vfn(folder, plan) for seed, folder in folders.items()}
     config = VfnConfig.from_plan(plan, device="cpu")
-    foreground = range(1, plan.num_classes)
 
     def overall(label, prediction):
-        return 100 * float(np.mean([dice(label == c, prediction == c) for c in foreground]))
+        return _overall_dice(plan.num_classes, label, prediction)
 
     differences = {seed: [] for seed in seeds}
     for case in data.fold_cases([fold]):
@@ -194,6 +247,7 @@ def main() -> None:
     cases = PreprocessedDataset(preprocessed).fold_cases([plan["fold_names"][0]])[:TIMED_CASES]
     speed = _inference_times(args.dataset, run["preset"], cases)
     gap = _cca_gap(args.dataset, run["preset"])
+    stride = _whole_patch_stride(args.dataset, run["preset"])
     seeds = _seed_spread(args.dataset, run["preset"])
     labels = list(crossval["labels"])
     methods = {m: {"overall": 100 * s["overall"]["mean"],
@@ -228,6 +282,18 @@ Command: `{run['invocation']}` (the same run's budget results: `{budget_path.nam
 | three views, s per case (fold-0 networks, {speed['cases']} cases, median) | {speed['views_s']:.3f} s | |
 | VFN fusion after them, s per case | {speed['vfn_s']:.3f} s | |
 | VFN time / views time | {100 * speed['vfn_s'] / speed['views_s']:.1f} % | ≤ 15 % |
+| the same, windows a whole patch apart (stride {stride['whole_patch_stride']}, not {stride['planned_stride']}) | \
+{speed['vfn_whole_patch_stride_s']:.3f} s, {100 * speed['vfn_whole_patch_stride_s'] / speed['views_s']:.1f} % | |
+
+## VFN windows a whole patch apart against the planned stride, every cross-validation case
+
+| stride | overall Dice % | s per case (mean) |
+|---|---|---|
+| {stride['planned_stride']} (planned) | {stride['planned_dice']:.2f} | {stride['planned_s']:.3f} |
+| {stride['whole_patch_stride']} (whole patch) | {stride['whole_patch_dice']:.2f} | {stride['whole_patch_s']:.3f} |
+
+Whole patch − planned: {stride['difference']:+.2f} points over {stride['cases']} cases (t-test p \
+{stride['t_test_p']:.3g}, Wilcoxon p {stride['wilcoxon_p']:.3g}).
 
 ## Paired tests over cases (overall Dice)
 
@@ -257,7 +323,7 @@ trained after train_all, outside its budget ({seeds['extra_training_s']:.0f} s).
     path = write_results(name, f"Fusion on {args.dataset}: 4-fold CCA, budget {args.budget:g} min, CPU", body, {
         "command": run["invocation"], "resumed": run["resumed"] or None, "budget_min": args.budget, "wall_min": run["wall_s"] / 60,
         "methods": methods, "tests": tests, "vfn_parameters": vfn_params, "unet3d_parameters": unet_params,
-        "inference": speed, "cca_gap": gap, "seeds": seeds, "best": crossval["best"]})
+        "inference": speed, "vfn_stride": stride, "cca_gap": gap, "seeds": seeds, "best": crossval["best"]})
     print(path.read_text())
 
 
