@@ -310,3 +310,27 @@ def test_vfn_fuses_at_the_resolution_it_trained_at(tmp_path):
     (inputs, small), = load_fusion_samples(tmp_path, ["c"], (1, 4, 4), 2)
     assert inputs.shape == (4, 8, 8, 8) and small.shape == (8, 8, 8)
     assert small.sum() * 16 == label.sum()
+
+
+def test_a_budget_needs_a_margin_over_the_minimum_schedules(demo_preprocessed, monkeypatch):
+    """Units ran up to 1.7x slower than calibrated: a budget that holds the minimum schedules only at the
+    calibrated speed is refused, and the smallest budget named includes the margin."""
+    from vfnet.training import budget as budget_module
+
+    plan = Plan.load(demo_preprocessed)
+    splits = read_json(demo_preprocessed / "splits.json")
+
+    def smallest() -> int:
+        with pytest.raises(PlanError) as refused:
+            plan_budget(plan, splits, 0.1, _calibration())
+        return int(re.search(r"smallest budget that works is (\d+) min", str(refused.value)).group(1))
+
+    with_margin = smallest()
+    monkeypatch.setattr(budget_module, "MINIMUM_MARGIN", 1.0)
+    without = smallest()
+    assert with_margin >= 1.4 * without - 1
+    plan_budget(plan, splits, float(without), _calibration())  # enough at the calibrated speed
+    monkeypatch.undo()
+    with pytest.raises(PlanError):
+        plan_budget(plan, splits, float(without), _calibration())
+    assert plan_budget(plan, splits, float(with_margin), _calibration())["units"]
