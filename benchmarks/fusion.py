@@ -98,10 +98,10 @@ def _overall_dice(num_classes: int, label: np.ndarray, prediction: np.ndarray) -
     return 100 * float(np.mean([dice(label == c, prediction == c) for c in range(1, num_classes)]))
 
 
-def _whole_patch_stride(dataset: str, preset: str) -> dict:
+def _whole_patch_stride(dataset: str, preset: str, crossval: dict) -> dict:
     """The VFN with its windows a whole patch apart (no overlap) against the planned stride, on every
     cross-validation case (each test fold's VFN on its fold units' maps, as crossval fuses them):
-    overall Dice of both, paired tests, and seconds per case of each."""
+    overall Dice of both, paired tests, and seconds per case of each; the planned stride's from ``crossval``."""
     import dataclasses
 
     from vfnet import paths
@@ -118,19 +118,20 @@ def _whole_patch_stride(dataset: str, preset: str) -> dict:
     plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
     results = paths.results_root() / preprocessed.name
     planned = VfnConfig.from_plan(plan, device="cpu")
-    configs = {"planned": planned, "whole_patch": dataclasses.replace(planned, stride=list(planned.patch_size))}
-    dice_of = {name: [] for name in configs}
-    seconds = {name: [] for name in configs}
+    whole_patch = dataclasses.replace(planned, stride=list(planned.patch_size))
+    dice_of = {"planned": [], "whole_patch": []}
+    seconds = {"planned": [], "whole_patch": []}
     for fold, unit, vfn_unit in test_folds(plan):
         model = load_vfn(paths.unit_dir(results, preset, "vfn", vfn_unit), plan)
         for case in data.fold_cases([fold]):
             image, label = data.load(case, mmap=False)
             maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, preprocessed.name)
-            for name, config in configs.items():
-                start = time.perf_counter()
-                prediction = fuse("vfn", maps, image, model=model, vfn_config=config)
-                seconds[name].append(time.perf_counter() - start)
-                dice_of[name].append(_overall_dice(plan.num_classes, label, prediction))
+            start = time.perf_counter()
+            prediction = fuse("vfn", maps, image, model=model, vfn_config=whole_patch)
+            seconds["whole_patch"].append(time.perf_counter() - start)
+            dice_of["whole_patch"].append(_overall_dice(plan.num_classes, label, prediction))
+            dice_of["planned"].append(100 * crossval["cases"][case]["dice"]["vfn"]["overall"])
+            seconds["planned"].append(crossval["cases"][case]["seconds"]["vfn"])
     test = paired_tests(dice_of["whole_patch"], dice_of["planned"])
     return {"planned_stride": list(planned.stride), "whole_patch_stride": list(planned.patch_size),
             "cases": len(dice_of["planned"]),
@@ -169,16 +170,14 @@ def _seed_spread(dataset: str, preset: str) -> dict:
     models = {seed: load_vfn(folder, plan) for seed, folder in folders.items()}
     config = VfnConfig.from_plan(plan, device="cpu")
 
-    def overall(label, prediction):
-        return _overall_dice(plan.num_classes, label, prediction)
-
     differences = {seed: [] for seed in seeds}
     for case in data.fold_cases([fold]):
         image, label = data.load(case, mmap=False)
         maps = load_view_maps(results, preset, {v: fold for v in VIEWS}, case, preprocessed.name)
-        mean = overall(label, fuse("mean", maps))
+        mean = _overall_dice(plan.num_classes, label, fuse("mean", maps))
         for seed, model in models.items():
-            differences[seed].append(overall(label, fuse("vfn", maps, image, model=model, vfn_config=config)) - mean)
+            fused = fuse("vfn", maps, image, model=model, vfn_config=config)
+            differences[seed].append(_overall_dice(plan.num_classes, label, fused) - mean)
     per_seed = {str(seed): float(np.mean(d)) for seed, d in differences.items()}
     values = list(per_seed.values())
     return {"fold": fold, "cases": len(differences[planned]), "vfn_minus_mean": per_seed,
@@ -247,7 +246,7 @@ def main() -> None:
     cases = PreprocessedDataset(preprocessed).fold_cases([plan["fold_names"][0]])[:TIMED_CASES]
     speed = _inference_times(args.dataset, run["preset"], cases)
     gap = _cca_gap(args.dataset, run["preset"])
-    stride = _whole_patch_stride(args.dataset, run["preset"])
+    stride = _whole_patch_stride(args.dataset, run["preset"], crossval)
     seeds = _seed_spread(args.dataset, run["preset"])
     labels = list(crossval["labels"])
     methods = {m: {"overall": 100 * s["overall"]["mean"],

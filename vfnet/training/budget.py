@@ -12,7 +12,8 @@ A budgeted preset (``quick`` = 60 minutes, or ``budget<N>`` = N minutes, as
    the time left and the VFN units the rest: every unit the same time (``equal``) or time in
    proportion to its training cases (``epochs``). Each view trains at the finest resolution
    that still gives its units :data:`TARGET_ITERATIONS_2D` steps.
-3. **Refusal**: a budget that cannot give every unit :data:`MIN_ITERATIONS` is refused in one
+3. **Refusal**: a budget that cannot give every unit :data:`MIN_ITERATIONS`, :data:`MINIMUM_MARGIN`
+   times over at the calibrated speed, is refused in one
    sentence naming the smallest budget that works.
 4. **Re-planning**: ``vfnet_train_all`` records each finished unit's wall time and re-plans
    the units not yet started with the measured speed, so the whole run lands on its budget.
@@ -291,6 +292,8 @@ def plan_budget(plan: Plan, splits: dict, minutes: float, calibration: dict, all
             iterations = allocate(costs, seconds - crossval_s)
         except PlanError:
             iterations = None
+        if minimum_schedule_seconds(costs, crossval_s + calibration["seconds"]) > minutes * 60 * workers:
+            iterations = None  # no margin for units slower than calibrated: try coarser views, else refuse
         coarser = [v for v in VIEWS if choice[v] + 1 < len(calibration["views"][v]) and (
             iterations is None or min(n for (net, _), n in iterations.items() if net == view_network(v))
             < TARGET_ITERATIONS_2D) and view_network(v) in networks]
@@ -298,12 +301,10 @@ def plan_budget(plan: Plan, splits: dict, minutes: float, calibration: dict, all
             break
         for view in coarser:
             choice[view] += 1
-    if iterations is not None and minimum_schedule_seconds(costs, crossval_s + calibration["seconds"]) \
-            > minutes * 60 * workers:
-        iterations = None
     if iterations is None:
         smallest = math.ceil(smallest_budget_minutes(costs, crossval_s + calibration["seconds"]) / workers)
         raise PlanError(f"a budget of {minutes:g} min cannot give every unit {MIN_ITERATIONS['2d']} iterations "
+                        f"({MINIMUM_MARGIN:g}x over the calibrated time) "
                         f"on this device; the smallest budget that works is {smallest} min")
     units = {}
     for cost in costs:
