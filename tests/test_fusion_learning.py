@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from vfnet.errors import PlanError
-from vfnet.fusion.methods import fuse, fused_probabilities, majority_vote, vfn_fused_probabilities
+from vfnet.fusion.methods import fuse, fused_probabilities, majority_vote, vfn_fused_probabilities, vfn_input
 from vfnet.fusion.roi import roi_from_mask
 from vfnet.fusion.stack import fit_stack, stack_probabilities
+from vfnet.networks.vfn import VolumetricFusionNet, vfn_probabilities
 from vfnet.prediction.models import tta_axes
 from vfnet.training.data2d import augmentation_2d
 from vfnet.training.data_vfn import VfnPatchSampler, tile_batches
@@ -36,18 +37,24 @@ def _views_with_one_good(label: np.ndarray, k: int, rng) -> dict[str, np.ndarray
     return maps
 
 
-def test_stack_learns_to_trust_the_reliable_view(tmp_path):
-    rng = np.random.default_rng(0)
-    k, cases = 3, []
+def _fitted_stack(folder, k: int, rng) -> dict:
+    """A stack fitted on three cases whose axial view is right and the others noisy (fusion-set files in ``folder``)."""
+    cases = []
     for i in range(3):
         label = np.zeros((8, 12, 12), np.int64)
         label[2:6, 3:9, 2:6] = 1
-        label[2:6, 3:9, 7:11] = 2
+        label[2:6, 3:9, 7:11] = k - 1
         maps = _views_with_one_good(label, k, rng)
         inputs = np.concatenate([rng.random((1, *label.shape))] + [maps[v][1:] for v in VIEWS]).astype(np.float16)
-        np.savez(tmp_path / f"c{i}.npz", inputs=inputs, label=label.astype(np.uint8))
+        np.savez(folder / f"c{i}.npz", inputs=inputs, label=label.astype(np.uint8))
         cases.append(f"c{i}")
-    weights = fit_stack(tmp_path, cases, num_image_channels=1, num_classes=k, seed=12345, max_voxels=200_000)
+    return fit_stack(folder, cases, num_image_channels=1, num_classes=k, seed=12345, max_voxels=200_000)
+
+
+def test_stack_learns_to_trust_the_reliable_view(tmp_path):
+    rng = np.random.default_rng(0)
+    k = 3
+    weights = _fitted_stack(tmp_path, k, rng)
     assert weights["loss"] < weights["loss_start"]
     label = np.zeros((8, 12, 12), np.int64)
     label[1:7, 2:10, 1:5] = 2
@@ -57,6 +64,24 @@ def test_stack_learns_to_trust_the_reliable_view(tmp_path):
     stacked = fuse("stack", test, model=weights)
     assert (stacked == label).mean() > 0.99
     assert (stacked == label).mean() > (fuse("mean", test) == label).mean()
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_an_untrained_vfn_with_the_stack_prior_is_the_stack(tmp_path, k):
+    # one organ (a sigmoid head) and several (softmax): the prior's logits are the stack's
+    rng = np.random.default_rng(1)
+    weights = _fitted_stack(tmp_path, k, rng)
+    label = np.zeros((8, 12, 12), np.int64)
+    label[1:7, 2:10, 1:5] = k - 1
+    maps = _views_with_one_good(label, k, rng)
+    net = VolumetricFusionNet(1, k, True, [4, 8, 16, 32], view_prior="stack").eval()
+    x = torch.from_numpy(vfn_input(rng.random((1, *label.shape)).astype(np.float32), maps))[None]
+    with torch.no_grad():
+        before = vfn_probabilities(net(x))[0].numpy()
+        net.set_stack_prior(weights)
+        after = vfn_probabilities(net(x))[0].numpy()
+    np.testing.assert_allclose(after, stack_probabilities(maps, weights), atol=1e-4)
+    assert np.abs(before - after).max() > 0.05  # the fitted weights, not the equal ones, made it the stack
 
 
 def test_vfn_fused_probabilities_are_the_mean_outside_the_roi():

@@ -85,6 +85,30 @@ def test_another_vfn_seed_trains_beside_the_unit_with_other_weights(trained):
     assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
 
 
+def test_a_stack_prior_vfn_trains_beside_the_unit_with_a_stack_of_its_training_cases(trained):
+    from vfnet.checkpoint import load_checkpoint
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.fusion.models import load_vfn
+    from vfnet.fusion.stack import fit_stack
+
+    _, raw = trained
+    results = paths.results_root() / raw.name
+    out = train_vfn_unit(None, "holdout", PRESET, device="cpu", quiet=True, schedule_overrides=TINY_VFN,
+                         prior="stack", suffix="_stackprior")
+    assert out == paths.unit_dir(results, PRESET, "vfn_stackprior", "holdout")
+    plan = Plan.load(paths.preprocessed_dataset(raw.name))
+    assert load_vfn(out, plan).prior_kind == "stack"
+    record = read_json(out / "unit.json")
+    folder = paths.fusion_set_dir(paths.preprocessed_dataset(raw.name), PRESET, "holdout")
+    state = load_checkpoint(out / "checkpoint_final.pth")["network"]
+    fitted = {name: fit_stack(folder, cases, plan.num_channels, plan.num_classes, seed=plan.fusion.stack_seed,
+                              max_voxels=plan.fusion.stack_max_voxels)
+              for name, cases in (("train", record["train_cases"]), ("all", record["train_cases"] + record["val_cases"]))}
+    # the prior is the stack of the training cases alone (validation scores it as unseen)
+    assert np.allclose(state["prior_weight"].numpy(), fitted["train"]["weight"], atol=1e-5)
+    assert not np.allclose(state["prior_weight"].numpy(), fitted["all"]["weight"], atol=1e-3)
+
+
 def test_crossval_table_has_every_method_and_records_the_best(trained):
     root, raw = trained
     result = CliRunner().invoke(crossval_entry, ["--preset", PRESET, "-q"])

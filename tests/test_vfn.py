@@ -17,7 +17,7 @@ from vfnet.networks.vfn import (
     build_vfn,
     count_parameters,
     init_as_view_average,
-    state_has_view_prior,
+    state_view_prior,
     vfn_in_channels,
     vfn_probabilities,
 )
@@ -122,8 +122,8 @@ def test_checkpoint_says_whether_it_has_the_view_prior():
     plan = hippocampus_plan()
     paper = build_vfn(plan, 1, 3, view_prior=False)
     prior = build_vfn(plan, 1, 3)
-    assert not state_has_view_prior(paper.state_dict())
-    assert state_has_view_prior(prior.state_dict())
+    assert not state_view_prior(paper.state_dict())
+    assert state_view_prior(prior.state_dict())
     with pytest.raises(RuntimeError, match="view_prior"):
         paper.load_state_dict(prior.state_dict())
     x = torch.rand(1, paper.in_channels, *ODD_SHAPE)
@@ -133,7 +133,7 @@ def test_checkpoint_says_whether_it_has_the_view_prior():
         assert not torch.allclose(paper(x), prior(x))
 
 
-@pytest.mark.parametrize("saved_with_prior", [True, False])
+@pytest.mark.parametrize("saved_with_prior", [True, False, "stack"])
 def test_load_vfn_builds_the_network_its_checkpoint_holds(tmp_path, saved_with_prior):
     # a VFN trained before the prior existed (or with "view_prior": false) still loads under a prior plan
     from vfnet.experiment_planning.plans import Plan
@@ -142,9 +142,11 @@ def test_load_vfn_builds_the_network_its_checkpoint_holds(tmp_path, saved_with_p
     plan = Plan(synthetic_plan(num_classes=3, modality="MRI"))  # Hippocampus-like: the VFN of hippocampus_plan()
     assert plan["vfn"] == hippocampus_plan()["vfn"]
     saved = build_vfn(plan, 1, 3, view_prior=saved_with_prior)
+    if saved_with_prior == "stack":
+        saved.set_stack_prior({"weight": torch.randn(3, 9).tolist(), "bias": [0.5, -0.2, 0.1]})
     torch.save({"network": saved.state_dict()}, tmp_path / "checkpoint_final.pth")
     loaded = load_vfn(tmp_path, plan)
-    assert loaded.view_prior == saved_with_prior
+    assert loaded.prior_kind == {True: "mean", False: None, "stack": "stack"}[saved_with_prior]
     x = torch.rand(1, saved.in_channels, *ODD_SHAPE)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), saved.eval()(x))

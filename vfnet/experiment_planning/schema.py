@@ -45,6 +45,7 @@ PRESETS = ("quick", "default", "paper")
 NETWORKS = ("2d", "vfn", "3d")
 OPTIMIZERS = ("sgd", "adam")  # adam is AdamW
 LOSSES = ("dice_ce", "dice")
+PRIOR_WEIGHTS = ("mean", "stack")  # the VFN's view prior: the views' mean or a fitted stack
 AUGMENTATIONS = ("none", "paper")  # VFN crops only, or with the paper's 90° rotations
 SPLIT_MODES = ("cca", "holdout")
 RESAMPLING_SCHEMES = ("joint", "separate_coarse_axis")  # see vfnet.preprocessing.preprocessing.coarse_axis
@@ -67,6 +68,8 @@ class VfnPlan(Section):
     """The VFN: patch, ROI margin and sliding-window stride (z, y, x), widths, and how it trains and fuses.
 
     ``view_prior``: add the views' mean to a zero-started head (false: the paper's network).
+    ``prior_weights``: the prior's weights, ``mean`` (equal; the default when left out) or ``stack``
+    (a stack fitted on the VFN's training cases, see :mod:`vfnet.fusion.stack`).
     ``augmentation``: ``none`` (random crops) or ``paper`` (with the paper's 90° rotations).
     ``mirror_axes``: canonical axes the crops are mirrored along in training (and ``--tta`` at prediction).
     ``input_downsample``: in-plane block factor the VFN fuses at.
@@ -80,6 +83,7 @@ class VfnPlan(Section):
     augmentation: str = field(metadata=reads(choice(*AUGMENTATIONS)))
     input_downsample: list[int] = field(metadata=reads(integers(3)))
     mirror_axes: list[int] = field(metadata=reads(distinct_axes(3)))
+    prior_weights: str = field(default="mean", metadata=reads(choice(*PRIOR_WEIGHTS)))
 
 
 @dataclass(frozen=True)

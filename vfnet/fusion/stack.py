@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,16 +45,27 @@ def _fusion_set_probabilities(inputs: np.ndarray, num_image_channels: int, num_c
     return [np.concatenate([background[v], maps[v]]) for v in range(len(VIEWS))]
 
 
+def _read_samples(folder: Path, cases: Sequence[str]) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    for case in cases:
+        with np.load(Path(folder) / f"{case}.npz") as archive:
+            yield archive["inputs"], archive["label"]
+
+
 def fit_stack(folder: Path, cases: Sequence[str], num_image_channels: int, num_classes: int, *, seed: int,
               max_voxels: int) -> dict:
     """Fit the stack weights on a seeded sample of at most ``max_voxels`` voxels of the fusion-set samples
     ``<folder>/<case>.npz`` of ``cases`` (an equal share per case)."""
+    return fit_stack_samples(_read_samples(folder, cases), cases, num_image_channels, num_classes, seed=seed,
+                             max_voxels=max_voxels)
+
+
+def fit_stack_samples(samples: Iterable[tuple[np.ndarray, np.ndarray]], cases: Sequence[str],
+                      num_image_channels: int, num_classes: int, *, seed: int, max_voxels: int) -> dict:
+    """:func:`fit_stack` on fusion-set samples (inputs, label) of ``cases`` already read (the VFN's stack prior)."""
     rng = np.random.default_rng(seed)
     per_case = max(1, max_voxels // max(1, len(cases)))
     features, targets = [], []
-    for case in cases:
-        with np.load(Path(folder) / f"{case}.npz") as archive:
-            inputs, label = archive["inputs"], archive["label"]
+    for inputs, label in samples:
         flat = inputs.reshape(inputs.shape[0], -1)
         index = rng.choice(flat.shape[1], min(per_case, flat.shape[1]), replace=False)
         features.append(_features(_fusion_set_probabilities(flat[:, index], num_image_channels, num_classes)))

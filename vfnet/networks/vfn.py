@@ -14,12 +14,15 @@ w_(k+1), so every down stage doubles the channels and the pooled output of the l
 stage, at 1/8 resolution, is the w3-wide bottleneck; the up stage back to scale k has
 w_k channels. An output voxel sees 44 to 52 voxels per axis, by its position (the paper: 50³).
 
-``view_prior=True`` (vfnet's planned default; the paper has no such term) adds the logits
-of the views' mean probability to the head's output and starts the head at zero, so an
-untrained VFN is exactly mean fusion and training learns a correction to it. Without it,
+``view_prior=True`` (or ``"mean"``; vfnet's planned default, the paper has no such term) adds
+the logits of the views' mean probability to the head's output and starts the head at zero, so
+an untrained VFN is exactly mean fusion and training learns a correction to it. Without it,
 short CPU schedules left the VFN below majority voting and let a small class collapse;
-``"view_prior": false`` in plans.json gives the paper's network exactly. A model with the
-prior carries a ``view_prior_marker`` buffer, so its checkpoints say which network they hold.
+``"view_prior": false`` in plans.json gives the paper's network exactly. ``view_prior="stack"``
+adds instead the logits of a fitted ``stack`` (:mod:`vfnet.fusion.stack`, weights set with
+:meth:`VolumetricFusionNet.set_stack_prior`), so the untrained VFN is that stack. A model with
+a prior carries a ``view_prior_marker`` buffer (and the stack its ``prior_weight`` and
+``prior_bias``), so its checkpoints say which network they hold.
 
 Example:
     >>> net = build_vfn(plan, num_image_channels=1, num_classes=3)
@@ -43,6 +46,7 @@ NUM_STAGES = 3
 DIVISOR = 2**NUM_STAGES
 PRIOR_EPSILON = 1e-4  # probabilities are clamped to [ε, 1 − ε] before taking the prior's logits
 PRIOR_KEY = "view_prior"
+PRIOR_KINDS = ("mean", "stack")
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
@@ -74,11 +78,12 @@ class VolumetricFusionNet(nn.Module):
         num_classes: background + foreground classes, as in plans.json and the probability maps.
         use_image: False builds the no-image variant of the paper's ablation (3·C inputs).
         features: widths [w0, w1, w2, w3]; w3 is the bottleneck.
-        view_prior: add the logits of the views' mean to the output (see the module's notes).
+        view_prior: False, True or ``"mean"`` (the logits of the views' mean added to the output), or
+            ``"stack"`` (a fitted stack's logits; see the module's notes).
     """
 
     def __init__(self, num_image_channels: int, num_classes: int, use_image: bool = True,
-                 features: Sequence[int] = DEFAULT_FEATURES, view_prior: bool = False):
+                 features: Sequence[int] = DEFAULT_FEATURES, view_prior: bool | str = False):
         super().__init__()
         features = [int(f) for f in features]
         if len(features) != NUM_STAGES + 1:
@@ -104,12 +109,29 @@ class VolumetricFusionNet(nn.Module):
         self.up = nn.ModuleList(_deconv_bn_relu(features[k + 1], features[k]) for k in scales)
         self.highway = nn.ModuleList(_conv_bn_relu(features[k + 1], features[k], 1) for k in scales)
         self.head = nn.Conv3d(features[0], self.out_channels, 1)
-        self.view_prior = bool(view_prior)
+        self.prior_kind = prior_kind(view_prior)
+        self.view_prior = self.prior_kind is not None
         if self.view_prior:
-            # an untrained prior VFN is mean fusion; the buffer marks the checkpoints
+            # an untrained prior VFN is its prior (mean fusion or the stack); the buffer marks the checkpoints
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
             self.register_buffer(PRIOR_KEY + "_marker", torch.ones(()))
+        if self.prior_kind == "stack":
+            k = self.num_classes
+            # equal weights until set_stack_prior: the product of the views' probabilities
+            self.register_buffer("prior_weight", torch.eye(k).repeat(1, len(VIEWS)) / len(VIEWS))
+            self.register_buffer("prior_bias", torch.zeros(k))
+
+    @torch.no_grad()
+    def set_stack_prior(self, weights: dict) -> None:
+        """Use a fitted stack (:func:`vfnet.fusion.stack.fit_stack`: ``weight`` (K, 3·K), ``bias`` (K)) as the prior."""
+        if self.prior_kind != "stack":
+            raise ValueError("set_stack_prior needs a VFN built with view_prior='stack'")
+        weight = torch.as_tensor(weights["weight"], dtype=torch.float32)
+        if tuple(weight.shape) != tuple(self.prior_weight.shape):
+            raise ValueError(f"stack weights {tuple(weight.shape)} do not fit {self.num_classes} classes")
+        self.prior_weight.copy_(weight)
+        self.prior_bias.copy_(torch.as_tensor(weights["bias"], dtype=torch.float32))
 
     def view_channels(self, view_index: int) -> list[int]:
         """Input channels holding foreground classes 1..C of view ``VIEWS[view_index]``."""
@@ -118,8 +140,15 @@ class VolumetricFusionNet(nn.Module):
 
     def prior_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the views' mean probabilities: logit(m) for one organ, log(m_c) (background
-        1 − Σ m_c) for several; (N, out_channels, z, y, x) from the VFN input ``x``."""
-        maps = torch.stack([x[:, self.view_channels(v)] for v in range(len(VIEWS))]).float().mean(dim=0)
+        1 − Σ m_c) for several; (N, out_channels, z, y, x) from the VFN input ``x``. With the stack
+        prior, the stack's logits Σ W · log p + b (for one organ their difference, a sigmoid logit)."""
+        views = [x[:, self.view_channels(v)].float() for v in range(len(VIEWS))]
+        if self.prior_kind == "stack":
+            logs = torch.cat([torch.log(torch.cat([1 - p.sum(dim=1, keepdim=True), p], dim=1)
+                                        .clamp(PRIOR_EPSILON, 1.0)) for p in views], dim=1)
+            logits = torch.einsum("kj,njzyx->nkzyx", self.prior_weight, logs) + self.prior_bias.view(1, -1, 1, 1, 1)
+            return logits[:, 1:] - logits[:, :1] if self.out_channels == 1 else logits
+        maps = torch.stack(views).mean(dim=0)
         if self.out_channels == 1:
             maps = maps.clamp(PRIOR_EPSILON, 1 - PRIOR_EPSILON)
             return torch.log(maps) - torch.log1p(-maps)
@@ -146,26 +175,46 @@ class VolumetricFusionNet(nn.Module):
         return x if prior is None else x + prior.to(x.dtype)
 
 
+def prior_kind(view_prior: bool | str | None) -> str | None:
+    """None (no prior), ``"mean"`` (True) or ``"stack"``."""
+    if view_prior is None or view_prior is False:
+        return None
+    if view_prior is True:
+        return "mean"
+    if view_prior not in PRIOR_KINDS:
+        raise ValueError(f"view_prior must be true, false or one of {', '.join(PRIOR_KINDS)}, got {view_prior!r}")
+    return str(view_prior)
+
+
+def plan_prior(plan) -> str | None:
+    """The prior a plan's VFN trains with: ``view_prior`` and, when true, ``prior_weights`` (default mean)."""
+    vfn = plan["vfn"]
+    return vfn.get("prior_weights", "mean") if vfn["view_prior"] else None
+
+
 def build_vfn(plan, num_image_channels: int, num_classes: int, use_image: bool = True,
-              view_prior: bool | None = None) -> VolumetricFusionNet:
-    """The VFN of a plan (``plan["vfn"]["features"]`` and ``["view_prior"]``).
+              view_prior: bool | str | None = None) -> VolumetricFusionNet:
+    """The VFN of a plan (``plan["vfn"]["features"]``, ``["view_prior"]`` and ``["prior_weights"]``).
 
     Args:
         plan: a :class:`vfnet.experiment_planning.plans.Plan` or the plans.json dict.
         num_image_channels: M image channels.
         num_classes: background + foreground classes.
         use_image: False for the no-image ablation.
-        view_prior: override the plan's choice (a checkpoint's own, when loading one); a schema-1
-            plan written before the prior existed is migrated to false, the paper's network.
+        view_prior: override the plan's choice (a checkpoint's own, when loading one; see
+            :func:`state_view_prior`); a schema-1 plan written before the prior existed is migrated to
+            false, the paper's network.
     """
     if view_prior is None:
-        view_prior = bool(plan["vfn"]["view_prior"])
+        view_prior = plan_prior(plan) or False
     return VolumetricFusionNet(num_image_channels, num_classes, use_image, plan["vfn"]["features"], view_prior)
 
 
-def state_has_view_prior(state: dict) -> bool:
-    """Whether a VFN state dict was saved from a network with the view prior."""
-    return PRIOR_KEY + "_marker" in state
+def state_view_prior(state: dict) -> bool | str:
+    """The prior of the network a VFN state dict was saved from: False, ``"mean"`` or ``"stack"``."""
+    if PRIOR_KEY + "_marker" not in state:
+        return False
+    return "stack" if "prior_weight" in state else "mean"
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

@@ -62,7 +62,8 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
                    device: str = "auto", num_threads: int | None = None, resume: bool = False,
                    quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None,
                    overwrite: bool = False, seed: int | None = None,
-                   distributed: DistributedContext | None = None) -> Path:
+                   distributed: DistributedContext | None = None, prior: str | None = None,
+                   suffix: str = "") -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``), building its fusion set first when missing.
 
     Arguments as :func:`vfnet.training.train_vfn.fit_vfn_unit`.
@@ -81,4 +82,4 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
                              "(DDP ranks do not build it at once)")
         build_fusion_set(preprocessed.name, str(unit), preset, quiet=quiet)
     return fit_vfn_unit(preprocessed.name, unit, preset, use_image, device, num_threads, resume, quiet,
-                        schedule_overrides, stop_at, overwrite, seed, distributed)
+                        schedule_overrides, stop_at, overwrite, seed, distributed, prior, suffix)

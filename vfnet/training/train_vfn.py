@@ -19,7 +19,8 @@ from pathlib import Path
 from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.experiment_planning.plans import Plan
-from vfnet.networks.vfn import build_vfn, count_parameters
+from vfnet.fusion.stack import fit_stack_samples
+from vfnet.networks.vfn import build_vfn, count_parameters, plan_prior
 from vfnet.paths import UnitPaths
 from vfnet.resolution import normalise_factor
 from vfnet.training.config import TrainingConfig
@@ -39,12 +40,14 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
                  device: str = "auto", num_threads: int | None = None, resume: bool = False,
                  quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None,
                  overwrite: bool = False, seed: int | None = None,
-                 distributed: DistributedContext | None = None) -> Path:
+                 distributed: DistributedContext | None = None, prior: str | None = None, suffix: str = "") -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set, then write its summary.
 
     ``seed`` seeds the weights and the patch sampling (the validation cases stay the same); None
     takes the plan's (``training.seed``), and another seed trains into ``vfn_seed<seed>`` beside
-    the unit, to measure how much the VFN's result depends on it.
+    the unit, to measure how much the VFN's result depends on it. ``prior`` (``mean`` or
+    ``stack``) replaces the plan's view prior and ``suffix`` is added to the network's folder name
+    (``vfn<suffix>``): variants for benchmarks, trained beside the planned VFN.
 
     The fusion set must exist (:func:`vfnet.pipeline.units.train_vfn_unit` builds it when
     missing; a missing one raises ``ModelNotFoundError`` naming the command). The other arguments:
@@ -55,8 +58,8 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     """
     plan_seed = Plan.load(paths.preprocessed_dataset(dataset)).training.seed
     options = RunOptions(num_threads, resume, quiet, overwrite, schedule_overrides, stop_at, distributed)
-    return run_unit(VfnRecipe(use_image, plan_seed if seed is None else seed, plan_seed), dataset, unit, preset,
-                    device, options, [write_vfn_summary])
+    recipe = VfnRecipe(use_image, plan_seed if seed is None else seed, plan_seed, prior, suffix)
+    return run_unit(recipe, dataset, unit, preset, device, options, [write_vfn_summary])
 
 
 def write_vfn_summary(trained: TrainedUnit) -> None:
@@ -67,15 +70,16 @@ def write_vfn_summary(trained: TrainedUnit) -> None:
 class VfnRecipe:
     """The VFN for :func:`vfnet.training.runner.run_unit`: ROI patches of its fusion set's cases.
 
-    A ``seed`` other than the plan's trains into ``<network>_seed<seed>``.
+    A ``seed`` other than the plan's trains into ``<network>_seed<seed>``; ``prior`` None takes the
+    plan's view prior, and ``suffix`` is added to the folder name.
     """
 
     stage = "vfn"
     view = None
 
-    def __init__(self, use_image: bool, seed: int, plan_seed: int):
-        self.use_image, self.seed = use_image, seed
-        self.network = vfn_network_name(use_image) + ("" if seed == plan_seed else f"_seed{seed}")
+    def __init__(self, use_image: bool, seed: int, plan_seed: int, prior: str | None = None, suffix: str = ""):
+        self.use_image, self.seed, self.prior = use_image, seed, prior
+        self.network = vfn_network_name(use_image) + ("" if seed == plan_seed else f"_seed{seed}") + suffix
 
     def cases(self, setup: UnitSetup) -> UnitCases:
         folder = paths.fusion_set_dir(setup.preprocessed, setup.preset, str(setup.spec["name"]))
@@ -86,7 +90,8 @@ class VfnRecipe:
     def build(self, setup: UnitSetup, cases: UnitCases, metadata: dict, options: RunOptions) -> Run:
         plan, schedule, folder, use_image, seed = setup.plan, setup.schedule, cases.data, self.use_image, self.seed
         seed_everything(seed)
-        model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image)
+        prior = self.prior or plan_prior(plan)
+        model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image, view_prior=prior or False)
         parameters = count_parameters(model)
         vfn = plan.vfn
         common = {"patch_size": vfn.patch_size, "spacing": plan["target_spacing"],
@@ -95,9 +100,13 @@ class VfnRecipe:
         start_iteration = saved_iteration(setup.out) if options.resume else 0
         # the plan may have the VFN fuse at a coarser in-plane resolution (see plan_vfn); a schedule may override it
         factor = normalise_factor(schedule.input_downsample or vfn.input_downsample)
-        train_batches = VfnPatchSampler(load_fusion_samples(folder, cases.train, factor, plan.num_classes),
-                                        augment=vfn.augmentation == "paper", mirror_axes=vfn.mirror_axes,
-                                        seed=seed + start_iteration, **common)
+        train_samples = load_fusion_samples(folder, cases.train, factor, plan.num_classes)
+        if prior == "stack":  # fitted on the training cases only: validation scores it as it would a new case
+            model.set_stack_prior(fit_stack_samples(train_samples, cases.train, plan.num_channels,
+                                                    plan.num_classes, seed=plan.fusion.stack_seed,
+                                                    max_voxels=plan.fusion.stack_max_voxels))
+        train_batches = VfnPatchSampler(train_samples, augment=vfn.augmentation == "paper",
+                                        mirror_axes=vfn.mirror_axes, seed=seed + start_iteration, **common)
         # every validation case, whole, at every validation (iteration 0 included)
         validation = VfnPatchSampler(load_fusion_samples(folder, cases.val, factor, plan.num_classes), augment=False,
                                      mirror_axes=(), seed=plan.training.seed, **common)
@@ -106,10 +115,10 @@ class VfnRecipe:
         trainer = Trainer(model, make_loss(schedule.loss), train_batches, val_batches, config, setup.out,
                           device=setup.device, num_threads=options.num_threads, quiet=options.quiet,
                           distributed=options.distributed,
-                          metadata={**metadata, "use_image": use_image, "parameters": parameters,
+                          metadata={**metadata, "use_image": use_image, "parameters": parameters, "view_prior": prior,
                                     "input_downsample": list(factor),
                                     "train_cases": cases.train, "val_cases": cases.val})
-        trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, "
+        trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, view prior {prior}, "
                     f"{model.in_channels} input channels, patch {vfn.patch_size}, in-plane downsample "
                     f"{list(factor)}, augmentation {vfn.augmentation}, mirroring {vfn.mirror_axes}, loss "
                     f"{schedule.loss}, {len(val_batches)} validation batches, "

@@ -1,0 +1,143 @@
+"""VFN variants against the planned VFN, on the units of a finished ``benchmarks/fusion.py`` run.
+
+The run's 2D units, fusion sets and crossval stay as they are; for every test fold this trains
+each variant's VFN beside the planned one (same fusion set, schedule and validation cases) and
+fuses that fold's held-out cases with the fold units' maps, as crossval does. Variants:
+
+- ``final``: the planned VFN's final checkpoint instead of the one that validated best;
+- ``stack_prior``: the view prior is a stack fitted on the VFN's training cases, not the mean;
+- ``stack_prior_final``: the same, final checkpoint;
+- ``double``: the planned VFN with twice its iterations (the budget gave it one share).
+
+Writes ``results/vfn_variants_<Task>.md/.json``: per variant the overall Dice over the CV cases,
+its difference to mean fusion and to the stack (crossval's per-case values) with paired tests,
+the iteration each fold's VFN validated best at, and training seconds.
+
+Usage: python benchmarks/vfn_variants.py --dataset Task20_CHAOST2 --budget 60 --from-work WORK
+(WORK: the work folder of ``python benchmarks/fusion.py --dataset Task20_CHAOST2 --budget 60``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fusion import _overall_dice, use_work_folders
+from machine import write_results
+
+# name: (training arguments for train_vfn_unit, or None for the planned VFN; checkpoint)
+VARIANTS = {
+    "planned": (None, None),
+    "final": (None, "final"),
+    "stack_prior": ({"prior": "stack", "suffix": "_stackprior"}, None),
+    "stack_prior_final": ({"prior": "stack", "suffix": "_stackprior"}, "final"),
+    "double": ({"suffix": "_double", "iterations_factor": 2}, None),
+}
+
+
+def _train(dataset: str, preset: str, fold: str, arguments: dict, results: Path) -> tuple[str, float]:
+    """Train one variant's VFN of ``fold``; its network folder name and the seconds it took."""
+    from vfnet import paths
+    from vfnet.atomic import read_json
+    from vfnet.pipeline.units import train_vfn_unit
+
+    arguments = dict(arguments)
+    factor = arguments.pop("iterations_factor", None)
+    overrides = None
+    if factor:
+        planned = read_json(paths.unit_dir(results, preset, "vfn", fold) / "unit.json")["schedule"]["iterations"]
+        overrides = {"iterations": int(factor * planned)}
+    start = time.perf_counter()
+    out = train_vfn_unit(dataset, fold, preset, device="cpu", quiet=True, schedule_overrides=overrides,
+                         resume=True, **arguments)
+    return out.parent.name, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--budget", type=float, default=60.0)
+    parser.add_argument("--from-work", type=Path, required=True, help="the work folder of a finished fusion.py run")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args()
+    work = args.from_work.resolve()
+    use_work_folders(work)
+    preset = f"budget{args.budget:g}"
+
+    from vfnet import paths
+    from vfnet.atomic import read_json
+    from vfnet.evaluation.crossval import test_folds
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.fusion.fusion_set import load_view_maps
+    from vfnet.fusion.methods import VfnConfig, fuse
+    from vfnet.fusion.models import load_vfn
+    from vfnet.measures.stats import paired_tests
+    from vfnet.preprocessing.data import PreprocessedDataset
+    from vfnet.views import VIEWS
+
+    preprocessed = paths.preprocessed_dataset(args.dataset)
+    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
+    results = paths.results_root() / preprocessed.name
+    crossval = json.loads((results / preset / "crossval" / "crossval.json").read_text())
+    config = VfnConfig.from_plan(plan, device="cpu")
+    trained_with = (work / "trained_with_commit.txt").read_text().strip()
+
+    folds = test_folds(plan)
+    cases = [case for fold, _, _ in folds for case in data.fold_cases([fold])]
+    baseline = {m: [100 * crossval["cases"][c]["dice"][m]["overall"] for c in cases] for m in ("mean", "stack")}
+    out = {}
+    for name in args.variants:
+        arguments, checkpoint = VARIANTS[name]
+        dice, best_iterations, train_s = [], {}, {}
+        for fold, unit, vfn_unit in folds:
+            network = "vfn"
+            if arguments is not None:
+                network, train_s[fold] = _train(args.dataset, preset, vfn_unit, arguments, results)
+            folder = paths.unit_dir(results, preset, network, vfn_unit)
+            best_iterations[fold] = read_json(folder / "summary.json").get("best_iteration")
+            model = load_vfn(folder, plan, checkpoint=checkpoint)
+            for case in data.fold_cases([fold]):
+                image, label = data.load(case, mmap=False)
+                maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, preprocessed.name)
+                dice.append(_overall_dice(plan.num_classes, label, fuse("vfn", maps, image, model=model,
+                                                                          vfn_config=config)))
+        tests = {m: paired_tests(dice, values) for m, values in baseline.items()}
+        out[name] = {"overall": float(np.mean(dice)), "cases": dict(zip(cases, dice)),
+                     "best_iteration": best_iterations, "train_s": train_s,
+                     **{f"vs_{m}": {"difference": t["mean_difference"], "wilcoxon_p": t["wilcoxon_p"],
+                                    "t_test_p": t["t_test_p"]} for m, t in tests.items()}}
+        print(f"{name}: {out[name]['overall']:.2f} %, vs mean {tests['mean']['mean_difference']:+.2f} "
+              f"(p {tests['mean']['wilcoxon_p']:.3g})", flush=True)
+
+    invocation = (f"python benchmarks/vfn_variants.py --dataset {args.dataset} --budget {args.budget:g} "
+                  f"--from-work WORK" + ("" if args.variants == list(VARIANTS) else " --variants "
+                                         + " ".join(args.variants)))
+    rows = "\n".join(
+        f"| {name} | {r['overall']:.2f} | {r['vs_mean']['difference']:+.2f} | {r['vs_mean']['wilcoxon_p']:.3g} | "
+        f"{r['vs_stack']['difference']:+.2f} | {r['vs_stack']['wilcoxon_p']:.3g} | "
+        f"{', '.join(str(i) for i in r['best_iteration'].values())} | "
+        f"{(sum(r['train_s'].values()) / 60) if r['train_s'] else 0:.1f} |" for name, r in out.items())
+    body = f"""Command: `{invocation}`, where WORK is the work folder of
+`python benchmarks/fusion.py --dataset {args.dataset} --budget {args.budget:g}` (its 2D units, fusion sets and
+crossval, trained with commit {trained_with}); this command trained only the variants' VFNs, beside the planned ones.
+
+{len(cases)} held-out cases, each fused by its test fold's VFN from the fold units' maps (as crossval does).
+Mean fusion {np.mean(baseline['mean']):.2f} %, stack {np.mean(baseline['stack']):.2f} % (crossval's values).
+
+| variant | overall Dice % | − mean | Wilcoxon p | − stack | Wilcoxon p | best iteration per fold | training min |
+|---|---|---|---|---|---|---|---|
+{rows}
+"""
+    write_results(f"vfn_variants_{args.dataset}", f"VFN variants on {args.dataset}, budget {args.budget:g} min, CPU",
+                  body, {"command": invocation, "trained_with_commit": trained_with,
+                         "baseline": {m: float(np.mean(v)) for m, v in baseline.items()}, "variants": out})
+
+
+if __name__ == "__main__":
+    main()
