@@ -103,6 +103,12 @@ def test_two_workers_respect_dependencies_and_a_rerun_skips_or_resumes(holdout):
     first = [spans[n.key] for n in nodes if n.stage in ("2d", "3d")]
     assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(first) for b in first[i + 1:]), spans
     assert len({e["pid"] for e in events}) == 2, events
+    # a step beside another gets one worker's threads; crossval, which always runs alone, every worker's
+    threads = {e["key"]: e["threads"] for e in events if e["event"] == "start"}
+    assert threads["crossval"] == 2 * threads_per_worker(2), events
+    beside = {key for key, (start, end) in spans.items()
+              if any(k != key and s < end and start < e for k, (s, e) in spans.items())}
+    assert beside and {threads[key] for key in beside} == {threads_per_worker(2)}, threads
     results = paths.results_root() / name / "default"
     assert (results / "crossval" / "crossval.json").is_file()
 

@@ -101,9 +101,9 @@ def test_a_stack_prior_vfn_trains_beside_the_unit_with_a_stack_of_its_training_c
     record = read_json(out / "unit.json")
     folder = paths.fusion_set_dir(paths.preprocessed_dataset(raw.name), PRESET, "holdout")
     state = load_checkpoint(out / "checkpoint_final.pth")["network"]
+    both = {"train": record["train_cases"], "all": record["train_cases"] + record["val_cases"]}
     fitted = {name: fit_stack(folder, cases, plan.num_channels, plan.num_classes, seed=plan.fusion.stack_seed,
-                              max_voxels=plan.fusion.stack_max_voxels)
-              for name, cases in (("train", record["train_cases"]), ("all", record["train_cases"] + record["val_cases"]))}
+                              max_voxels=plan.fusion.stack_max_voxels) for name, cases in both.items()}
     # the prior is the stack of the training cases alone (validation scores it as unseen)
     assert np.allclose(state["prior_weight"].numpy(), fitted["train"]["weight"], atol=1e-5)
     assert not np.allclose(state["prior_weight"].numpy(), fitted["all"]["weight"], atol=1e-3)

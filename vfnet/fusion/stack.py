@@ -26,23 +26,9 @@ import numpy as np
 import torch
 
 from vfnet.atomic import read_json, write_json
+from vfnet.networks.stack import fit_stack_samples, log_features
 from vfnet.paths import fusion_set_dir
 from vfnet.views import VIEWS
-
-EPSILON = 1e-4
-
-
-def _features(view_probs: Sequence[np.ndarray]) -> np.ndarray:
-    """(3·K, N) log-probabilities of the views' class maps, each (K, N)."""
-    return np.concatenate([np.log(np.clip(p, EPSILON, 1.0)) for p in view_probs]).astype(np.float32)
-
-
-def _fusion_set_probabilities(inputs: np.ndarray, num_image_channels: int, num_classes: int) -> list[np.ndarray]:
-    """The three views' (K, N) class maps from a fusion-set sample (image channels, then C foreground maps per view)."""
-    foreground = num_classes - 1
-    maps = inputs[num_image_channels:].reshape(len(VIEWS), foreground, -1).astype(np.float32)
-    background = np.clip(1.0 - maps.sum(1, keepdims=True), 0.0, 1.0)
-    return [np.concatenate([background[v], maps[v]]) for v in range(len(VIEWS))]
 
 
 def _read_samples(folder: Path, cases: Sequence[str]) -> Iterable[tuple[np.ndarray, np.ndarray]]:
@@ -59,48 +45,11 @@ def fit_stack(folder: Path, cases: Sequence[str], num_image_channels: int, num_c
                              max_voxels=max_voxels)
 
 
-def fit_stack_samples(samples: Iterable[tuple[np.ndarray, np.ndarray]], cases: Sequence[str],
-                      num_image_channels: int, num_classes: int, *, seed: int, max_voxels: int) -> dict:
-    """:func:`fit_stack` on fusion-set samples (inputs, label) of ``cases`` already read (the VFN's stack prior)."""
-    rng = np.random.default_rng(seed)
-    per_case = max(1, max_voxels // max(1, len(cases)))
-    features, targets = [], []
-    for inputs, label in samples:
-        flat = inputs.reshape(inputs.shape[0], -1)
-        index = rng.choice(flat.shape[1], min(per_case, flat.shape[1]), replace=False)
-        features.append(_features(_fusion_set_probabilities(flat[:, index], num_image_channels, num_classes)))
-        targets.append(label.reshape(-1)[index].astype(np.int64))
-    x = torch.from_numpy(np.concatenate(features, axis=1).T)
-    y = torch.from_numpy(np.concatenate(targets))
-    k = num_classes
-    weight = torch.zeros(k, len(VIEWS) * k)
-    for v in range(len(VIEWS)):  # equal weights: the product of the views' probabilities
-        weight[:, v * k:(v + 1) * k] = torch.eye(k) / len(VIEWS)
-    weight.requires_grad_(True)
-    bias = torch.zeros(k, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def closure():
-        optimizer.zero_grad()
-        loss = loss_fn(x @ weight.T + bias, y)
-        loss.backward()
-        return loss
-
-    with torch.no_grad():
-        start = float(loss_fn(x @ weight.T + bias, y))
-    optimizer.step(closure)
-    with torch.no_grad():
-        final = float(loss_fn(x @ weight.T + bias, y))
-    return {"weight": weight.detach().tolist(), "bias": bias.detach().tolist(), "num_classes": k,
-            "cases": list(cases), "voxels": len(y), "loss_start": start, "loss": final}
-
-
 def stack_probabilities(view_probs: Mapping[str, np.ndarray], weights: Mapping) -> np.ndarray:
     """Fused probabilities (K, z, y, x) of the views' maps under ``weights``."""
     maps = [np.asarray(view_probs[v], dtype=np.float32) for v in VIEWS]
     shape = maps[0].shape
-    x = torch.from_numpy(_features([m.reshape(shape[0], -1) for m in maps]))
+    x = torch.from_numpy(log_features([m.reshape(shape[0], -1) for m in maps]))
     logits = torch.tensor(weights["weight"]) @ x + torch.tensor(weights["bias"])[:, None]
     return torch.softmax(logits, dim=0).numpy().reshape(shape)
 

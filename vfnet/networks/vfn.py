@@ -124,7 +124,7 @@ class VolumetricFusionNet(nn.Module):
 
     @torch.no_grad()
     def set_stack_prior(self, weights: dict) -> None:
-        """Use a fitted stack (:func:`vfnet.fusion.stack.fit_stack`: ``weight`` (K, 3·K), ``bias`` (K)) as the prior."""
+        """Use a fitted stack (:func:`vfnet.fusion.stack.fit_stack`: ``weight`` (K, 3·K), ``bias`` (K)) as prior."""
         if self.prior_kind != "stack":
             raise ValueError("set_stack_prior needs a VFN built with view_prior='stack'")
         weight = torch.as_tensor(weights["weight"], dtype=torch.float32)

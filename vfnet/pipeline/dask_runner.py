@@ -7,7 +7,9 @@ skipped, one that was interrupted is resumed from its latest checkpoint, so reru
 command continues where the last one stopped.
 
 The embedded cluster starts ``workers`` processes with one Dask thread each and gives each worker
-``cores // workers`` torch threads. Training on CUDA asks for a ``GPU`` worker resource per
+``cores // workers`` torch threads; a step that will run alone (nothing else running or ready when
+it is submitted, such as the final crossval) gets the threads of every worker instead, so the last
+steps do not leave all workers but one idle. Training on CUDA asks for a ``GPU`` worker resource per
 training unit (a LocalCluster gives each worker one; on a real cluster start the workers with
 ``--resources GPU=1``).
 
@@ -126,7 +128,8 @@ def _dependents(nodes: Sequence[Node]) -> dict[str, list[str]]:
 
 def run_graph(nodes: Sequence[Node], client, dataset: str, preset: str, options: dict,
               num_threads: int | None = None, events: Path | None = None, gpu: bool = False,
-              log: Callable[[str], None] = print, on_done: NodeCallback | None = None) -> GraphResult:
+              log: Callable[[str], None] = print, on_done: NodeCallback | None = None,
+              alone_threads: int | None = None) -> GraphResult:
     """Submit every unfinished node once its dependencies are done; wait for all of them.
 
     Args:
@@ -137,6 +140,8 @@ def run_graph(nodes: Sequence[Node], client, dataset: str, preset: str, options:
         events: the events log each worker appends to (start, end, error of every node).
         gpu: training nodes ask for one ``GPU`` worker resource.
         on_done: called here as ``on_done(node, info)`` when a node has finished (budget re-planning).
+        alone_threads: torch threads for a node submitted when no other node runs or is ready (it then
+            runs alone until it finishes: every waiting node needs it or a node not yet started).
     """
     from distributed import as_completed
 
@@ -147,17 +152,20 @@ def run_graph(nodes: Sequence[Node], client, dataset: str, preset: str, options:
     result.skipped.extend(sorted(finished))
     waiting = [node for node in nodes if node.key not in finished]
     submitted: dict = {}
+    running: set[str] = set()
 
     def submit_ready(queue: as_completed) -> None:
-        for node in list(waiting):
-            if all(dep in finished or dep not in by_key for dep in node.deps):
-                waiting.remove(node)
-                resources = {"GPU": 1} if gpu and node.trains else None
-                future = client.submit(_run_on_worker, node, dataset, preset, options, events, num_threads,
-                                       key=f"vfnet-{dataset}-{preset}-{node.key}", pure=False, resources=resources)
-                submitted[future.key] = node
-                queue.add(future)
-                log(f"submitted {node.key}: {node.command}")
+        ready = [node for node in waiting if all(dep in finished or dep not in by_key for dep in node.deps)]
+        threads = alone_threads if alone_threads and len(ready) == 1 and not running else num_threads
+        for node in ready:
+            waiting.remove(node)
+            resources = {"GPU": 1} if gpu and node.trains else None
+            future = client.submit(_run_on_worker, node, dataset, preset, options, events, threads,
+                                   key=f"vfnet-{dataset}-{preset}-{node.key}", pure=False, resources=resources)
+            submitted[future.key] = node
+            running.add(future.key)
+            queue.add(future)
+            log(f"submitted {node.key}: {node.command}")
 
     def block(key: str, cause: str) -> None:
         for child in dependents.get(key, []):
@@ -171,6 +179,7 @@ def run_graph(nodes: Sequence[Node], client, dataset: str, preset: str, options:
     submit_ready(queue)
     for future in queue:
         node = submitted[future.key]
+        running.discard(future.key)
         try:
             info = future.result()
         except Exception as exc:  # noqa: BLE001 - every failure is reported at the end
@@ -262,7 +271,8 @@ def train_all_distributed(dataset: str | int | None, preset: str = "default", st
             budget.replan(Plan.load(preprocessed), read_json(preprocessed / "splits.json"),
                           budget.data["calibration"]["seconds"] + recorded, started)
 
-        result = run_graph(nodes, client, name, preset, options, threads, events, gpu, log, on_done)
+        alone = threads * workers if threads and not scheduler and not gpu else None
+        result = run_graph(nodes, client, name, preset, options, threads, events, gpu, log, on_done, alone)
     for line in result.failure_lines():
         log(line)
     return result

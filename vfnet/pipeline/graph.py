@@ -200,7 +200,7 @@ def run_node(node: Node, dataset: str, preset: str, options: dict, events: Path 
         torch.set_num_threads(int(num_threads))
         options = {**options, "num_threads": options.get("num_threads") or int(num_threads)}
     resumed = node.job is not None and node.job.started
-    record_event(events, node.key, "start", resumed=resumed)
+    record_event(events, node.key, "start", resumed=resumed, threads=num_threads)
     start = time.perf_counter()
     try:
         _run_step(node, dataset, preset, options)

@@ -19,7 +19,7 @@ from pathlib import Path
 from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.experiment_planning.plans import Plan
-from vfnet.fusion.stack import fit_stack_samples
+from vfnet.networks.stack import fit_stack_samples
 from vfnet.networks.vfn import build_vfn, count_parameters, plan_prior
 from vfnet.paths import UnitPaths
 from vfnet.resolution import normalise_factor
