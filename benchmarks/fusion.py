@@ -100,7 +100,7 @@ def _overall_dice(num_classes: int, label: np.ndarray, prediction: np.ndarray) -
 
 def _compared_stride(config) -> tuple[list[int], str]:
     """The stride the planned one is compared with, and its name: half a patch when windows are planned a
-    whole patch apart (the default since commit 70a5907's run), else a whole patch (no overlap)."""
+    whole patch apart (new plans since commit bd6137d), else a whole patch (no overlap)."""
     patch = [int(p) for p in config.patch_size]
     if [int(s) for s in config.stride] == patch:
         return [max(8, p // 2) for p in patch], "half patch"

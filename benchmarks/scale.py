@@ -146,7 +146,8 @@ def main() -> None:
         "predict_speedup": round(predict_one_s / predict_two_s, 2), "targets": TARGETS,
         "commands": {"train_one": " ".join([*train[1:], "--num-threads", "2"]),
                      "train_two": " ".join([*train[1:], "--workers", "2"]),
-                     "predict_two": " ".join([*predict[1:], "--workers", "2"])},
+                     # the work folder is this machine's path: recorded as WORK
+                     "predict_two": " ".join([*predict[1:], "--workers", "2"]).replace(str(work), "WORK")},
         "smoke": args.smoke,
     }
     body = "\n".join([
