@@ -110,7 +110,6 @@ class VolumetricFusionNet(nn.Module):
         self.highway = nn.ModuleList(_conv_bn_relu(features[k + 1], features[k], 1) for k in scales)
         self.head = nn.Conv3d(features[0], self.out_channels, 1)
         self.prior_kind = prior_kind(view_prior)
-        self.view_prior = self.prior_kind is not None
         if self.view_prior:
             # an untrained prior VFN is its prior (mean fusion or the stack); the buffer marks the checkpoints
             nn.init.zeros_(self.head.weight)
@@ -121,6 +120,11 @@ class VolumetricFusionNet(nn.Module):
             # equal weights until set_stack_prior: the product of the views' probabilities
             self.register_buffer("prior_weight", torch.eye(k).repeat(1, len(VIEWS)) / len(VIEWS))
             self.register_buffer("prior_bias", torch.zeros(k))
+
+    @property
+    def view_prior(self) -> bool:
+        """Whether a prior (mean or stack) is added to the head's output."""
+        return self.prior_kind is not None
 
     @torch.no_grad()
     def set_stack_prior(self, weights: dict) -> None:
