@@ -94,7 +94,7 @@ def test_export_then_install_reproduces_every_file(vfnet_env, tmp_path, monkeypa
     assert not any("predictions" in rel or "checkpoint_latest" in rel or "cca_" in rel for rel in exported)
     # the installed VFN loads into the planned network with the trained weights
     plan = Plan.load(installed)
-    model = load_vfn(paths.unit_dir(installed, PRESET, "vfn", "all"), plan)
+    model = load_vfn(paths.unit_dir(installed, PRESET, "vfn", "all"), plan, fold_batch_norm=False)
     original = torch.load(source / PRESET / "vfn" / "all" / "checkpoint_final.pth")["network"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in original.items())
     assert not [p for p in installed.parent.iterdir() if p.name.startswith(".vfnet_install_")]

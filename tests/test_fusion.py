@@ -65,6 +65,38 @@ def test_majority_vote_two_of_three_and_mean_fallback():
     np.testing.assert_array_equal(fused[0, 0], [1, 1, 2, 1])
 
 
+def counted_majority(maps: dict[str, np.ndarray]) -> np.ndarray:
+    """The majority vote written out plainly: class counts per voxel, the mean's argmax where none has most."""
+    votes = np.stack([np.argmax(p, axis=0) for p in maps.values()])
+    counts = np.stack([(votes == c).sum(0) for c in range(next(iter(maps.values())).shape[0])])
+    mean = sum(p.astype(np.float32) for p in maps.values()) / len(maps)
+    return np.where(counts.max(0) * 2 > len(maps), counts.argmax(0), np.argmax(mean, axis=0)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("num_views", [1, 2, 3])
+@pytest.mark.parametrize("num_classes", [2, 5])
+def test_majority_vote_equals_counting_votes_on_random_maps(num_views, num_classes):
+    rng = np.random.default_rng(num_views * 10 + num_classes)
+    shape = (num_classes, 6, 7, 5)
+    # quantised probabilities, so that ties inside a view and between the views' votes occur
+    maps = {view: np.round(rng.dirichlet(np.ones(num_classes), shape[1:]).transpose(3, 0, 1, 2), 1).astype(np.float32)
+            for view in VIEWS[:num_views]}
+    votes = np.stack([np.argmax(p, axis=0) for p in maps.values()])
+    agreed = (votes == votes[0]).all(0)
+    assert agreed.any() and (num_views == 1 or not agreed.all())  # both a vote and a fallback happen
+    np.testing.assert_array_equal(majority_vote(maps), counted_majority(maps))
+
+
+def test_class_argmax_equals_numpy_argmax_with_ties():
+    from vfnet.fusion.methods import class_argmax
+
+    probs = np.round(np.random.default_rng(3).random((4, 5, 6, 7)), 1).astype(np.float32)
+    assert (probs[0] == probs[1]).any()
+    labels = class_argmax(probs)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, np.argmax(probs, axis=0))
+
+
 def test_mean_fusion_is_argmax_of_average():
     np.testing.assert_array_equal(mean_fusion(hand_built_views())[0, 0], [1, 2, 2, 1])
 

@@ -152,6 +152,39 @@ def test_load_vfn_builds_the_network_its_checkpoint_holds(tmp_path, saved_with_p
         torch.testing.assert_close(loaded(x), saved.eval()(x))
 
 
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_folding_batch_norm_keeps_the_eval_output(num_classes):
+    torch.manual_seed(0)
+    net = build_vfn({"vfn": {"features": [4, 8, 8, 16], "view_prior": True}}, 1, num_classes)
+    for module in net.modules():  # BatchNorms with statistics and affine terms far from the identity
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.normal_(0, 0.5)
+            module.running_var.uniform_(0.2, 3.0)
+            module.weight.data.normal_(1, 0.3)
+            module.bias.data.normal_(0, 0.3)
+    torch.nn.init.normal_(net.head.weight, std=0.3)
+    x = torch.rand(2, net.in_channels, *ODD_SHAPE)
+    with torch.no_grad():
+        expected = net.eval()(x)
+        folded = net.fold_batch_norm()
+        assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+        assert not folded.training
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_vfn_runs_channels_last_on_cpu_and_the_unets_do_not():
+    from vfnet.device import memory_format
+    from vfnet.networks.unet2d import UNet2D
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    vfn = build_vfn({"vfn": {"features": [4, 8, 8, 16], "view_prior": True}}, 1, 3)
+    unet3d = build_unet3d(hippocampus_plan(), 1, 3)
+    assert memory_format(vfn, cpu) == torch.channels_last_3d
+    assert memory_format(unet3d, cpu) is None
+    assert memory_format(unet3d, cuda) == torch.channels_last_3d
+    assert memory_format(UNet2D(1, 3, [4, 8]), cuda) is None  # 2D: no 3D layout
+
+
 def test_mean_of_binarized_maps_equals_majority_for_one_organ():
     maps = binarized_views(np.random.default_rng(5), 2)
     np.testing.assert_array_equal(mean_fusion(maps), majority_vote(maps))

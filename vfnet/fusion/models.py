@@ -32,8 +32,11 @@ def require_checkpoint(unit_dir: Path, name: str) -> None:
 
 
 def load_vfn(unit_dir: Path, plan: Plan, use_image: bool = True, device: str | torch.device = "cpu",
-             checkpoint: str | None = None):
-    """The trained VFN of a finished unit folder, in eval mode.
+             checkpoint: str | None = None, fold_batch_norm: bool = True):
+    """The trained VFN of a finished unit folder, in eval mode, ready to predict.
+
+    ``fold_batch_norm`` folds its BatchNorms into the convolutions (the same output, faster; see
+    :meth:`VolumetricFusionNet.fold_batch_norm`); False gives the network as it was saved.
 
     ``checkpoint`` None (the default) takes the checkpoint that validated best (every validation
     case, iteration 0 included) when there is one, else the final one; ``final`` or ``best`` takes that one.
@@ -53,4 +56,4 @@ def load_vfn(unit_dir: Path, plan: Plan, use_image: bool = True, device: str | t
     model.load_state_dict(state)
     # the in-plane resolution the VFN trained at travels with its weights (see vfnet.resolution)
     model.input_downsample = normalise_factor(checkpoint.get("metadata", {}).get("input_downsample"))
-    return model.to(device).eval()
+    return (model.fold_batch_norm() if fold_batch_norm else model.eval()).to(device)

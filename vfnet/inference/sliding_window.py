@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vfnet.device import memory_format
 from vfnet.networks.vfn import vfn_probabilities
 from vfnet.windows import window_grid, window_weights
 
@@ -41,7 +42,8 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, pat
     with ``weighting`` weights (:func:`vfnet.windows.window_weights`). Logits become
     probabilities with :func:`vfnet.networks.vfn.vfn_probabilities` (a softmax; a one-channel
     head gives (1 − p, p)). Runs in batches of ``batch_size`` windows on ``device`` (None: the
-    model's), with fp16 autocast on CUDA. With ``mirror_axes`` (spatial axes, 0 z, 1 y, 2 x;
+    model's), with fp16 autocast on CUDA, in the layout :func:`vfnet.device.memory_format` picks
+    (channels last for the VFN, also on CPU). With ``mirror_axes`` (spatial axes, 0 z, 1 y, 2 x;
     test-time augmentation, asked for explicitly, e.g. ``vfnet_predict --tta``) every window also
     runs mirrored along each of those axes and the outputs are averaged. A batch holding a single window is sent
     twice and only the first output kept: PyTorch's CPU convolution takes a slow path for
@@ -54,6 +56,9 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, pat
         raise ValueError(f"volume {volume.shape[1:]} is smaller than the patch {patch}; pad it first")
     device = torch.device(device) if device is not None else _device_of(model)
     model.to(device)
+    layout = memory_format(model, device)
+    if layout is not None:
+        model.to(memory_format=layout)
     windows = window_grid(volume.shape[1:], patch, stride)
     weights = torch.from_numpy(window_weights(patch, weighting)).to(device)
     tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(device)
@@ -68,6 +73,8 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, pat
                               disable=True if quiet else None):
                 chunk = windows[first:first + batch_size]
                 batch = torch.stack([tensor[(slice(None), *w)] for w in chunk])
+                if layout is not None:
+                    batch = batch.contiguous(memory_format=layout)
                 probs = _window_probabilities(model, batch)
                 for axis in mirror_axes:
                     probs = probs + _window_probabilities(model, batch.flip(axis - 3)).flip(axis - 3)

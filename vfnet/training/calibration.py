@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from vfnet.device import memory_format
 from vfnet.experiment_planning.plans import Plan, plan_2d_view
 from vfnet.resolution import downsampled_shape
 from vfnet.views import VIEWS, view_shape
@@ -40,14 +41,21 @@ def _time_steps(step: Callable[[], None], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def _in_layout(network: torch.nn.Module, data: torch.Tensor, device: torch.device):
+    """Network and batch in the layout training and prediction use (:func:`vfnet.device.memory_format`)."""
+    layout = memory_format(network, device)
+    if layout is None:
+        return network, data
+    return network.to(memory_format=layout), data.contiguous(memory_format=layout)
+
+
 def _train_step_seconds(network: torch.nn.Module, shape: Sequence[int], num_classes: int,
                         device: torch.device, repeats: int) -> float:
     from vfnet.training.losses import DiceCELoss
 
-    network = network.to(device).train()
+    network, data = _in_layout(network.to(device).train(), torch.randn(*shape, device=device), device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
     loss = DiceCELoss()
-    data = torch.randn(*shape, device=device)
     target = torch.randint(0, num_classes, (shape[0], 1, *shape[2:]), device=device).float()
     amp = device.type == "cuda"
 
@@ -65,8 +73,7 @@ def _train_step_seconds(network: torch.nn.Module, shape: Sequence[int], num_clas
 
 @torch.no_grad()
 def _forward_seconds(network: torch.nn.Module, shape: Sequence[int], device: torch.device, repeats: int) -> float:
-    network = network.to(device).eval()
-    data = torch.randn(*shape, device=device)
+    network, data = _in_layout(network.to(device).eval(), torch.randn(*shape, device=device), device)
     amp = device.type == "cuda"
 
     def step():

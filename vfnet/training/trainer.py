@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from vfnet.atomic import atomic_path, remove_stale_temporaries
 from vfnet.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
-from vfnet.device import resolve_device
+from vfnet.device import memory_format, resolve_device
 from vfnet.errors import CheckpointError
 from vfnet.paths import BEST_CHECKPOINT, FINAL_CHECKPOINT, LATEST_CHECKPOINT
 from vfnet.training.config import PolyLR, TrainingConfig, sgd_nesterov
@@ -88,20 +88,12 @@ def saved_iteration(out_dir: Path, name: str = LATEST_CHECKPOINT) -> int:
     return int(load_checkpoint(path)["iteration"])
 
 
-def _to_tensor(value, device: torch.device, memory_format: torch.memory_format | None = None) -> torch.Tensor:
+def _to_tensor(value, device: torch.device, layout: torch.memory_format | None = None) -> torch.Tensor:
     tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
     tensor = tensor.to(device, non_blocking=True)
-    if memory_format is not None and tensor.dim() == 5:
-        tensor = tensor.contiguous(memory_format=memory_format)
+    if layout is not None and tensor.dim() == 5:
+        tensor = tensor.contiguous(memory_format=layout)
     return tensor
-
-
-def cuda_memory_format(network: nn.Module, device: torch.device) -> torch.memory_format | None:
-    """``channels_last_3d`` for a 3D network on CUDA (cuDNN's fast half-precision kernels want
-    channels last; measured in benchmarks/results/gpu.md), else None (the default layout)."""
-    if device.type != "cuda" or not any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) for m in network.modules()):
-        return None
-    return torch.channels_last_3d
 
 
 class Trainer:
@@ -136,7 +128,7 @@ class Trainer:
         elif num_threads:
             torch.set_num_threads(int(num_threads))
         seed_everything(config.seed)
-        self.memory_format = cuda_memory_format(network, self.device)
+        self.memory_format = memory_format(network, self.device)
         self.network = network.to(self.device)
         if self.memory_format is not None:
             self.network = self.network.to(memory_format=self.memory_format)
