@@ -23,8 +23,9 @@ def memory_format(network: torch.nn.Module, device: torch.device) -> torch.memor
     Channels last for a 3D network on CUDA (cuDNN's fast half-precision kernels want it; measured
     in benchmarks/results/gpu.md), and on CPU for a network that says it gains there
     (``cpu_channels_last = True``: the VFN, whose BatchNorm convolutions take oneDNN's
-    channels-last path; a training step on 2 cores 2.4× faster, a prediction window 1.4×). The
-    instance-normed U-Nets gain nothing from it on CPU and keep the default layout.
+    channels-last path; on 2 cores a training step 2.2× faster, a prediction window 1.5×:
+    benchmarks/results/vfn_layout.md). The
+    instance-normed U-Nets lose time with it on CPU (2D 0.73×, 3D 0.95×) and keep the default layout.
     """
     if not any(isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)) for m in network.modules()):
         return None

@@ -146,7 +146,8 @@ class VolumetricFusionNet(nn.Module):
         """Fold every BatchNorm into the convolution before it, for prediction; returns the model in eval mode.
 
         The folded network computes what the eval-mode network computed (to float rounding), in one
-        pass less per layer (a CHAOST2 window 12 % faster on CPU); it can no longer be trained, and its
+        pass less per layer (a CHAOST2 window pair 8 % faster on CPU,
+        benchmarks/results/vfn_layout.md); it can no longer be trained, and its
         state dict no longer loads into an unfolded VFN, so this is for loaded models that only predict.
         """
         self.eval()
