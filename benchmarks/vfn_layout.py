@@ -108,14 +108,14 @@ def main() -> None:
         _train_seconds(UNet3D(1, NUM_CLASSES, [32, 64, 128, 256]), patch3d, torch.contiguous_format, args.repeats),
         _train_seconds(UNet3D(1, NUM_CLASSES, [32, 64, 128, 256]), patch3d, cl3d, args.repeats))
 
-    lines = [f"Command: `python benchmarks/vfn_layout.py --repeats {args.repeats}` ({threads} torch threads, "
-             "random data, median of the timed runs after one warm-up).", "",
+    lines = [(f"Command: `python benchmarks/vfn_layout.py --repeats {args.repeats}` ({threads} torch threads, "
+              "random data, median of the timed runs after one warm-up)."), "",
              "| step | default layout, s | channels last, s | speed-up |", "|---|---|---|---|"]
     for name, (default, last) in rows.items():
         lines.append(f"| {name} | {default:.4f} | {last:.4f} | {default / last:.2f}× |")
-    lines += ["", f"VFN prediction, 2 windows, channels last with the BatchNorms folded: {folded_s:.4f} s "
-              f"({last_s / folded_s:.2f}× the unfolded channels-last pair); largest logit difference to the "
-              f"unfolded network {fold_difference:.2e}."]
+    lines += ["", (f"VFN prediction, 2 windows, channels last with the BatchNorms folded: {folded_s:.4f} s "
+                   f"({last_s / folded_s:.2f}× the unfolded channels-last pair); largest logit difference to the "
+                   f"unfolded network {fold_difference:.2e}.")]
     data = {"command": f"python benchmarks/vfn_layout.py --repeats {args.repeats}", "threads": threads,
             "seconds": {name: {"default": d, "channels_last": c, "speedup": d / c} for name, (d, c) in rows.items()},
             "vfn_predict_folded_s": folded_s, "fold_speedup": last_s / folded_s,
