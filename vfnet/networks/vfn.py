@@ -157,17 +157,21 @@ class VolumetricFusionNet(nn.Module):
                 block[1] = nn.Identity()
         return self
 
+    def view_slice(self, view_index: int) -> slice:
+        """The input channels holding foreground classes 1..C of view ``VIEWS[view_index]``, a contiguous range."""
+        first = (self.num_image_channels if self.use_image else 0) + view_index * (self.num_classes - 1)
+        return slice(first, first + self.num_classes - 1)
+
     def view_channels(self, view_index: int) -> list[int]:
         """Input channels holding foreground classes 1..C of view ``VIEWS[view_index]``."""
-        first = (self.num_image_channels if self.use_image else 0) + view_index * (self.num_classes - 1)
-        return list(range(first, first + self.num_classes - 1))
+        channels = self.view_slice(view_index)
+        return list(range(channels.start, channels.stop))
 
     def prior_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the views' mean probabilities: logit(m) for one organ, log(m_c) (background
         1 − Σ m_c) for several; (N, out_channels, z, y, x) from the VFN input ``x``. With the stack
         prior, the stack's logits Σ W · log p + b (for one organ their difference, a sigmoid logit)."""
-        # contiguous channel ranges: a slice, not a gather
-        views = [x[:, self.view_channels(v)[0]:self.view_channels(v)[-1] + 1].float() for v in range(len(VIEWS))]
+        views = [x[:, self.view_slice(v)].float() for v in range(len(VIEWS))]  # a slice, not a gather
         if self.prior_kind == "stack":
             logs = torch.cat([torch.log(torch.cat([1 - p.sum(dim=1, keepdim=True), p], dim=1)
                                         .clamp(PRIOR_EPSILON, 1.0)) for p in views], dim=1)
