@@ -83,7 +83,7 @@ def test_majority_vote_equals_counting_votes_on_random_maps(num_views, num_class
             for view in VIEWS[:num_views]}
     votes = np.stack([np.argmax(p, axis=0) for p in maps.values()])
     agreed = (votes == votes[0]).all(0)
-    assert agreed.any() and (num_views == 1 or not agreed.all())  # both a vote and a fallback happen
+    assert agreed.any() and (num_views == 1 or not agreed.all())  # the views agree somewhere, and disagree
     np.testing.assert_array_equal(majority_vote(maps), counted_majority(maps))
 
 

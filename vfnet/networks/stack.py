@@ -17,6 +17,11 @@ from vfnet.views import VIEWS
 EPSILON = 1e-4
 
 
+def equal_weights(num_classes: int) -> torch.Tensor:
+    """(K, 3·K) weights that give every view's log-probabilities the weight 1/3: the product of the views."""
+    return torch.eye(num_classes).repeat(1, len(VIEWS)) / len(VIEWS)
+
+
 def log_features(view_probs: Sequence[np.ndarray]) -> np.ndarray:
     """(3·K, N) log-probabilities of the views' class maps, each (K, N)."""
     return np.concatenate([np.log(np.clip(p, EPSILON, 1.0)) for p in view_probs]).astype(np.float32)
@@ -45,10 +50,7 @@ def fit_stack_samples(samples: Iterable[tuple[np.ndarray, np.ndarray]], cases: S
     x = torch.from_numpy(np.concatenate(features, axis=1).T)
     y = torch.from_numpy(np.concatenate(targets))
     k = num_classes
-    weight = torch.zeros(k, len(VIEWS) * k)
-    for v in range(len(VIEWS)):  # equal weights: the product of the views' probabilities
-        weight[:, v * k:(v + 1) * k] = torch.eye(k) / len(VIEWS)
-    weight.requires_grad_(True)
+    weight = equal_weights(k).requires_grad_(True)
     bias = torch.zeros(k, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
     loss_fn = torch.nn.CrossEntropyLoss()

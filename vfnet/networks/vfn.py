@@ -40,12 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from vfnet.networks.stack import EPSILON, equal_weights
 from vfnet.views import VIEWS
 
 DEFAULT_FEATURES = (16, 32, 64, 128)
 NUM_STAGES = 3
 DIVISOR = 2**NUM_STAGES
-PRIOR_EPSILON = 1e-4  # probabilities are clamped to [ε, 1 − ε] before taking the prior's logits
+PRIOR_EPSILON = EPSILON  # probabilities are clamped to [ε, 1 − ε] before taking logits, as the stack does
 PRIOR_KEY = "view_prior"
 PRIOR_KINDS = ("mean", "stack")
 
@@ -122,7 +123,7 @@ class VolumetricFusionNet(nn.Module):
         if self.prior_kind == "stack":
             k = self.num_classes
             # equal weights until set_stack_prior: the product of the views' probabilities
-            self.register_buffer("prior_weight", torch.eye(k).repeat(1, len(VIEWS)) / len(VIEWS))
+            self.register_buffer("prior_weight", equal_weights(k))
             self.register_buffer("prior_bias", torch.zeros(k))
 
     @property
@@ -151,7 +152,7 @@ class VolumetricFusionNet(nn.Module):
         state dict no longer loads into an unfolded VFN, so this is for loaded models that only predict.
         """
         self.eval()
-        for block in [*self.down.modules(), *self.up.modules(), *self.highway.modules()]:
+        for block in list(self.modules()):
             if isinstance(block, nn.Sequential) and len(block) == 3 and isinstance(block[1], nn.BatchNorm3d):
                 block[0] = fuse_conv_bn_eval(block[0], block[1], transpose=isinstance(block[0], nn.ConvTranspose3d))
                 block[1] = nn.Identity()
