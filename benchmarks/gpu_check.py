@@ -37,7 +37,7 @@ SIZES = {
     "cases": (12, 9),
     "iterations_2d": (300, 4),
     "batch_2d": (32, 4),
-    "iterations_vfn": (150, 3),
+    "iterations_vfn": (600, 3),
     "batch_vfn": (PAPER_VFN_BATCH, 2),
     "step_patch": (PAPER_VFN_PATCH, 24),
     "timed_steps": (60, 2),
@@ -62,10 +62,14 @@ def _peak_mib(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
-def _unit_rate(unit: Path) -> tuple[int, float]:
-    """(iterations, seconds of training and validation) from the unit's final checkpoint history."""
+def _unit_rate(unit: Path) -> tuple[int, float, float]:
+    """(iterations, seconds of training and validation, share of step time spent waiting for batches)
+    from the unit's final checkpoint history."""
     state = torch.load(unit / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    return int(state["iteration"]), float(sum(h["seconds"] for h in state["history"]))
+    history = state["history"]
+    steps = [h for h in history if h["iteration"] > 0]  # the validation at iteration 0 took no steps
+    wait = sum(h["data_wait"] for h in steps) / len(steps) if steps else 0.0
+    return int(state["iteration"]), float(sum(h["seconds"] for h in history)), round(100 * wait, 1)
 
 
 def _time_steps(step, steps: int, device: torch.device, before_timing=lambda: None) -> tuple[float, float]:
@@ -205,12 +209,12 @@ def run(out: Path, allow_cpu: bool, save=lambda result: None) -> dict:
             unit = train_2d_unit(None, view, "holdout", "default", device=device.type, quiet=True,
                                  schedule_overrides={**overrides, "num_workers": 0}, overwrite=True)
         wall = time.perf_counter() - begin
-        iterations, seconds = _unit_rate(unit)
+        iterations, seconds, wait = _unit_rate(unit)
         result["units"][f"2d_{view}"] = {
             "iterations": iterations, "batch": _size("batch_2d", cuda),
             "patch": plan["views"][view]["patch_size"], "train_and_validation_s": round(seconds, 2),
             "iterations_per_s": round(iterations / seconds, 2), "unit_wall_s": round(wall, 1),
-            "peak_memory_mib": _peak_mib(device), "loader_workers": workers}
+            "peak_memory_mib": _peak_mib(device), "data_wait_percent": wait, "loader_workers": workers}
         save(result)
     iterations_vfn = _size("iterations_vfn", cuda)
     _peak_reset(device)
@@ -219,11 +223,14 @@ def run(out: Path, allow_cpu: bool, save=lambda result: None) -> dict:
                           schedule_overrides={"iterations": iterations_vfn, "val_every": iterations_vfn,
                                               "batch_size": _size("batch_vfn", cuda)})
     wall = time.perf_counter() - begin
-    iterations, seconds = _unit_rate(unit)
+    iterations, seconds, wait = _unit_rate(unit)
+    cropped_on_device = bool(torch.load(unit / "checkpoint_final.pth", map_location="cpu",
+                                        weights_only=False)["metadata"].get("samples_on_device"))
     result["units"]["vfn"] = {"iterations": iterations, "batch": _size("batch_vfn", cuda),
                               "patch": plan["vfn"]["patch_size"], "train_and_validation_s": round(seconds, 2),
                               "iterations_per_s": round(iterations / seconds, 2), "unit_wall_s": round(wall, 1),
-                              "peak_memory_mib": _peak_mib(device)}
+                              "peak_memory_mib": _peak_mib(device), "data_wait_percent": wait,
+                              "patches_cropped_on_device": cropped_on_device}
     save(result)
     steps = vfn_step_benchmark(plan, device, _size("batch_vfn", cuda), _size("step_patch", cuda),
                                _size("timed_steps", cuda))
@@ -246,12 +253,16 @@ def run(out: Path, allow_cpu: bool, save=lambda result: None) -> dict:
 def markdown(result: dict) -> str:
     lines = [(f"Device: **{result['device']}**, torch {result['torch']}. Synthetic dataset (holdout plan), "
              f"prepared in {result['prepare_s']} s. Mixed precision on CUDA."), "",
-             "| unit | iterations | batch | patch | iterations / s | peak GPU memory (MiB) |",
-             "|---|---|---|---|---|---|"]
+             ("| unit | iterations | batch | patch | iterations / s | waiting for batches (% of step time) | "
+             "peak GPU memory (MiB) |"),
+             "|---|---|---|---|---|---|---|"]
     for name, unit in result["units"].items():
         lines.append(f"| {name} | {unit['iterations']} | {unit['batch']} | {unit['patch']} | "
-                     f"{unit['iterations_per_s']} | {unit['peak_memory_mib']} |")
+                     f"{unit['iterations_per_s']} | {unit.get('data_wait_percent', '')} | {unit['peak_memory_mib']} |")
     lines += ["", "Iterations per second include one validation at the end of each unit."]
+    if "vfn" in result["units"]:
+        lines += ["", ("VFN training patches cropped on the GPU (fusion set moved there once): "
+                       f"{'yes' if result['units']['vfn'].get('patches_cropped_on_device') else 'no'}.")]
     if not result.get("complete"):
         return "\n".join([*lines, "", "**The check did not finish: the stages above are all it measured.**"])
     steps, projection = result["vfn_steps"], result["projection"]

@@ -66,3 +66,24 @@ def test_autocast_runs_convolutions_in_half_precision():
     with torch.autocast("cuda"):
         out = net(torch.randn(1, 2, 8, 8, 8, device="cuda"))
     assert out.dtype == torch.float16
+
+
+def test_vfn_batches_cropped_on_the_gpu_equal_the_cpu_ones():
+    from vfnet.training.data_vfn import VfnPatchSampler, samples_on_device
+
+    rng = np.random.default_rng(0)
+    samples = [(rng.random((7, 20, 24, 18)).astype(np.float16), rng.integers(0, 3, (20, 24, 18)).astype(np.uint8))
+               for _ in range(3)]
+    on_gpu = samples_on_device(samples, "cuda")
+    assert on_gpu[0][0].is_cuda
+    common = {"patch_size": [16, 16, 16], "spacing": [1, 1, 1], "num_image_channels": 1, "num_foreground": 2,
+                  "batch_size": 4, "seed": 2}
+    expected, got = next(VfnPatchSampler(samples, **common)), next(VfnPatchSampler(on_gpu, **common))
+    assert got["data"].is_cuda
+    np.testing.assert_array_equal(got["data"].cpu().numpy(), expected["data"])
+    np.testing.assert_array_equal(got["target"].cpu().numpy(), expected["target"])
+
+
+def test_vfn_unit_crops_on_the_gpu(holdout_on_cuda):
+    _, vfn = holdout_on_cuda
+    assert "training patches cropped on cuda" in (vfn / "training.log").read_text()

@@ -53,3 +53,31 @@ def test_no_image_variant_drops_image_channels_and_small_samples_are_padded():
     batch = next(sampler)
     assert batch["data"].shape == (2, 3, 8, 8, 8)
     np.testing.assert_array_equal(batch["data"][0, :, 6:], 0)
+
+
+def test_tensor_samples_give_the_same_batches_as_arrays():
+    """Samples moved to a device (samples_on_device) are cropped, turned, flipped and padded there
+    into the very batches the numpy path gives for the same seed."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    samples = [_gradient_sample(8), _gradient_sample(6)]  # the 6³ one is padded to the patch
+    samples.append((rng.random((4, 10, 9, 8)).astype(np.float16), rng.integers(0, 2, (10, 9, 8)).astype(np.uint8)))
+    tensors = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in samples]
+    for augment, use_image in ((True, True), (False, False)):
+        common = {"patch_size": [8, 8, 8], "spacing": [1, 1, 1], "num_image_channels": 1, "num_foreground": 1,
+                      "batch_size": 6, "augment": augment, "use_image": use_image, "seed": 5}
+        arrays, on_device = VfnPatchSampler(samples, **common), VfnPatchSampler(tensors, **common)
+        for _ in range(4):
+            expected, got = next(arrays), next(on_device)
+            assert isinstance(got["data"], torch.Tensor) and got["data"].dtype == torch.float32
+            assert got["target"].dtype == torch.int64
+            np.testing.assert_array_equal(got["data"].numpy(), expected["data"])
+            np.testing.assert_array_equal(got["target"].numpy(), expected["target"])
+
+
+def test_samples_stay_in_ram_off_the_gpu():
+    from vfnet.training.data_vfn import samples_on_device
+
+    samples = [_gradient_sample()]
+    assert samples_on_device(samples, "cpu") is samples

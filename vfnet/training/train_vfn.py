@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from vfnet import paths
 from vfnet.atomic import write_json
 from vfnet.experiment_planning.plans import Plan
@@ -24,7 +26,7 @@ from vfnet.networks.vfn import build_vfn, count_parameters, plan_prior
 from vfnet.paths import UnitPaths
 from vfnet.resolution import normalise_factor
 from vfnet.training.config import TrainingConfig
-from vfnet.training.data_vfn import VfnPatchSampler, load_fusion_samples, load_manifest, tile_batches
+from vfnet.training.data_vfn import VfnPatchSampler, load_fusion_samples, load_manifest, samples_on_device, tile_batches
 from vfnet.training.ddp import DistributedContext
 from vfnet.training.losses import make_loss
 from vfnet.training.runner import Run, RunOptions, UnitCases, run_unit
@@ -105,6 +107,10 @@ class VfnRecipe:
             model.set_stack_prior(fit_stack_samples(train_samples, cases.train, plan.num_channels,
                                                     plan.num_classes, seed=plan.fusion.stack_seed,
                                                     max_voxels=plan.fusion.stack_max_voxels))
+        # on a GPU with room, the training cases move there once and batches are cropped on the GPU
+        device = options.distributed.device if options.distributed is not None else setup.device
+        train_samples = samples_on_device(train_samples, device)
+        on_device = bool(train_samples) and isinstance(train_samples[0][0], torch.Tensor)
         train_batches = VfnPatchSampler(train_samples, augment=vfn.augmentation == "paper",
                                         mirror_axes=vfn.mirror_axes, seed=seed + start_iteration, **common)
         # every validation case, whole, at every validation (iteration 0 included)
@@ -116,11 +122,12 @@ class VfnRecipe:
                           device=setup.device, num_threads=options.num_threads, quiet=options.quiet,
                           distributed=options.distributed,
                           metadata={**metadata, "use_image": use_image, "parameters": parameters, "view_prior": prior,
-                                    "input_downsample": list(factor),
+                                    "input_downsample": list(factor), "samples_on_device": on_device,
                                     "train_cases": cases.train, "val_cases": cases.val})
         trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, view prior {prior}, "
                     f"{model.in_channels} input channels, patch {vfn.patch_size}, in-plane downsample "
                     f"{list(factor)}, augmentation {vfn.augmentation}, mirroring {vfn.mirror_axes}, loss "
-                    f"{schedule.loss}, {len(val_batches)} validation batches, "
+                    f"{schedule.loss}, {len(val_batches)} validation batches, training patches cropped on "
+                    f"{device if on_device else 'cpu'}, "
                     f"{len(cases.train)} training / {len(cases.val)} validation cases")
         return Run(trainer)
