@@ -26,9 +26,6 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 def _window_probabilities(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    # a lone window goes twice: one-sample batches take PyTorch's slow CPU path (see below)
-    if len(batch) == 1:
-        return vfn_probabilities(model(torch.cat([batch, batch]))).float()[:1]
     return vfn_probabilities(model(batch)).float()
 
 
@@ -45,11 +42,9 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, pat
     model's), with fp16 autocast on CUDA, in the layout :func:`vfnet.device.memory_format` picks
     (channels last for the VFN, also on CPU). With ``mirror_axes`` (spatial axes, 0 z, 1 y, 2 x;
     test-time augmentation, asked for explicitly, e.g. ``vfnet_predict --tta``) every window also
-    runs mirrored along each of those axes and the outputs are averaged. A batch holding a single window is sent
-    twice and only the first output kept: PyTorch's CPU convolution takes a slow path for
-    one-sample batches with few channels, and the pair is faster than the window alone
-    (0.09 s against 0.15 s for a Hippocampus patch on 2 cores); the result is the same.
-    The model's train/eval mode is restored afterwards.
+    runs mirrored along each of those axes and the outputs are averaged. A batch holding a single
+    window runs alone: the VFN's and the 3D U-Net's convolutions (:class:`vfnet.networks.conv.Conv3d`)
+    take oneDNN's path for it on the CPU. The model's train/eval mode is restored afterwards.
     """
     patch = [int(p) for p in patch_size]
     if any(s < p for s, p in zip(volume.shape[1:], patch)):

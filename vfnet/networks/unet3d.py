@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vfnet.networks.conv import Conv3d
+
 
 def _conv_norm_act(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1),
+    return nn.Sequential(Conv3d(in_channels, out_channels, 3, stride=stride, padding=1),
                          nn.InstanceNorm3d(out_channels, eps=1e-5, affine=True),
                          nn.LeakyReLU(0.01, inplace=True))
 
@@ -55,7 +57,7 @@ class UNet3D(nn.Module):
         self.upsample = nn.ModuleList(nn.ConvTranspose3d(features[k + 1], features[k], 2, stride=2)
                                       for k in decoder_scales)
         self.decoder = nn.ModuleList(_stage(2 * features[k], features[k], 1) for k in decoder_scales)
-        self.head = nn.Conv3d(features[0], num_classes, 1)
+        self.head = Conv3d(features[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, z, y, x) → logits (N, num_classes, z, y, x)."""

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from vfnet.networks.conv import Conv3d
 from vfnet.networks.stack import EPSILON, equal_weights
 from vfnet.views import VIEWS
 
@@ -53,7 +54,7 @@ PRIOR_KINDS = ("mean", "stack")
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
     # No conv bias: the BN that follows has its own shift.
-    return nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
+    return nn.Sequential(Conv3d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
                          nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True))
 
 
@@ -113,7 +114,7 @@ class VolumetricFusionNet(nn.Module):
         scales = range(NUM_STAGES - 1, -1, -1)
         self.up = nn.ModuleList(_deconv_bn_relu(features[k + 1], features[k]) for k in scales)
         self.highway = nn.ModuleList(_conv_bn_relu(features[k + 1], features[k], 1) for k in scales)
-        self.head = nn.Conv3d(features[0], self.out_channels, 1)
+        self.head = Conv3d(features[0], self.out_channels, 1)
         self.prior_kind = prior_kind(view_prior)
         if self.view_prior:
             # an untrained prior VFN is its prior (mean fusion or the stack); the buffer marks the checkpoints
