@@ -262,6 +262,9 @@ def train_all_distributed(dataset: str | int | None, preset: str = "default", st
                 budget.data["crossval_actual_s"] = round(info["seconds"], 1)
                 budget.save()
                 return
+            if node.stage == "fusion":  # planned as part of its VFN unit
+                budget.record_fusion_set(node.key.split("/", 1)[1], info["seconds"])
+                return
             if node.job is None:
                 return
             budget.record(node.job.network, node.job.unit, info["seconds"])

@@ -42,6 +42,7 @@ from vfnet.atomic import read_json, write_json
 from vfnet.errors import PlanError
 from vfnet.experiment_planning.plans import Plan, budget_minutes, network_key
 from vfnet.paths import view_network
+from vfnet.resolution import downsampled_shape
 from vfnet.training.calibration import BATCH, calibrate
 from vfnet.views import VIEWS
 
@@ -53,11 +54,28 @@ MIN_ITERATIONS = {"2d": 100, "vfn": 100}
 TARGET_ITERATIONS_2D = 500  # a view trains at the finest resolution giving each of its units this many steps
 # AdamW; on the CHAOST2 check of calibration.BASE_FEATURES_2D 3e-3 reached 0.722 where 1e-3 reached 0.497 and 1e-2 0.650 (with mirroring)
 LEARNING_RATE = {"2d": 0.003, "vfn": 0.001}
-VALIDATIONS_PER_UNIT = 6
-UNIT_OVERHEAD_S = 4.0  # starting a unit: imports, data workers, checkpoints and plots
-# a budget is refused unless it holds the minimum schedules this many times over (calibrated speed): units
-# ran 1.3-1.7x slower than calibrated on CHAOST2 at --budget 20, whose minimum schedules then overran by 34 %
-MINIMUM_MARGIN = 1.5
+VALIDATIONS_PER_UNIT = 6  # the VFN also validates at iteration 0: 7 validations in all
+UNIT_OVERHEAD_S = 4.0  # starting a unit: imports, the trainer (1.6-1.8 s on 2 cores), data workers, final checkpoint
+# Fixed costs measured on 2 CPU cores: a VFN unit of fold 0 (60 iterations, 7 validations; fusion set built in the
+# unit) and a 2D CCA unit (10 held-out cases of CHAOST2, 36x256x256 voxels, 5 classes; 100 of Hippocampus, 36x50x35,
+# 3 classes). Every validation also writes checkpoint_latest and redraws progress.png: 0.38-0.48 s (VFN), 0.6-0.7 s (2D).
+VALIDATION_OVERHEAD_S = 0.5
+# Seconds per float16 map value (voxel x channel) written compressed and read back. A fusion-set case took 3.74 s on
+# CHAOST2 (13 channels: 3.31 s to read three views' maps and write the sample, 0.33 s to load it, tiling) and 0.072 s
+# on Hippocampus (7 channels): FUSION_CASE_S + 1.2e-7 s per voxel and channel. A 2D unit's held-out map (compressed
+# write, Dice, upsampling) took 1.4 s per CHAOST2 case and 0.023 s per Hippocampus case: 1.2e-7 s per voxel and class.
+MAP_VALUE_S = 1.2e-7
+FUSION_CASE_S = 0.02
+# A VFN validation scores every patch tile of every validation case: 1.09x (CHAOST2, 16 tiles a case) to 1.56x
+# (Hippocampus, one tile a case) the calibrated window forward. With these the 5 VFN units of the CHAOST2 --budget 60
+# run at 9e43922 (723 iterations) are planned 589 s; they took 582 s, where the model before planned 250 s.
+# (Their steps, with the batch, took 1.14x the calibrated step on CHAOST2, 1.29x on Hippocampus: left to re-planning.)
+VALIDATION_WINDOW_FACTOR = 1.3
+# a budget is refused unless it holds the minimum schedules this many times over (calibrated speed). CHAOST2's
+# --budget 20 run overran by 34 % (26.8 min) with units 1.3-1.7x slower than planned, which was 1.5 here; most of
+# that was the fixed costs the planner then left out (fusion sets, held-out maps, plots), and the cost model
+# above plans that run's minimum schedules at 33.1 min, so a smaller margin covers what is left
+MINIMUM_MARGIN = 1.2
 CROSSVAL_VOXEL_S = 5e-6  # crossval seconds per voxel and case (every fusion method and the metrics)
 ALLOCATIONS = ("equal", "epochs")
 DEFAULT_ALLOCATION = "equal"
@@ -85,6 +103,29 @@ def _fold_sizes(plan: Plan, splits: dict) -> dict[str, int]:
     return {fold: len(cases) for fold, cases in splits["folds"].items()}
 
 
+def vfn_validation_windows(plan: Plan) -> int:
+    """Patch tiles a VFN validation scores per case (its region of interest is at most the case)."""
+    shape = downsampled_shape(plan["median_shape"], plan.vfn.input_downsample)
+    return int(np.prod([math.ceil(s / p) for s, p in zip(shape, plan.vfn.patch_size)]))
+
+
+def vfn_fixed_seconds(plan: Plan, train: int, calibration: dict) -> float:
+    """Seconds of a VFN unit whose fusion set holds ``train`` cases, whatever its iterations.
+
+    The fusion set is built (``vfnet_train_all`` builds it in the unit, or in its own step recorded
+    with the unit) and loaded; every validation scores each validation case whole and writes a
+    checkpoint and a plot. The measurements behind the constants are beside them.
+    """
+    from vfnet.training.units import validation_count
+
+    channels = plan.num_channels + 3 * (plan.num_classes - 1)  # image + each view's foreground maps
+    fusion_set = train * (FUSION_CASE_S + _case_voxels(plan) * channels * MAP_VALUE_S)
+    windows = validation_count(train, plan.training.validation_fraction) * vfn_validation_windows(plan)
+    validation = (VALIDATIONS_PER_UNIT + 1) * (
+        VALIDATION_OVERHEAD_S + windows * VALIDATION_WINDOW_FACTOR * calibration["vfn"]["window_s"])
+    return UNIT_OVERHEAD_S + fusion_set + validation
+
+
 def unit_costs(plan: Plan, splits: dict, calibration: dict, settings: dict[str, dict], allocation: str,
                networks: Sequence[str]) -> list[UnitCost]:
     """Cost model of every unit of ``networks`` (``2d_<view>``, ``vfn``) at the chosen view settings."""
@@ -100,16 +141,15 @@ def unit_costs(plan: Plan, splits: dict, calibration: dict, settings: dict[str, 
             if stage == "2d":
                 setting = settings[network[3:]]
                 validation = VALIDATIONS_PER_UNIT * 5 * setting["step_s"] / 3  # forward ≈ a third of a step
+                validation += VALIDATIONS_PER_UNIT * VALIDATION_OVERHEAD_S  # no validation at iteration 0
                 load = (train + predicted) * voxels * 2e-8
                 predict = predicted * setting["slices_per_case"] * setting["slice_s"]
-                costs.append(UnitCost(network, spec["name"], UNIT_OVERHEAD_S + validation + load + predict,
+                maps = predicted * voxels * plan.num_classes * MAP_VALUE_S  # held-out maps written, scored
+                costs.append(UnitCost(network, spec["name"], UNIT_OVERHEAD_S + validation + load + predict + maps,
                                       setting["step_s"], weight, MIN_ITERATIONS["2d"]))
             else:
-                vfn = calibration["vfn"]
-                fusion_set = train * voxels * 1e-7  # reading three views' maps per case
-                validation = VALIDATIONS_PER_UNIT * 4 * vfn["step_s"] / 3
-                costs.append(UnitCost(network, spec["name"], UNIT_OVERHEAD_S + fusion_set + validation,
-                                      vfn["step_s"], weight, MIN_ITERATIONS["vfn"]))
+                costs.append(UnitCost(network, spec["name"], vfn_fixed_seconds(plan, train, calibration),
+                                      calibration["vfn"]["step_s"], weight, MIN_ITERATIONS["vfn"]))
     return costs
 
 
@@ -191,8 +231,20 @@ class Budget:
         return schedule
 
     def record(self, network: str, unit: str, seconds: float) -> None:
-        """Store a finished unit's measured wall time."""
-        self.data["units"][f"{network}/{unit}"]["actual_s"] = round(float(seconds), 1)
+        """Store a finished unit's measured wall time (a VFN unit's with its fusion set's, see :meth:`record_fusion_set`)."""
+        entry = self.data["units"][f"{network}/{unit}"]
+        entry["actual_s"] = round(float(seconds) + entry.get("fusion_set_s", 0.0), 1)
+
+    def record_fusion_set(self, unit: str, seconds: float) -> None:
+        """Store the build time of VFN unit ``unit``'s fusion set when it ran as a step of its own (Dask graph).
+
+        The VFN unit's planned time includes its fusion set (``vfnet_train_all`` without workers builds
+        it inside the unit), so :meth:`record` adds this time to the unit's own.
+        """
+        entry = self.data["units"].get(f"vfn/{unit}")
+        if entry is not None:
+            entry["fusion_set_s"] = round(float(seconds), 1)
+            self.save()
 
     def speed(self, network: str | None = None) -> float:
         """Measured over planned time of finished units (of ``network`` when it has some), within [0.5, 3]."""

@@ -136,6 +136,13 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
                      torch_device, out, final, preset)
 
 
+def validation_count(num_cases: int, fraction: float) -> int:
+    """How many of a unit's ``num_cases`` training cases :func:`split_validation` keeps for validation."""
+    if num_cases < 2:
+        return num_cases
+    return min(num_cases - 1, max(1, round(fraction * num_cases)))
+
+
 def split_validation(cases: Sequence[str], key: str, training: TrainingPlan) -> tuple[list, list]:
     """(train, validation) cases: a seeded share (at least one case) of the unit's own training cases.
 
@@ -148,7 +155,7 @@ def split_validation(cases: Sequence[str], key: str, training: TrainingPlan) -> 
     if len(cases) < 2:
         return cases, list(cases)
     rng = np.random.default_rng(training.seed + zlib.crc32(key.encode()))
-    count = min(len(cases) - 1, max(1, round(training.validation_fraction * len(cases))))
+    count = validation_count(len(cases), training.validation_fraction)
     val = sorted(cases[i] for i in rng.choice(len(cases), count, replace=False))
     return [c for c in cases if c not in val], val
 
