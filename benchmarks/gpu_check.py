@@ -62,14 +62,15 @@ def _peak_mib(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
-def _unit_rate(unit: Path) -> tuple[int, float, float]:
-    """(iterations, seconds of training and validation, share of step time spent waiting for batches)
-    from the unit's final checkpoint history."""
+def _unit_rate(unit: Path) -> tuple[int, float, float, dict]:
+    """(iterations, seconds of training and validation, share of step time spent waiting for batches,
+    metadata) from the unit's final checkpoint."""
     state = torch.load(unit / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     history = state["history"]
     steps = [h for h in history if h["iteration"] > 0]  # the validation at iteration 0 took no steps
     wait = sum(h["data_wait"] for h in steps) / len(steps) if steps else 0.0
-    return int(state["iteration"]), float(sum(h["seconds"] for h in history)), round(100 * wait, 1)
+    return (int(state["iteration"]), float(sum(h["seconds"] for h in history)), round(100 * wait, 1),
+            state["metadata"])
 
 
 def _time_steps(step, steps: int, device: torch.device, before_timing=lambda: None) -> tuple[float, float]:
@@ -209,7 +210,7 @@ def run(out: Path, allow_cpu: bool, save=lambda result: None) -> dict:
             unit = train_2d_unit(None, view, "holdout", "default", device=device.type, quiet=True,
                                  schedule_overrides={**overrides, "num_workers": 0}, overwrite=True)
         wall = time.perf_counter() - begin
-        iterations, seconds, wait = _unit_rate(unit)
+        iterations, seconds, wait, _ = _unit_rate(unit)
         result["units"][f"2d_{view}"] = {
             "iterations": iterations, "batch": _size("batch_2d", cuda),
             "patch": plan["views"][view]["patch_size"], "train_and_validation_s": round(seconds, 2),
@@ -223,14 +224,12 @@ def run(out: Path, allow_cpu: bool, save=lambda result: None) -> dict:
                           schedule_overrides={"iterations": iterations_vfn, "val_every": iterations_vfn,
                                               "batch_size": _size("batch_vfn", cuda)})
     wall = time.perf_counter() - begin
-    iterations, seconds, wait = _unit_rate(unit)
-    cropped_on_device = bool(torch.load(unit / "checkpoint_final.pth", map_location="cpu",
-                                        weights_only=False)["metadata"].get("samples_on_device"))
+    iterations, seconds, wait, metadata = _unit_rate(unit)
     result["units"]["vfn"] = {"iterations": iterations, "batch": _size("batch_vfn", cuda),
                               "patch": plan["vfn"]["patch_size"], "train_and_validation_s": round(seconds, 2),
                               "iterations_per_s": round(iterations / seconds, 2), "unit_wall_s": round(wall, 1),
                               "peak_memory_mib": _peak_mib(device), "data_wait_percent": wait,
-                              "patches_cropped_on_device": cropped_on_device}
+                              "patches_cropped_on_device": bool(metadata.get("samples_on_device"))}
     save(result)
     steps = vfn_step_benchmark(plan, device, _size("batch_vfn", cuda), _size("step_patch", cuda),
                                _size("timed_steps", cuda))
