@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vfnet.networks.conv import Conv3d
+from vfnet.networks.conv import Conv3d, InstanceNorm2d, InstanceNorm3d
 from vfnet.networks.unet3d import UNet3D
 from vfnet.networks.vfn import VolumetricFusionNet
 
@@ -57,3 +57,33 @@ def test_lone_window_equals_its_place_in_a_batch():
         x = torch.rand(2, model.in_channels, 16, 24, 16).contiguous(memory_format=layout)
         with torch.inference_mode():
             torch.testing.assert_close(model(x[:1]), model(x)[:1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fast_cls, plain_cls, shape", [(InstanceNorm2d, nn.InstanceNorm2d, (3, 6, 9, 7)),
+                                                        (InstanceNorm3d, nn.InstanceNorm3d, (2, 6, 5, 9, 7))])
+def test_instance_norm_as_group_norm_matches_pytorch(fast_cls, plain_cls, shape):
+    torch.manual_seed(0)
+    fast, plain = fast_cls(6, affine=True), plain_cls(6, affine=True)
+    with torch.no_grad():
+        fast.weight.uniform_(0.5, 2.0)
+        fast.bias.uniform_(-1.0, 1.0)
+    plain.load_state_dict(fast.state_dict())  # the same state dict
+    x = torch.randn(shape) * 3 + 1
+    with torch.no_grad():
+        ops = _ops(lambda: fast(x))
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+    assert "aten::group_norm" in ops and "aten::instance_norm" not in ops
+    # with gradients (training) PyTorch's own instance norm runs and gives the same gradients
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn(shape)
+    assert "aten::instance_norm" in _ops(lambda: fast(xa).backward(grad))
+    plain(xb).backward(grad)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_unbatched_instance_norm_keeps_pytorchs_path():
+    norm = InstanceNorm2d(4, affine=True)
+    x = torch.randn(4, 5, 6)  # (C, H, W) without a batch axis
+    with torch.no_grad():
+        torch.testing.assert_close(norm(x), nn.InstanceNorm2d(4, affine=True)(x))

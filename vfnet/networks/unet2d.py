@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vfnet.networks.conv import InstanceNorm2d
 from vfnet.views import check_view
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return InstanceNorm2d(channels, affine=True)
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     raise ValueError(f"unknown norm '{kind}'; expected instance or batch")

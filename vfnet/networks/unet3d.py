@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vfnet.networks.conv import Conv3d
+from vfnet.networks.conv import Conv3d, InstanceNorm3d
 
 
 def _conv_norm_act(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(Conv3d(in_channels, out_channels, 3, stride=stride, padding=1),
-                         nn.InstanceNorm3d(out_channels, eps=1e-5, affine=True),
+                         InstanceNorm3d(out_channels, eps=1e-5, affine=True),
                          nn.LeakyReLU(0.01, inplace=True))
 
 
