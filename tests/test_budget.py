@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -200,6 +201,16 @@ def test_resolution_round_trip():
     assert up.shape == (2, 6, 16, 18)
     np.testing.assert_allclose(up.sum(0), 1.0, atol=1e-5)
     assert ((up[1] > 0.5) == (label == 2)).mean() > 0.97
+
+
+def test_resolution_of_read_only_arrays_warns_nothing():
+    image = np.ones((1, 4, 6, 6), np.float32)
+    label = np.ones((4, 6, 6), np.int64)
+    image.flags.writeable = label.flags.writeable = False  # as memory-mapped cases are
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert downsample_image(image, (1, 2, 2)).shape == (1, 4, 3, 3)
+        assert (downsample_label(label, (1, 2, 2), 2) == 1).all()
 
 
 def test_prediction_uses_the_resolution_the_unit_trained_at():

@@ -44,12 +44,19 @@ def _pool(volume: torch.Tensor, factor: tuple[int, int, int]) -> torch.Tensor:
     return F.avg_pool3d(volume, factor, factor, ceil_mode=True, count_include_pad=False)
 
 
+def _tensor(array: np.ndarray, dtype) -> torch.Tensor:
+    # a read-only array (memory-mapped fusion sets and preprocessed cases) is copied: torch.from_numpy
+    # warns about every non-writable array it shares, though pooling never writes to it
+    array = np.ascontiguousarray(array, dtype=dtype)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 def downsample_image(image: np.ndarray, factor: Sequence[int] | None) -> np.ndarray:
     """Block mean of an image (C, z, y, x) by ``factor``; returned unchanged for the identity."""
     factor = normalise_factor(factor)
     if factor == IDENTITY:
         return image
-    pooled = _pool(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], factor)[0]
+    pooled = _pool(_tensor(image, np.float32)[None], factor)[0]
     return pooled.numpy()
 
 
@@ -58,7 +65,7 @@ def downsample_label(label: np.ndarray, factor: Sequence[int] | None, num_classe
     factor = normalise_factor(factor)
     if factor == IDENTITY:
         return label
-    values = torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64)).clamp(0, num_classes - 1)
+    values = _tensor(label, np.int64).clamp(0, num_classes - 1)
     onehot = F.one_hot(values, num_classes).permute(3, 0, 1, 2).float()[None]
     return _pool(onehot, factor)[0].argmax(0).numpy().astype(label.dtype)
 
