@@ -43,12 +43,34 @@ def _env(work: Path, results: str) -> dict:
     return env
 
 
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat; None elsewhere)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+CORES_BUSY: dict[str, float] = {}  # log name -> cores the machine kept busy on average during that command
+
+
 def _run(command: list[str], env: dict, log: Path) -> float:
     print("$ " + " ".join([Path(command[0]).name, *command[1:]]), flush=True)
-    start = time.perf_counter()
+    busy, start = _busy_cpu_seconds(), time.perf_counter()
     with open(log, "w") as handle:
         subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True)
-    return time.perf_counter() - start
+    seconds, busy_after = time.perf_counter() - start, _busy_cpu_seconds()
+    if busy is not None and busy_after is not None:
+        CORES_BUSY[log.stem] = round((busy_after - busy) / seconds, 2)
+    return seconds
+
+
+def _bound(name: str) -> float | None:
+    """The speed-up no parallel run of the same CPU work can pass: all cores over those one process kept busy."""
+    busy = CORES_BUSY.get(name)
+    return round((os.cpu_count() or 1) / busy, 2) if busy else None
 
 
 def _best_dice(results: Path, preset: str) -> float | None:
@@ -144,6 +166,9 @@ def main() -> None:
         "crossval_best_dice_two": _best_dice(work / "res2", args.preset),
         "predict_one_worker_s": round(predict_one_s, 1), "predict_two_workers_s": round(predict_two_s, 1),
         "predict_speedup": round(predict_one_s / predict_two_s, 2), "targets": TARGETS,
+        # the machine's busy cores on average during each command (/proc/stat), and the speed-up bound it sets
+        "cores_busy": dict(CORES_BUSY),
+        "train_speedup_bound": _bound("train_one"), "predict_speedup_bound": _bound("predict_one"),
         "commands": {"train_one": " ".join([*train[1:], "--num-threads", "2"]),
                      "train_two": " ".join([*train[1:], "--workers", "2"]),
                      # the work folder is this machine's path: recorded as WORK
@@ -152,12 +177,18 @@ def main() -> None:
     }
     body = "\n".join([
         f"`{result['invocation']}`", "",
-        "| step | one process (2 threads) | 2 Dask workers (1 thread each) | speed-up | target |",
-        "|---|---|---|---|---|",
+        "| step | one process (2 threads) | 2 Dask workers (1 thread each) | speed-up | target "
+        "| cores busy (one process / 2 workers) | bound |",
+        "|---|---|---|---|---|---|---|",
         (f"| vfnet_train_all --preset {args.preset} (same units and iterations) | {result['train_one_worker_s']} s | "
-        f"{result['train_two_workers_s']} s | {result['train_speedup']}× | ≥ {TARGETS['train_speedup']}× |"),
+         f"{result['train_two_workers_s']} s | {result['train_speedup']}× | ≥ {TARGETS['train_speedup']}× | "
+         f"{CORES_BUSY.get('train_one')} / {CORES_BUSY.get('train_two')} | {result['train_speedup_bound']}× |"),
         (f"| vfnet_predict, {result['cases_predicted']} images | {result['predict_one_worker_s']} s | "
-        f"{result['predict_two_workers_s']} s | {result['predict_speedup']}× | ≥ {TARGETS['predict_speedup']}× |"),
+         f"{result['predict_two_workers_s']} s | {result['predict_speedup']}× | ≥ {TARGETS['predict_speedup']}× | "
+         f"{CORES_BUSY.get('predict_one')} / {CORES_BUSY.get('predict_two')} | {result['predict_speedup_bound']}× |"),
+        "", (f"Cores busy: the machine's busy CPU time during the command (/proc/stat) over its wall time, of "
+             f"{os.cpu_count()}. Bound: {os.cpu_count()} over the one-process run's busy cores, the speed-up two "
+             "workers would reach doing the same CPU work with no core idle."),
         "", (f"Crossval best mean Dice: {result['crossval_best_dice_one']} (one process), "
             f"{result['crossval_best_dice_two']} (2 workers).")])
     machine = describe_machine()
