@@ -177,8 +177,8 @@ def main() -> None:
     }
     body = "\n".join([
         f"`{result['invocation']}`", "",
-        "| step | one process (2 threads) | 2 Dask workers (1 thread each) | speed-up | target "
-        "| cores busy (one process / 2 workers) | bound |",
+        ("| step | one process (2 threads) | 2 Dask workers (1 thread each) | speed-up | target "
+         "| cores busy (one process / 2 workers) | bound |"),
         "|---|---|---|---|---|---|---|",
         (f"| vfnet_train_all --preset {args.preset} (same units and iterations) | {result['train_one_worker_s']} s | "
          f"{result['train_two_workers_s']} s | {result['train_speedup']}× | ≥ {TARGETS['train_speedup']}× | "
