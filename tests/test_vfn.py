@@ -14,6 +14,7 @@ from vfnet.experiment_planning.plans import plan_unet3d, plan_vfn
 from vfnet.fusion.methods import majority_vote, mean_fusion, vfn_input
 from vfnet.networks.unet3d import build_unet3d
 from vfnet.networks.vfn import (
+    VolumetricFusionNet,
     build_vfn,
     count_parameters,
     init_as_view_average,
@@ -210,3 +211,65 @@ def test_networks_do_not_import_simpleitk():
     code = ("import sys, vfnet.networks.vfn, vfnet.networks.unet3d, vfnet.fusion.methods, vfnet.fusion.roi; "
             "sys.exit('SimpleITK' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_forward_is_the_correction_plus_the_prior():
+    from vfnet.networks.vfn import PriorCorrection
+
+    torch.manual_seed(0)
+    for prior in ("mean", False):
+        net = VolumetricFusionNet(1, 3, features=(4, 8, 8, 8), view_prior=prior).eval()
+        torch.nn.init.normal_(net.head.weight, std=0.5)
+        x = torch.rand(1, net.in_channels, 9, 10, 11)
+        with torch.no_grad():
+            expected = net.correction(x) + (net.prior_logits(x) if prior else 0)
+            torch.testing.assert_close(net(x), expected)
+            torch.testing.assert_close(PriorCorrection(net)(x), net.correction(x))
+
+
+def _blob_maps(shape=(8, 32, 32)):
+    """Three views' probability maps of two organs with soft edges, and an image."""
+    rng = np.random.default_rng(0)
+    z, y, x = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    first = 1 / (1 + np.exp(-(6 - np.hypot(y - 12, x - 11)) * 1.5)) * (np.abs(z - 4) < 3)
+    second = 1 / (1 + np.exp(-(5 - np.hypot(y - 22, x - 23)) * 1.5)) * (np.abs(z - 4) < 3)
+    maps = {}
+    for k, view in enumerate(VIEWS):
+        fg = np.stack([first, second]) * (0.9 + 0.03 * k)
+        maps[view] = np.concatenate([1 - fg.sum(0, keepdims=True), fg]).astype(np.float32)
+    return maps, rng.normal(size=(1, *shape)).astype(np.float32)
+
+
+def test_a_coarse_prior_vfn_corrects_the_full_resolution_prior():
+    """A VFN that fuses at a coarser in-plane resolution adds its correction, upsampled, to the prior of the
+    full-resolution maps: untrained (zero correction) it is exactly mean fusion at full resolution, where
+    upsampling its coarse probabilities would blur the organs' edges."""
+    from vfnet.fusion.methods import VfnConfig, fused_probabilities, vfn_input
+    from vfnet.networks.vfn import PriorCorrection
+    from vfnet.resolution import downsample_image, upsample_probabilities
+    from vfnet.windows import pad_to_size
+
+    maps, image = _blob_maps()
+    config = VfnConfig([8, 8, 8], [8, 8, 8], [0, 0, 0])
+    net = VolumetricFusionNet(1, 3, features=(4, 8, 8, 8), view_prior="mean").eval()
+    net.input_downsample = (1, 4, 4)
+    mean = fused_probabilities("mean", maps)
+    untrained = fused_probabilities("vfn", maps, image, model=net, vfn_config=config)
+    np.testing.assert_allclose(untrained, mean, atol=1e-3)  # the prior clamps at 1e-4
+    # the old way, the coarse map upsampled, moves the edges: the test would fail on it
+    coarse, _ = pad_to_size(downsample_image(vfn_input(image, maps), (1, 4, 4)), [8, 8, 8])
+    with torch.no_grad():
+        blurred = torch.softmax(net(torch.from_numpy(coarse)[None]), 1)[0].numpy()
+    assert np.abs(upsample_probabilities(blurred, (8, 32, 32)) - mean).max() > 0.1
+    # a trained correction is applied at the coarse grid and interpolated
+    torch.manual_seed(1)
+    torch.nn.init.normal_(net.head.weight, std=0.5)
+    torch.nn.init.normal_(net.head.bias, std=0.5)
+    fused = fused_probabilities("vfn", maps, image, model=net, vfn_config=config)
+    with torch.no_grad():
+        correction = PriorCorrection(net)(torch.from_numpy(coarse)[None])[0].numpy()
+        prior = net.prior_logits(torch.from_numpy(vfn_input(image, maps))[None])[0]
+        expected = torch.softmax(prior + torch.from_numpy(upsample_probabilities(correction, (8, 32, 32))), 0)
+    np.testing.assert_allclose(fused, expected.numpy(), atol=1e-4)
+    assert np.abs(fused - mean).max() > 0.05
+    assert not net.training  # the prediction left the VFN in eval mode

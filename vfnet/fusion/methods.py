@@ -25,7 +25,8 @@ from vfnet.fusion.postprocess import keep_largest_component
 from vfnet.fusion.roi import Roi, crop_to_roi, roi_from_mask
 from vfnet.fusion.stack import stack_probabilities
 from vfnet.inference.sliding_window import sliding_window_probabilities
-from vfnet.resolution import downsample_image, normalise_factor, upsample_probabilities
+from vfnet.networks.vfn import PriorCorrection, VolumetricFusionNet, vfn_probabilities
+from vfnet.resolution import IDENTITY, downsample_image, normalise_factor, upsample_probabilities
 from vfnet.views import VIEWS
 from vfnet.windows import pad_to_size
 
@@ -236,13 +237,23 @@ def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, mod
     min_size = [int(p) * f for p, f in zip(config.patch_size, factor)]
     roi = roi_from_mask(majority, config.roi_margin, min_size, majority.shape)
     inputs = vfn_input(image, probs, use_image, roi)
+    coarse = factor != IDENTITY
+    # a coarse VFN with a prior adds its correction, upsampled, to the prior of the full-resolution maps
+    # (below), so the views' boundaries keep their resolution and only the correction is coarse
+    residual = coarse and isinstance(model, VolumetricFusionNet) and model.view_prior
     volume, back = pad_to_size(downsample_image(inputs, factor), config.patch_size)
-    fused = sliding_window_probabilities(model, volume, config.patch_size, config.stride, config.weighting,
-                                         config.batch_size, config.device, config.quiet,
-                                         mirror_axes=config.mirror)[(slice(None), *back)]
+    fused = sliding_window_probabilities(PriorCorrection(model) if residual else model, volume, config.patch_size,
+                                         config.stride, config.weighting, config.batch_size, config.device,
+                                         config.quiet, mirror_axes=config.mirror, raw=residual)[(slice(None), *back)]
+    if fused.shape[1:] != inputs.shape[1:]:
+        fused = upsample_probabilities(fused, inputs.shape[1:])
+    if residual:
+        with torch.inference_mode():
+            prior = model.prior_logits(torch.from_numpy(inputs)[None].to(next(model.parameters()).device))[0]
+            fused = vfn_probabilities(prior.float() + torch.from_numpy(fused).to(prior.device)).cpu().numpy()
     if fused.shape[0] != num_classes:
         raise VfnetError(f"the VFN predicts {fused.shape[0]} classes but the maps have {num_classes}")
-    return majority, roi, upsample_probabilities(fused, inputs.shape[1:])
+    return majority, roi, fused
 
 
 def vfn_fusion(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, model: torch.nn.Module,

@@ -25,14 +25,14 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _window_probabilities(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    return vfn_probabilities(model(batch)).float()
+def _window_probabilities(model: torch.nn.Module, batch: torch.Tensor, raw: bool = False) -> torch.Tensor:
+    return model(batch).float() if raw else vfn_probabilities(model(batch)).float()
 
 
 def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, patch_size: Sequence[int],
                                  stride: Sequence[int], weighting: str = "gaussian", batch_size: int = 4,
                                  device: str | torch.device | None = None, quiet: bool = True,
-                                 mirror_axes: Sequence[int] = ()) -> np.ndarray:
+                                 mirror_axes: Sequence[int] = (), raw: bool = False) -> np.ndarray:
     """Probabilities (num_classes, z, y, x) of ``model`` over a (C, z, y, x) volume at least one patch large.
 
     Windows of ``patch_size`` at ``stride`` cover the volume; overlapping outputs are averaged
@@ -44,7 +44,8 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, pat
     test-time augmentation, asked for explicitly, e.g. ``vfnet_predict --tta``) every window also
     runs mirrored along each of those axes and the outputs are averaged. A batch holding a single
     window runs alone: the VFN's and the 3D U-Net's convolutions (:class:`vfnet.networks.conv.Conv3d`)
-    take oneDNN's path for it on the CPU. The model's train/eval mode is restored afterwards.
+    take oneDNN's path for it on the CPU. With ``raw`` the model's outputs (logits) are averaged as they
+    are, without the softmax. The model's train/eval mode is restored afterwards.
     """
     patch = [int(p) for p in patch_size]
     if any(s < p for s, p in zip(volume.shape[1:], patch)):
@@ -70,9 +71,9 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, pat
                 batch = torch.stack([tensor[(slice(None), *w)] for w in chunk])
                 if layout is not None:
                     batch = batch.contiguous(memory_format=layout)
-                probs = _window_probabilities(model, batch)
+                probs = _window_probabilities(model, batch, raw)
                 for axis in mirror_axes:
-                    probs = probs + _window_probabilities(model, batch.flip(axis - 3)).flip(axis - 3)
+                    probs = probs + _window_probabilities(model, batch.flip(axis - 3), raw).flip(axis - 3)
                 probs = probs / (1 + len(mirror_axes))
                 if total is None:
                     total = torch.zeros((probs.shape[1], *volume.shape[1:]), device=device)

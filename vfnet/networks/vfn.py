@@ -188,9 +188,18 @@ class VolumetricFusionNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, z, y, x) in [0, 1] → logits (N, out_channels, z, y, x)."""
+        self._check_channels(x)
+        prior = self.prior_logits(x) if self.view_prior else None
+        x = self.correction(x)
+        return x if prior is None else x + prior.to(x.dtype)
+
+    def _check_channels(self, x: torch.Tensor) -> None:
         if x.shape[1] != self.in_channels:
             raise ValueError(f"VFN expects {self.in_channels} input channels, got {x.shape[1]}")
-        prior = self.prior_logits(x) if self.view_prior else None
+
+    def correction(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's own logits, without the prior: with a prior, what training learned to add to it."""
+        self._check_channels(x)
         shape = x.shape[2:]
         pad = [(-s) % DIVISOR for s in shape]
         if any(pad):
@@ -202,8 +211,21 @@ class VolumetricFusionNet(nn.Module):
             x = self.pool(x)
         for up, highway, skip in zip(self.up, self.highway, reversed(skips)):
             x = up(x) + highway(skip)
-        x = self.head(x)[:, :, :shape[0], :shape[1], :shape[2]]
-        return x if prior is None else x + prior.to(x.dtype)
+        return self.head(x)[:, :, :shape[0], :shape[1], :shape[2]]
+
+
+class PriorCorrection(nn.Module):
+    """The correction a prior VFN adds to its prior (:meth:`VolumetricFusionNet.correction`), as a module
+    a sliding window can run; it shares the VFN's parameters and layout."""
+
+    def __init__(self, vfn: VolumetricFusionNet):
+        super().__init__()
+        self.vfn = vfn
+        self.cpu_channels_last = vfn.cpu_channels_last
+        self.train(vfn.training)  # whoever restores this module's mode restores the VFN's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vfn.correction(x)
 
 
 def prior_kind(view_prior: bool | str | None) -> str | None:
