@@ -51,6 +51,9 @@ def budget_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--allocation", default=None, help="equal (default) or epochs")
     parser.add_argument("--data", type=Path, default=None, help="the MSD task folder (default: ../shared/data/<dataset>)")
     parser.add_argument("--work", type=Path, default=None, help="a fresh work folder (removed first)")
+    parser.add_argument("--vfn-downsample", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                        help="set the VFN's input_downsample in plans.json after planning, as a user would edit it "
+                             "(default: the planned [1, 1, 1])")
     parser.add_argument("--from-work", type=Path, default=None,
                         help="do not train: write the results of a finished run whose work folder this is (its "
                              "train_all.log, budget.json and units); the results file says so")
@@ -80,9 +83,7 @@ def finished_run(args: argparse.Namespace) -> dict:
             "command": [str(Path(sys.executable).parent / "vfnet_train_all"), "-d", args.dataset, "--budget",
                         f"{args.budget:g}"] + (["--allocation", args.allocation] if args.allocation else []),
             "invocation": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", "--dataset", args.dataset,
-                                    "--budget", f"{args.budget:g}"]
-                                   + (["--allocation", args.allocation] if args.allocation else [])
-                                   + ["--from-work", "WORK"]),
+                                    "--budget", f"{args.budget:g}", *_options(args), "--from-work", "WORK"]),
             "resumed": f"Written afterwards with `--from-work` from the work folder of a run that trained with commit "
                        f"{trained}; the wall time comes from the timestamps of that run's train_all.log. "}
 
@@ -112,6 +113,11 @@ def run_budgeted(args: argparse.Namespace, name: str) -> dict:
     prepare_s = run([str(bin_dir / "vfnet_convert_msd"), "-i", str(data)], work / "convert.log")
     prepare_s += run([str(bin_dir / "vfnet_plan_and_preprocess"), "-d", args.dataset, "--split", "cca"],
                      work / "plan.log")
+    if args.vfn_downsample:
+        plans = next((work / "pre").iterdir()) / "plans.json"
+        body = json.loads(plans.read_text())
+        body["vfn"]["input_downsample"] = list(args.vfn_downsample)
+        plans.write_text(json.dumps(body, indent=2) + "\n")
     (work / "trained_with_commit.txt").write_text(current_commit() + "\n")
     wall_s = run(command, work / "train_all.log")
     results = next((work / "res").iterdir())
@@ -119,8 +125,13 @@ def run_budgeted(args: argparse.Namespace, name: str) -> dict:
     return {"work": work, "results": results, "preset": preset, "prepare_s": prepare_s, "wall_s": wall_s,
             "command": command, "resumed": "",
             "invocation": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", "--dataset", args.dataset,
-                                    "--budget", f"{args.budget:g}"]
-                                   + (["--allocation", args.allocation] if args.allocation else []))}
+                                    "--budget", f"{args.budget:g}", *_options(args)])}
+
+
+def _options(args: argparse.Namespace) -> list[str]:
+    """The optional arguments of a run, as its invocation records them."""
+    return ((["--allocation", args.allocation] if args.allocation else [])
+            + (["--vfn-downsample", *map(str, args.vfn_downsample)] if args.vfn_downsample else []))
 
 
 def write_budget_results(args: argparse.Namespace, run: dict, name: str) -> Path:
@@ -203,6 +214,8 @@ def results_name(kind: str, args: argparse.Namespace) -> str:
     suffix = f"_{args.allocation}" if args.allocation not in (None, "equal") else ""
     if args.budget != 60:
         suffix += f"_budget{args.budget:g}"
+    if args.vfn_downsample:
+        suffix += "_vfn" + "".join(map(str, args.vfn_downsample))
     return f"{kind}_{args.dataset}{suffix}"
 
 
