@@ -68,7 +68,8 @@ def _run(command: list[str], env: dict, log: Path) -> float:
 
 
 def _bound(name: str) -> float | None:
-    """The speed-up no parallel run of the same CPU work can pass: all cores over those one process kept busy."""
+    """All cores over those one process kept busy: the speed-up of the same CPU work with no core idle (workers
+    that do less CPU work, e.g. one torch thread each, can pass it)."""
     busy = CORES_BUSY.get(name)
     return round((os.cpu_count() or 1) / busy, 2) if busy else None
 

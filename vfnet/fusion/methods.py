@@ -237,16 +237,14 @@ def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, mod
     min_size = [int(p) * f for p, f in zip(config.patch_size, factor)]
     roi = roi_from_mask(majority, config.roi_margin, min_size, majority.shape)
     inputs = vfn_input(image, probs, use_image, roi)
-    coarse = factor != IDENTITY
     # a coarse VFN with a prior adds its correction, upsampled, to the prior of the full-resolution maps
     # (below), so the views' boundaries keep their resolution and only the correction is coarse
-    residual = coarse and isinstance(model, VolumetricFusionNet) and model.view_prior
+    residual = factor != IDENTITY and isinstance(model, VolumetricFusionNet) and model.view_prior
     volume, back = pad_to_size(downsample_image(inputs, factor), config.patch_size)
     fused = sliding_window_probabilities(PriorCorrection(model) if residual else model, volume, config.patch_size,
                                          config.stride, config.weighting, config.batch_size, config.device,
                                          config.quiet, mirror_axes=config.mirror, raw=residual)[(slice(None), *back)]
-    if fused.shape[1:] != inputs.shape[1:]:
-        fused = upsample_probabilities(fused, inputs.shape[1:])
+    fused = upsample_probabilities(fused, inputs.shape[1:])  # unchanged at full resolution; linear, so logits too
     if residual:
         with torch.inference_mode():
             prior = model.prior_logits(torch.from_numpy(inputs)[None].to(next(model.parameters()).device))[0]

@@ -188,18 +188,13 @@ class VolumetricFusionNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, z, y, x) in [0, 1] → logits (N, out_channels, z, y, x)."""
-        self._check_channels(x)
-        prior = self.prior_logits(x) if self.view_prior else None
-        x = self.correction(x)
-        return x if prior is None else x + prior.to(x.dtype)
-
-    def _check_channels(self, x: torch.Tensor) -> None:
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"VFN expects {self.in_channels} input channels, got {x.shape[1]}")
+        logits = self.correction(x)  # checks the channels before the prior reads them
+        return logits + self.prior_logits(x).to(logits.dtype) if self.view_prior else logits
 
     def correction(self, x: torch.Tensor) -> torch.Tensor:
         """The network's own logits, without the prior: with a prior, what training learned to add to it."""
-        self._check_channels(x)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"VFN expects {self.in_channels} input channels, got {x.shape[1]}")
         shape = x.shape[2:]
         pad = [(-s) % DIVISOR for s in shape]
         if any(pad):
@@ -221,8 +216,11 @@ class PriorCorrection(nn.Module):
     def __init__(self, vfn: VolumetricFusionNet):
         super().__init__()
         self.vfn = vfn
-        self.cpu_channels_last = vfn.cpu_channels_last
         self.train(vfn.training)  # whoever restores this module's mode restores the VFN's
+
+    @property
+    def cpu_channels_last(self) -> bool:  # the VFN's layout (vfnet.device.memory_format)
+        return self.vfn.cpu_channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vfn.correction(x)
