@@ -7,11 +7,15 @@ fuses that fold's held-out cases with the fold units' maps, as crossval does. Va
 - ``final``: the planned VFN's final checkpoint instead of the one that validated best;
 - ``stack_prior``: the view prior is a stack fitted on the VFN's training cases, not the mean;
 - ``stack_prior_final``: the same, final checkpoint;
-- ``double``: the planned VFN with twice its iterations (the budget gave it one share).
+- ``double``: the planned VFN with twice its iterations (the budget gave it one share);
+- ``coarse144`` / ``coarse122``: the planned VFN's schedule with the VFN fusing at 1/4 (1/2) of the
+  in-plane resolution, its upsampled correction added to the full-resolution prior (the paired
+  comparison the plan's ``input_downsample`` needs).
 
 Writes ``results/vfn_variants_<Task>.md/.json``: per variant the overall Dice over the CV cases,
 its difference to mean fusion and to the stack (crossval's per-case values) with paired tests,
-the iteration each fold's VFN validated best at, and training seconds.
+the iteration each fold's VFN validated best at, training seconds and the median seconds per
+case of the fusion itself (every variant timed in this process, one after the other).
 
 Usage: python benchmarks/vfn_variants.py --dataset Task20_CHAOST2 --budget 60 --from-work WORK
 (WORK: the work folder of ``python benchmarks/fusion.py --dataset Task20_CHAOST2 --budget 60``).
@@ -38,6 +42,8 @@ VARIANTS = {
     "stack_prior": ({"prior": "stack", "suffix": "_stackprior"}, None),
     "stack_prior_final": ({"prior": "stack", "suffix": "_stackprior"}, "final"),
     "double": ({"suffix": "_double", "iterations_factor": 2}, None),
+    "coarse144": ({"suffix": "_coarse144", "schedule": {"input_downsample": [1, 4, 4]}}, None),
+    "coarse122": ({"suffix": "_coarse122", "schedule": {"input_downsample": [1, 2, 2]}}, None),
 }
 
 
@@ -49,10 +55,10 @@ def _train(dataset: str, preset: str, fold: str, arguments: dict, results: Path)
 
     arguments = dict(arguments)
     factor = arguments.pop("iterations_factor", None)
-    overrides = None
+    overrides = arguments.pop("schedule", None)
     if factor:
         planned = read_json(paths.unit_dir(results, preset, "vfn", fold) / "unit.json")["schedule"]["iterations"]
-        overrides = {"iterations": int(factor * planned)}
+        overrides = {**(overrides or {}), "iterations": int(factor * planned)}
     start = time.perf_counter()
     out = train_vfn_unit(dataset, fold, preset, device="cpu", quiet=True, schedule_overrides=overrides,
                          resume=True, **arguments)
@@ -94,7 +100,7 @@ def main() -> None:
     out = {}
     for name in args.variants:
         arguments, checkpoint = VARIANTS[name]
-        dice, best_iterations, train_s = [], {}, {}
+        dice, best_iterations, train_s, fuse_s = [], {}, {}, []
         for fold, unit, vfn_unit in folds:
             network = "vfn"
             if arguments is not None:
@@ -105,11 +111,14 @@ def main() -> None:
             for case in data.fold_cases([fold]):
                 image, label = data.load(case, mmap=False)
                 maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, preprocessed.name)
-                dice.append(_overall_dice(plan.num_classes, label, fuse("vfn", maps, image, model=model,
-                                                                          vfn_config=config)))
+                start = time.perf_counter()
+                fused = fuse("vfn", maps, image, model=model, vfn_config=config)
+                fuse_s.append(time.perf_counter() - start)
+                dice.append(_overall_dice(plan.num_classes, label, fused))
         tests = {m: paired_tests(dice, values) for m, values in baseline.items()}
         out[name] = {"overall": float(np.mean(dice)), "cases": dict(zip(cases, dice)),
                      "best_iteration": best_iterations, "train_s": train_s,
+                     "fuse_s_median": float(np.median(fuse_s)),
                      **{f"vs_{m}": {"difference": t["mean_difference"], "wilcoxon_p": t["wilcoxon_p"],
                                     "t_test_p": t["t_test_p"]} for m, t in tests.items()}}
         print(f"{name}: {out[name]['overall']:.2f} %, vs mean {tests['mean']['mean_difference']:+.2f} "
@@ -122,7 +131,8 @@ def main() -> None:
         f"| {name} | {r['overall']:.2f} | {r['vs_mean']['difference']:+.2f} | {r['vs_mean']['wilcoxon_p']:.3g} | "
         f"{r['vs_stack']['difference']:+.2f} | {r['vs_stack']['wilcoxon_p']:.3g} | "
         f"{', '.join(str(i) for i in r['best_iteration'].values())} | "
-        f"{(sum(r['train_s'].values()) / 60) if r['train_s'] else 0:.1f} |" for name, r in out.items())
+        f"{(sum(r['train_s'].values()) / 60) if r['train_s'] else 0:.1f} | {r['fuse_s_median']:.2f} |"
+        for name, r in out.items())
     body = f"""Command: `{invocation}`, where WORK is the work folder of
 `python benchmarks/fusion.py --dataset {args.dataset} --budget {args.budget:g}` (its 2D units, fusion sets and
 crossval, trained with commit {trained_with}); this command trained only the variants' VFNs, beside the planned ones.
@@ -130,8 +140,8 @@ crossval, trained with commit {trained_with}); this command trained only the var
 {len(cases)} held-out cases, each fused by its test fold's VFN from the fold units' maps (as crossval does).
 Mean fusion {np.mean(baseline['mean']):.2f} %, stack {np.mean(baseline['stack']):.2f} % (crossval's values).
 
-| variant | overall Dice % | − mean | Wilcoxon p | − stack | Wilcoxon p | best iteration per fold | training min |
-|---|---|---|---|---|---|---|---|
+| variant | overall Dice % | − mean | Wilcoxon p | − stack | Wilcoxon p | best iteration per fold | training min | fusion s/case (median) |
+|---|---|---|---|---|---|---|---|---|
 {rows}
 """
     write_results(f"vfn_variants_{args.dataset}", f"VFN variants on {args.dataset}, budget {args.budget:g} min, CPU",

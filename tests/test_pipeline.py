@@ -109,6 +109,38 @@ def test_a_stack_prior_vfn_trains_beside_the_unit_with_a_stack_of_its_training_c
     assert not np.allclose(state["prior_weight"].numpy(), fitted["all"]["weight"], atol=1e-3)
 
 
+def test_a_coarse_vfn_trains_beside_the_unit_and_fuses_at_its_factor(trained):
+    """The schedule override benchmarks/vfn_variants.py's coarse variants use: the VFN trains at the
+    factor, records it, and fuses by adding its upsampled correction to the full-resolution prior."""
+    import torch
+
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.fusion.fusion_set import load_view_maps
+    from vfnet.fusion.methods import VfnConfig, fuse
+    from vfnet.fusion.models import load_vfn
+    from vfnet.preprocessing.data import PreprocessedDataset
+
+    _, raw = trained
+    results = paths.results_root() / raw.name
+    out = train_vfn_unit(None, "holdout", PRESET, device="cpu", quiet=True, suffix="_coarse122",
+                         schedule_overrides={**TINY_VFN, "input_downsample": [1, 2, 2]})
+    assert out == paths.unit_dir(results, PRESET, "vfn_coarse122", "holdout")
+    assert read_json(out / "unit.json")["schedule"]["input_downsample"] == [1, 2, 2]
+    plan = Plan.load(paths.preprocessed_dataset(raw.name))
+    model = load_vfn(out, plan)
+    assert tuple(model.input_downsample) == (1, 2, 2)
+    full = load_vfn(paths.unit_dir(results, PRESET, "vfn", "holdout"), plan)
+    assert tuple(full.input_downsample) == (1, 1, 1)
+    case = read_json(out / "unit.json")["val_cases"][0]
+    maps = load_view_maps(results, PRESET, {v: "holdout" for v in VIEWS}, case, raw.name)
+    image, label = PreprocessedDataset(paths.preprocessed_dataset(raw.name)).load(case, mmap=False)
+    with torch.no_grad():
+        fused = fuse("vfn", maps, image, model=model, vfn_config=VfnConfig.from_plan(plan, device="cpu"))
+    assert fused.shape == label.shape[-3:]
+    organ = (fused == 1, label.reshape(fused.shape) == 1)
+    assert 2 * np.sum(organ[0] & organ[1]) / (np.sum(organ[0]) + np.sum(organ[1])) >= MIN_FUSED_DICE
+
+
 def test_crossval_table_has_every_method_and_records_the_best(trained):
     root, raw = trained
     result = CliRunner().invoke(crossval_entry, ["--preset", PRESET, "-q"])
