@@ -12,7 +12,8 @@ fuses that fold's held-out cases with the fold units' maps, as crossval does. Va
   in-plane resolution, its upsampled correction added to the full-resolution prior (the paired
   comparison the plan's ``input_downsample`` needs).
 
-Writes ``results/vfn_variants_<Task>.md/.json``: per variant the overall Dice over the CV cases,
+Writes ``results/vfn_variants_<Task>.md/.json`` (``_budget<N>`` added for a budget other than 60 minutes,
+as fusion.py names its files): per variant the overall Dice over the CV cases,
 its difference to mean fusion and to the stack (crossval's per-case values) with paired tests,
 the iteration each fold's VFN validated best at, training seconds and the median seconds per
 case of the fusion itself (every variant timed in this process, one after the other).
@@ -144,7 +145,8 @@ Mean fusion {np.mean(baseline['mean']):.2f} %, stack {np.mean(baseline['stack'])
 |---|---|---|---|---|---|---|---|---|
 {rows}
 """
-    write_results(f"vfn_variants_{args.dataset}", f"VFN variants on {args.dataset}, budget {args.budget:g} min, CPU",
+    name = f"vfn_variants_{args.dataset}" + (f"_budget{args.budget:g}" if args.budget != 60 else "")
+    write_results(name, f"VFN variants on {args.dataset}, budget {args.budget:g} min, CPU",
                   body, {"command": invocation, "trained_with_commit": trained_with,
                          "baseline": {m: float(np.mean(v)) for m, v in baseline.items()}, "variants": out})
 
