@@ -25,6 +25,7 @@ from vfnet.training.budget import (
     allocate,
     plan_budget,
     unit_costs,
+    vfn_downsample,
     vfn_fixed_seconds,
     vfn_validation_windows,
 )
@@ -113,6 +114,33 @@ def test_views_coarsen_only_when_the_budget_is_short(demo_preprocessed):
     tight = plan_budget(plan, splits, 45.0, _calibration())
     assert {tuple(v["input_downsample"]) for v in tight["views"].values()} == {(1, 2, 2)}
     assert abs(tight["planned_total_s"] - 45 * 60) < 0.05 * 45 * 60
+
+
+def test_a_budgeted_vfn_fuses_at_the_views_finest_factor(demo_preprocessed, tmp_path):
+    plan = Plan.load(demo_preprocessed)
+    splits = read_json(demo_preprocessed / "splits.json")
+    assert plan.vfn.budget_downsample == "views" and plan.vfn.input_downsample == [1, 1, 1]
+    for minutes, factor in ((600.0, [1, 1, 1]), (45.0, [1, 2, 2])):
+        body = plan_budget(plan, splits, minutes, _calibration())
+        assert body["vfn_input_downsample"] == factor
+        assert Budget(tmp_path / "budget.json", body).schedule("vfn", "0")["input_downsample"] == factor
+    # the finest factor per axis over the views
+    views = {"axial": {"input_downsample": [1, 4, 4]}, "coronal": {"input_downsample": [1, 2, 4]},
+             "sagittal": {"input_downsample": [2, 4, 2]}}
+    assert vfn_downsample(plan, views) == [1, 2, 2]
+    # a plan that keeps its own factor ("plan"; also a plan written before the key existed)
+    data = read_json(demo_preprocessed / "plans.json")
+    data["vfn"]["budget_downsample"] = "plan"
+    data["vfn"]["input_downsample"] = [1, 1, 2]
+    write_json(demo_preprocessed / "plans.json", data)
+    assert vfn_downsample(Plan.load(demo_preprocessed), views) == [1, 1, 2]
+    del data["vfn"]["budget_downsample"]
+    write_json(demo_preprocessed / "plans.json", data)
+    assert Plan.load(demo_preprocessed).vfn.budget_downsample == "plan"
+    # a budget planned before the VFN followed the views leaves the VFN's schedule without a factor
+    old = plan_budget(plan, splits, 45.0, _calibration())
+    del old["vfn_input_downsample"]
+    assert "input_downsample" not in Budget(tmp_path / "old.json", old).schedule("vfn", "0")
 
 
 def test_workers_share_workers_times_the_wall_budget(demo_preprocessed, tmp_path):

@@ -151,8 +151,11 @@ def plan_vfn(median_shape: tuple, median_bbox: tuple) -> dict:
         "augmentation": "none",
         # and no flips, for the same reason (the paper flipped every axis: [0, 1, 2])
         "mirror_axes": [],
-        # in-plane block factor (z, y, x) the VFN fuses at; coarser is faster and, on CHAOST2, less accurate
+        # in-plane block factor (z, y, x) the VFN fuses at (presets without a budget)
         "input_downsample": [1, 1, 1],
+        # under a budget, the views' finest factor: on CHAOST2 a VFN at the views' 1/4 scored as the full-resolution
+        # one on the same units (+0.08 Dice points, p 0.88) in 41 % of its time (vfn_variants_Task20_CHAOST2_budget45)
+        "budget_downsample": "views",
     }
 
 

@@ -46,6 +46,7 @@ NETWORKS = ("2d", "vfn", "3d")
 OPTIMIZERS = ("sgd", "adam")  # adam is AdamW
 LOSSES = ("dice_ce", "dice")
 PRIOR_WEIGHTS = ("mean", "stack")  # the VFN's view prior: the views' mean or a fitted stack
+BUDGET_DOWNSAMPLE = ("plan", "views")  # a budgeted VFN fuses at input_downsample, or at the views' finest factor
 AUGMENTATIONS = ("none", "paper")  # VFN crops only, or with the paper's 90° rotations
 SPLIT_MODES = ("cca", "holdout")
 RESAMPLING_SCHEMES = ("joint", "separate_coarse_axis")  # see vfnet.preprocessing.preprocessing.coarse_axis
@@ -73,6 +74,8 @@ class VfnPlan(Section):
     ``augmentation``: ``none`` (random crops) or ``paper`` (with the paper's 90° rotations).
     ``mirror_axes``: canonical axes the crops are mirrored along in training (and ``--tta`` at prediction).
     ``input_downsample``: in-plane block factor the VFN fuses at.
+    ``budget_downsample``: under a budgeted preset, ``views`` has the VFN fuse at the finest in-plane
+    factor the budget gave the views; ``plan`` (the default when left out) keeps ``input_downsample``.
     """
 
     patch_size: list[int] = field(metadata=reads(integers(3)))
@@ -84,6 +87,7 @@ class VfnPlan(Section):
     input_downsample: list[int] = field(metadata=reads(integers(3)))
     mirror_axes: list[int] = field(metadata=reads(distinct_axes(3)))
     prior_weights: str = field(default="mean", metadata=reads(choice(*PRIOR_WEIGHTS)))
+    budget_downsample: str = field(default="plan", metadata=reads(choice(*BUDGET_DOWNSAMPLE)))
 
 
 @dataclass(frozen=True)

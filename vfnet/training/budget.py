@@ -103,13 +103,22 @@ def _fold_sizes(plan: Plan, splits: dict) -> dict[str, int]:
     return {fold: len(cases) for fold, cases in splits["folds"].items()}
 
 
-def vfn_validation_windows(plan: Plan) -> int:
-    """Patch tiles a VFN validation scores per case (its region of interest is at most the case)."""
-    shape = downsampled_shape(plan["median_shape"], plan.vfn.input_downsample)
+def vfn_downsample(plan: Plan, views: dict[str, dict]) -> list[int]:
+    """The in-plane factor a budgeted VFN fuses at: the views' finest (per axis) when the plan's
+    ``budget_downsample`` is ``views``, else the plan's ``input_downsample``. ``views``: each view's setting."""
+    if plan.vfn.budget_downsample == "views":
+        return [int(min(views[v]["input_downsample"][axis] for v in views)) for axis in range(3)]
+    return [int(f) for f in plan.vfn.input_downsample]
+
+
+def vfn_validation_windows(plan: Plan, factor: Sequence[int] | None = None) -> int:
+    """Patch tiles a VFN validation scores per case (its region of interest is at most the case), the
+    VFN fusing at ``factor`` (default: the plan's ``input_downsample``)."""
+    shape = downsampled_shape(plan["median_shape"], plan.vfn.input_downsample if factor is None else factor)
     return int(np.prod([math.ceil(s / p) for s, p in zip(shape, plan.vfn.patch_size)]))
 
 
-def vfn_fixed_seconds(plan: Plan, train: int, calibration: dict) -> float:
+def vfn_fixed_seconds(plan: Plan, train: int, calibration: dict, factor: Sequence[int] | None = None) -> float:
     """Seconds of a VFN unit whose fusion set holds ``train`` cases, whatever its iterations.
 
     The fusion set is built (``vfnet_train_all`` builds it in the unit, or in its own step recorded
@@ -120,7 +129,7 @@ def vfn_fixed_seconds(plan: Plan, train: int, calibration: dict) -> float:
 
     channels = plan.num_channels + 3 * (plan.num_classes - 1)  # image + each view's foreground maps
     fusion_set = train * (FUSION_CASE_S + _case_voxels(plan) * channels * MAP_VALUE_S)
-    windows = validation_count(train, plan.training.validation_fraction) * vfn_validation_windows(plan)
+    windows = validation_count(train, plan.training.validation_fraction) * vfn_validation_windows(plan, factor)
     validation = (VALIDATIONS_PER_UNIT + 1) * (
         VALIDATION_OVERHEAD_S + windows * VALIDATION_WINDOW_FACTOR * calibration["vfn"]["window_s"])
     return UNIT_OVERHEAD_S + fusion_set + validation
@@ -148,7 +157,8 @@ def unit_costs(plan: Plan, splits: dict, calibration: dict, settings: dict[str, 
                 costs.append(UnitCost(network, spec["name"], UNIT_OVERHEAD_S + validation + load + predict + maps,
                                       setting["step_s"], weight, MIN_ITERATIONS["2d"]))
             else:
-                costs.append(UnitCost(network, spec["name"], vfn_fixed_seconds(plan, train, calibration),
+                costs.append(UnitCost(network, spec["name"],
+                                      vfn_fixed_seconds(plan, train, calibration, vfn_downsample(plan, settings)),
                                       calibration["vfn"]["step_s"], weight, MIN_ITERATIONS["vfn"]))
     return costs
 
@@ -228,6 +238,8 @@ class Budget:
         if stage == "2d":
             setting = self.data["views"][network[3:]]
             schedule.update({k: setting[k] for k in ("input_downsample", "patch_size", "features")})
+        elif "vfn_input_downsample" in self.data:  # budgets planned before the VFN followed the views have none
+            schedule["input_downsample"] = list(self.data["vfn_input_downsample"])
         return schedule
 
     def record(self, network: str, unit: str, seconds: float) -> None:
@@ -310,6 +322,8 @@ class Budget:
             if network.startswith("2d_"):
                 view = self.data["views"][network[3:]]
                 extra = f", downsample {view['input_downsample']}, patch {view['patch_size']}"
+            elif "vfn_input_downsample" in self.data:
+                extra = f", downsample {self.data['vfn_input_downsample']}"
             lines.append(f"  {network}: {len(units)} unit(s), {its[0]}-{its[-1]} iterations{extra}")
         return lines
 
@@ -365,7 +379,8 @@ def plan_budget(plan: Plan, splits: dict, minutes: float, calibration: dict, all
                                                 "planned_s": round(cost.fixed_s + n * cost.step_s, 1)}
     return {"version": BUDGET_VERSION, "budget_min": minutes, "workers": workers, "allocation": allocation,
             "networks": networks,
-            "calibration": calibration, "views": settings, "crossval_s": round(crossval_s, 1),
+            "calibration": calibration, "views": settings, "vfn_input_downsample": vfn_downsample(plan, settings),
+            "crossval_s": round(crossval_s, 1),
             "planned_total_s": round(calibration["seconds"] + crossval_s + sum(u["planned_s"] for u in units.values()),
                                      1),
             "units": units}
