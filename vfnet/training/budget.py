@@ -238,7 +238,7 @@ class Budget:
         if stage == "2d":
             setting = self.data["views"][network[3:]]
             schedule.update({k: setting[k] for k in ("input_downsample", "patch_size", "features")})
-        elif "vfn_input_downsample" in self.data:  # budgets planned before the VFN followed the views have none
+        elif stage == "vfn" and "vfn_input_downsample" in self.data:  # none in budgets planned before the VFN followed the views
             schedule["input_downsample"] = list(self.data["vfn_input_downsample"])
         return schedule
 
