@@ -52,8 +52,8 @@ def budget_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, default=None, help="the MSD task folder (default: ../shared/data/<dataset>)")
     parser.add_argument("--work", type=Path, default=None, help="a fresh work folder (removed first)")
     parser.add_argument("--vfn-downsample", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
-                        help="set the VFN's input_downsample in plans.json after planning, as a user would edit it "
-                             "(default: the planned [1, 1, 1])")
+                        help="set the VFN's input_downsample (and budget_downsample 'plan') in plans.json after "
+                             "planning, as a user would edit it (default: the views' factor)")
     parser.add_argument("--from-work", type=Path, default=None,
                         help="do not train: write the results of a finished run whose work folder this is (its "
                              "train_all.log, budget.json and units); the results file says so")
@@ -117,6 +117,7 @@ def run_budgeted(args: argparse.Namespace, name: str) -> dict:
         plans = next((work / "pre").iterdir()) / "plans.json"
         body = json.loads(plans.read_text())
         body["vfn"]["input_downsample"] = list(args.vfn_downsample)
+        body["vfn"]["budget_downsample"] = "plan"  # else the budget sets the views' factor instead
         plans.write_text(json.dumps(body, indent=2) + "\n")
     (work / "trained_with_commit.txt").write_text(current_commit() + "\n")
     wall_s = run(command, work / "train_all.log")
