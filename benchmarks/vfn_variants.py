@@ -10,7 +10,13 @@ fuses that fold's held-out cases with the fold units' maps, as crossval does. Va
 - ``double``: the planned VFN with twice its iterations (the budget gave it one share);
 - ``coarse144`` / ``coarse122``: the planned VFN's schedule with the VFN fusing at 1/4 (1/2) of the
   in-plane resolution, its upsampled correction added to the full-resolution prior (the paired
-  comparison the plan's ``input_downsample`` needs).
+  comparison the plan's ``input_downsample`` needs);
+- ``viewdrop``: the planned VFN with 30 % of its training patches having one view's maps replaced by the
+  mean of the other two (so it cannot lean on one view's exact errors, which differ between the CCA
+  maps it trains on and the fold units' maps it fuses);
+- ``lowlr``: the planned VFN at a third of its learning rate (a smaller correction of the mean);
+- ``decay``: the planned VFN with AdamW weight decay 3 (its head, which starts at zero, decays towards
+  mean fusion).
 
 Writes ``results/vfn_variants_<Task>.md/.json`` (``_budget<N>`` added for a budget other than 60 minutes,
 as fusion.py names its files): per variant the overall Dice over the CV cases,
@@ -45,6 +51,9 @@ VARIANTS = {
     "double": ({"suffix": "_double", "iterations_factor": 2}, None),
     "coarse144": ({"suffix": "_coarse144", "schedule": {"input_downsample": [1, 4, 4]}}, None),
     "coarse122": ({"suffix": "_coarse122", "schedule": {"input_downsample": [1, 2, 2]}}, None),
+    "viewdrop": ({"suffix": "_viewdrop", "view_dropout": 0.3}, None),
+    "lowlr": ({"suffix": "_lowlr", "lr_factor": 1 / 3}, None),
+    "decay": ({"suffix": "_decay", "schedule": {"weight_decay": 3.0}}, None),
 }
 
 
@@ -56,12 +65,15 @@ def _train(dataset: str, preset: str, fold: str, arguments: dict, results: Path)
 
     arguments = dict(arguments)
     factor = arguments.pop("iterations_factor", None)
-    overrides = arguments.pop("schedule", None)
+    lr_factor = arguments.pop("lr_factor", None)
+    overrides = dict(arguments.pop("schedule", None) or {})
+    planned = read_json(paths.unit_dir(results, preset, "vfn", fold) / "unit.json")["schedule"]
     if factor:
-        planned = read_json(paths.unit_dir(results, preset, "vfn", fold) / "unit.json")["schedule"]["iterations"]
-        overrides = {**(overrides or {}), "iterations": int(factor * planned)}
+        overrides["iterations"] = int(factor * planned["iterations"])
+    if lr_factor:
+        overrides["lr"] = lr_factor * planned["lr"]
     start = time.perf_counter()
-    out = train_vfn_unit(dataset, fold, preset, device="cpu", quiet=True, schedule_overrides=overrides,
+    out = train_vfn_unit(dataset, fold, preset, device="cpu", quiet=True, schedule_overrides=overrides or None,
                          resume=True, **arguments)
     return out.parent.name, time.perf_counter() - start
 

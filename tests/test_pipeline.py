@@ -141,6 +141,18 @@ def test_a_coarse_vfn_trains_beside_the_unit_and_fuses_at_its_factor(trained):
     assert 2 * np.sum(organ[0] & organ[1]) / (np.sum(organ[0]) + np.sum(organ[1])) >= MIN_FUSED_DICE
 
 
+def test_a_view_dropout_vfn_trains_beside_the_unit_and_records_its_share(trained):
+    """benchmarks/vfn_variants.py's viewdrop variant: the option reaches the sampler of a VFN trained
+    beside the unit, and the unit records it (the planned VFN records none)."""
+    _, raw = trained
+    results = paths.results_root() / raw.name
+    out = train_vfn_unit(None, "holdout", PRESET, device="cpu", quiet=True, suffix="_viewdrop",
+                         schedule_overrides=TINY_VFN, view_dropout=0.5)
+    assert out == paths.unit_dir(results, PRESET, "vfn_viewdrop", "holdout")
+    assert read_json(out / "unit.json")["view_dropout"] == 0.5
+    assert read_json(paths.unit_dir(results, PRESET, "vfn", "holdout") / "unit.json")["view_dropout"] == 0.0
+
+
 def test_crossval_table_has_every_method_and_records_the_best(trained):
     root, raw = trained
     result = CliRunner().invoke(crossval_entry, ["--preset", PRESET, "-q"])

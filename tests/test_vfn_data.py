@@ -81,3 +81,34 @@ def test_samples_stay_in_ram_off_the_gpu():
 
     samples = [_gradient_sample()]
     assert samples_on_device(samples, "cpu") is samples
+
+
+def test_view_dropout_replaces_one_view_by_the_others_mean_and_leaves_the_samples_alone():
+    """With view_dropout 1 every patch has exactly one view's maps replaced by the mean of the other
+    two (the image and the label untouched); the stored samples are never changed; with 0 the
+    batches are those of a sampler without the option."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    inputs = rng.random((1 + 3 * 2, 8, 8, 8)).astype(np.float32)  # image + 3 views × 2 foreground classes
+    label = rng.integers(0, 3, (8, 8, 8)).astype(np.uint8)
+    common = {"patch_size": [8, 8, 8], "spacing": [1, 1, 1], "num_image_channels": 1, "num_foreground": 2,
+              "batch_size": 12, "augment": False, "seed": 2}
+    for sample in ((inputs.copy(), label), (torch.from_numpy(inputs.copy()), torch.from_numpy(label))):
+        batch = next(VfnPatchSampler([sample], view_dropout=1.0, **common))
+        data = np.asarray(batch["data"])
+        dropped = []
+        for x in data:
+            np.testing.assert_array_equal(x[0], inputs[0])
+            same = [np.array_equal(x[1 + 2 * v:3 + 2 * v], inputs[1 + 2 * v:3 + 2 * v]) for v in range(3)]
+            assert sum(same) == 2
+            view = same.index(False)
+            others = [1 + 2 * v for v in range(3) if v != view]
+            np.testing.assert_allclose(x[1 + 2 * view:3 + 2 * view],
+                                       (inputs[others[0]:others[0] + 2] + inputs[others[1]:others[1] + 2]) / 2,
+                                       rtol=1e-6)
+            dropped.append(view)
+        assert len(set(dropped)) == 3  # each view is dropped in some patch of 12
+        np.testing.assert_array_equal(np.asarray(sample[0]), inputs)  # the sample itself is unchanged
+    plain, zero = VfnPatchSampler([(inputs, label)], **common), VfnPatchSampler([(inputs, label)], view_dropout=0, **common)
+    np.testing.assert_array_equal(next(plain)["data"], next(zero)["data"])

@@ -115,6 +115,10 @@ def _int64(x):
     return x.long() if isinstance(x, torch.Tensor) else x.astype(np.int64)
 
 
+def _copy(x):
+    return x.clone() if isinstance(x, torch.Tensor) else x.copy()
+
+
 def allowed_axis_orders(patch_size: list[int], spacing: list[float]) -> list[tuple[int, int, int]]:
     """Axis permutations that keep the patch shape and the voxel spacing."""
     out = []
@@ -147,12 +151,16 @@ class VfnPatchSampler:
         augment: random axis permutations (where allowed): the paper's rotations.
         mirror_axes: axes (0 z, 1 y, 2 x) each flipped with probability 1/2; None: every axis with
             ``augment`` (the paper's flips), none without.
+        view_dropout: probability that a patch has one view (drawn at random) replaced by the mean of
+            the other two views' maps, so the VFN cannot lean on one view's exact errors (0: never;
+            the random draws of the other patches are then those of a sampler without it).
     """
 
     def __init__(self, samples, patch_size, spacing, num_image_channels: int, num_foreground: int,
                  batch_size: int, use_image: bool = True, augment: bool = True, seed: int = 0,
-                 mirror_axes: Sequence[int] | None = None):
+                 mirror_axes: Sequence[int] | None = None, view_dropout: float = 0.0):
         self.samples = samples
+        self.view_dropout = float(view_dropout)
         self.patch = [int(p) for p in patch_size]
         self.orders = allowed_axis_orders(self.patch, spacing) if augment else [(0, 1, 2)]
         self.augment = augment
@@ -196,9 +204,19 @@ class VfnPatchSampler:
             x, y = self._crop(inputs, label)
             if self.augment or self.mirror_axes:
                 x, y = self._augment(x, y)
+            if self.view_dropout and self.rng.random() < self.view_dropout:
+                x = self._drop_view(x, int(self.rng.integers(3)))
             data.append(x if self.use_image else x[self.num_image:])
             target.append(y[None])
         return {"data": _stack(data), "target": _int64(_stack(target))}
+
+    def _drop_view(self, x, view: int):
+        """``x`` with view ``view``'s maps replaced by the mean of the other two views' maps."""
+        x, k = _copy(x), self.num_foreground
+        start = [self.num_image + v * k for v in range(3)]
+        a, b = (start[v] for v in range(3) if v != view)
+        x[start[view]:start[view] + k] = (x[a:a + k] + x[b:b + k]) / 2
+        return x
 
     def tiles(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Non-overlapping patch tiles (the last one per axis shifted inside) covering every sample."""

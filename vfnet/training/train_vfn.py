@@ -42,14 +42,17 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
                  device: str = "auto", num_threads: int | None = None, resume: bool = False,
                  quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None,
                  overwrite: bool = False, seed: int | None = None,
-                 distributed: DistributedContext | None = None, prior: str | None = None, suffix: str = "") -> Path:
+                 distributed: DistributedContext | None = None, prior: str | None = None, suffix: str = "",
+                 view_dropout: float = 0.0) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set, then write its summary.
 
     ``seed`` seeds the weights and the patch sampling (the validation cases stay the same); None
     takes the plan's (``training.seed``), and another seed trains into ``vfn_seed<seed>`` beside
     the unit, to measure how much the VFN's result depends on it. ``prior`` (``mean`` or
     ``stack``) replaces the plan's view prior and ``suffix`` is added to the network's folder name
-    (``vfn<suffix>``): variants for benchmarks, trained beside the planned VFN.
+    (``vfn<suffix>``), ``view_dropout`` the share of training patches with one view replaced by the
+    other two's mean (:class:`vfnet.training.data_vfn.VfnPatchSampler`): variants for benchmarks,
+    trained beside the planned VFN.
 
     The fusion set must exist (:func:`vfnet.pipeline.units.train_vfn_unit` builds it when
     missing; a missing one raises ``ModelNotFoundError`` naming the command). The other arguments:
@@ -60,7 +63,7 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     """
     plan_seed = Plan.load(paths.preprocessed_dataset(dataset)).training.seed
     options = RunOptions(num_threads, resume, quiet, overwrite, schedule_overrides, stop_at, distributed)
-    recipe = VfnRecipe(use_image, plan_seed if seed is None else seed, plan_seed, prior, suffix)
+    recipe = VfnRecipe(use_image, plan_seed if seed is None else seed, plan_seed, prior, suffix, view_dropout)
     return run_unit(recipe, dataset, unit, preset, device, options, [write_vfn_summary])
 
 
@@ -79,15 +82,17 @@ class VfnRecipe:
     stage = "vfn"
     view = None
 
-    def __init__(self, use_image: bool, seed: int, plan_seed: int, prior: str | None = None, suffix: str = ""):
-        self.use_image, self.seed, self.prior = use_image, seed, prior
+    def __init__(self, use_image: bool, seed: int, plan_seed: int, prior: str | None = None, suffix: str = "",
+                 view_dropout: float = 0.0):
+        self.use_image, self.seed, self.prior, self.view_dropout = use_image, seed, prior, view_dropout
         self.network = vfn_network_name(use_image) + ("" if seed == plan_seed else f"_seed{seed}") + suffix
 
     def cases(self, setup: UnitSetup) -> UnitCases:
         folder = paths.fusion_set_dir(setup.preprocessed, setup.preset, str(setup.spec["name"]))
         cases = sorted(load_manifest(folder)["cases"])
         train, val = split_validation(cases, f"vfn-{setup.spec['name']}", setup.plan.training)
-        return UnitCases(train, val, [], folder, record={"use_image": self.use_image, "fusion_set": str(folder)})
+        return UnitCases(train, val, [], folder, record={"use_image": self.use_image, "fusion_set": str(folder),
+                                                  "view_dropout": self.view_dropout})
 
     def build(self, setup: UnitSetup, cases: UnitCases, metadata: dict, options: RunOptions) -> Run:
         plan, schedule, folder, use_image, seed = setup.plan, setup.schedule, cases.data, self.use_image, self.seed
@@ -112,7 +117,8 @@ class VfnRecipe:
         train_samples = samples_on_device(train_samples, device)
         on_device = bool(train_samples) and isinstance(train_samples[0][0], torch.Tensor)
         train_batches = VfnPatchSampler(train_samples, augment=vfn.augmentation == "paper",
-                                        mirror_axes=vfn.mirror_axes, seed=seed + start_iteration, **common)
+                                        mirror_axes=vfn.mirror_axes, seed=seed + start_iteration,
+                                        view_dropout=self.view_dropout, **common)
         # every validation case, whole, at every validation (iteration 0 included)
         validation = VfnPatchSampler(load_fusion_samples(folder, cases.val, factor, plan.num_classes), augment=False,
                                      mirror_axes=(), seed=plan.training.seed, **common)
@@ -123,6 +129,7 @@ class VfnRecipe:
                           distributed=options.distributed,
                           metadata={**metadata, "use_image": use_image, "parameters": parameters, "view_prior": prior,
                                     "input_downsample": list(factor), "samples_on_device": on_device,
+                                    "view_dropout": self.view_dropout,
                                     "train_cases": cases.train, "val_cases": cases.val})
         trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, view prior {prior}, "
                     f"{model.in_channels} input channels, patch {vfn.patch_size}, in-plane downsample "
