@@ -18,8 +18,8 @@ fuses that fold's held-out cases with the fold units' maps, as crossval does. Va
 - ``decay``: the planned VFN with AdamW weight decay 3 (its head, which starts at zero, decays towards
   mean fusion).
 
-Writes ``results/vfn_variants_<Task>.md/.json`` (``_budget<N>`` added for a budget other than 60 minutes,
-as fusion.py names its files): per variant the overall Dice over the CV cases,
+Writes ``results/vfn_variants_<Task>.md/.json`` (``_<allocation>`` added for a run with an allocation other
+than ``equal``, ``_budget<N>`` for a budget other than 60 minutes, as fusion.py names its files): per variant the overall Dice over the CV cases,
 its difference to mean fusion and to the stack (crossval's per-case values) with paired tests,
 the iteration each fold's VFN validated best at, training seconds and the median seconds per
 case of the fusion itself (every variant timed in this process, one after the other).
@@ -106,6 +106,9 @@ def main() -> None:
     crossval = json.loads((results / preset / "crossval" / "crossval.json").read_text())
     config = VfnConfig.from_plan(plan, device="cpu")
     trained_with = (work / "trained_with_commit.txt").read_text().strip()
+    # the run's allocation names the fusion.py command (and, as there, the results file) when not the default
+    allocation = read_json(results / preset / "budget.json").get("allocation", "equal")
+    run_options = f" --allocation {allocation}" if allocation != "equal" else ""
 
     folds = test_folds(plan)
     cases = [case for fold, _, _ in folds for case in data.fold_cases([fold])]
@@ -147,7 +150,7 @@ def main() -> None:
         f"{(sum(r['train_s'].values()) / 60) if r['train_s'] else 0:.1f} | {r['fuse_s_median']:.2f} |"
         for name, r in out.items())
     body = f"""Command: `{invocation}`, where WORK is the work folder of
-`python benchmarks/fusion.py --dataset {args.dataset} --budget {args.budget:g}` (its 2D units, fusion sets and
+`python benchmarks/fusion.py --dataset {args.dataset} --budget {args.budget:g}{run_options}` (its 2D units, fusion sets and
 crossval, trained with commit {trained_with}); this command trained only the variants' VFNs, beside the planned ones.
 
 {len(cases)} held-out cases, each fused by its test fold's VFN from the fold units' maps (as crossval does).
@@ -157,7 +160,8 @@ Mean fusion {np.mean(baseline['mean']):.2f} %, stack {np.mean(baseline['stack'])
 |---|---|---|---|---|---|---|---|---|
 {rows}
 """
-    name = f"vfn_variants_{args.dataset}" + (f"_budget{args.budget:g}" if args.budget != 60 else "")
+    name = f"vfn_variants_{args.dataset}" + (f"_{allocation}" if run_options else "") + \
+        (f"_budget{args.budget:g}" if args.budget != 60 else "")
     write_results(name, f"VFN variants on {args.dataset}, budget {args.budget:g} min, CPU",
                   body, {"command": invocation, "trained_with_commit": trained_with,
                          "baseline": {m: float(np.mean(v)) for m, v in baseline.items()}, "variants": out})
