@@ -24,6 +24,13 @@ VIEW_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 _PERMUTATION = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
 
 
+def view_channel_slice(num_image_channels: int, num_foreground: int, view_index: int) -> slice:
+    """Channels of view ``VIEWS[view_index]``'s foreground maps in a VFN input: the image channels
+    first, then each view's ``num_foreground`` maps, axial, coronal, sagittal."""
+    first = num_image_channels + view_index * num_foreground
+    return slice(first, first + num_foreground)
+
+
 def check_view(view: str) -> str:
     if view not in VIEWS:
         raise ValueError(f"unknown view '{view}'; expected one of {', '.join(VIEWS)}")

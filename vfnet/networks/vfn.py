@@ -42,7 +42,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from vfnet.networks.conv import Conv3d
 from vfnet.networks.stack import EPSILON, equal_weights
-from vfnet.views import VIEWS
+from vfnet.views import VIEWS, view_channel_slice
 
 DEFAULT_FEATURES = (16, 32, 64, 128)
 NUM_STAGES = 3
@@ -161,8 +161,7 @@ class VolumetricFusionNet(nn.Module):
 
     def view_slice(self, view_index: int) -> slice:
         """The input channels holding foreground classes 1..C of view ``VIEWS[view_index]``, a contiguous range."""
-        first = (self.num_image_channels if self.use_image else 0) + view_index * (self.num_classes - 1)
-        return slice(first, first + self.num_classes - 1)
+        return view_channel_slice(self.num_image_channels if self.use_image else 0, self.num_classes - 1, view_index)
 
     def view_channels(self, view_index: int) -> list[int]:
         """Input channels holding foreground classes 1..C of view ``VIEWS[view_index]``."""

@@ -32,7 +32,7 @@ import torch
 from vfnet.atomic import read_json
 from vfnet.errors import ModelNotFoundError
 from vfnet.resolution import IDENTITY, downsample_image, downsample_label, normalise_factor
-from vfnet.views import VIEWS
+from vfnet.views import VIEWS, view_channel_slice
 from vfnet.windows import sliding_window_starts
 
 
@@ -133,9 +133,8 @@ def permute_view_channels(num_image_channels: int, num_foreground: int, order: t
     """Channel index list that moves each view's maps along with its axis under ``order``."""
     channels = list(range(num_image_channels))
     for new_axis in range(3):
-        old_axis = order[new_axis]
-        start = num_image_channels + old_axis * num_foreground
-        channels += list(range(start, start + num_foreground))
+        view = view_channel_slice(num_image_channels, num_foreground, order[new_axis])
+        channels += list(range(view.start, view.stop))
     return channels
 
 
@@ -212,10 +211,10 @@ class VfnPatchSampler:
 
     def _drop_view(self, x, view: int):
         """``x`` with view ``view``'s maps replaced by the mean of the other two views' maps."""
-        x, k = _copy(x), self.num_foreground
-        start = [self.num_image + v * k for v in range(3)]
-        a, b = (start[v] for v in range(3) if v != view)
-        x[start[view]:start[view] + k] = (x[a:a + k] + x[b:b + k]) / 2
+        x = _copy(x)
+        dropped, a, b = (view_channel_slice(self.num_image, self.num_foreground, v)
+                         for v in (view, *(v for v in range(3) if v != view)))
+        x[dropped] = (x[a] + x[b]) / 2
         return x
 
     def tiles(self) -> list[tuple[np.ndarray, np.ndarray]]:
