@@ -195,6 +195,34 @@ def _seed_spread(dataset: str, preset: str) -> dict:
             "extra_training_s": round(train_s, 1)}
 
 
+def _vfn_selection(dataset: str, preset: str, crossval: dict) -> dict:
+    """Per test fold: how its VFN chose its checkpoint (validation cases, pseudo-Dice at iteration 0 and
+    the best after it, the iteration kept, the plan's min_gain) and VFN − mean on the fold's cases."""
+    from vfnet import paths
+    from vfnet.atomic import read_json
+    from vfnet.evaluation.crossval import test_folds
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.preprocessing.data import PreprocessedDataset
+
+    preprocessed = paths.preprocessed_dataset(dataset)
+    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
+    results = paths.results_root() / preprocessed.name
+    out = {}
+    for fold, _, vfn_unit in test_folds(plan):
+        folder = paths.unit_dir(results, preset, "vfn", vfn_unit)
+        summary, record = read_json(folder / "summary.json"), read_json(folder / "unit.json")
+        differences = [100 * (crossval["cases"][c]["dice"]["vfn"]["overall"] - crossval["cases"][c]["dice"]["mean"]["overall"])
+                       for c in data.fold_cases([fold])]
+        out[fold] = {"val_cases": len(record["val_cases"]), "train_cases": len(record["train_cases"]),
+                     "min_gain": record.get("min_gain", 0.0),
+                     "start_val_pseudo_dice": summary["start_val_pseudo_dice"],
+                     "best_trained_val_pseudo_dice": summary.get("best_trained_val_pseudo_dice"),
+                     "best_trained_iteration": summary.get("best_trained_iteration"),
+                     "kept_iteration": summary["best_iteration"], "vfn_minus_mean": float(np.mean(differences)),
+                     "cases": len(differences)}
+    return out
+
+
 def _cca_gap(dataset: str, preset: str) -> dict:
     """Per view: Dice and predicted/true volume of the fold unit's maps and of the CCA units' maps, same cases."""
     from vfnet import paths
@@ -258,6 +286,7 @@ def main() -> None:
     gap = _cca_gap(args.dataset, run["preset"])
     stride = _stride_comparison(args.dataset, run["preset"], crossval)
     seeds = _seed_spread(args.dataset, run["preset"])
+    selection = _vfn_selection(args.dataset, run["preset"], crossval)
     labels = list(crossval["labels"])
     methods = {m: {"overall": 100 * s["overall"]["mean"],
                    "per_label": {lab: 100 * s[lab]["mean"] for lab in labels},
@@ -276,6 +305,11 @@ def main() -> None:
     gap_rows = "\n".join(f"| {view} | {g['fold']['dice']:.2f} | {g['cca']['dice']:.2f} | "
                          f"{g['fold']['dice'] - g['cca']['dice']:+.2f} | {g['fold']['volume_ratio']:.3f} | "
                          f"{g['cca']['volume_ratio']:.3f} |" for view, g in gap.items())
+    selection_rows = "\n".join(
+        f"| {fold} | {v['train_cases']} / {v['val_cases']} | {100 * v['start_val_pseudo_dice']:.2f} | "
+        f"{100 * v['best_trained_val_pseudo_dice']:.2f} (iteration {v['best_trained_iteration']}) | "
+        f"{v['min_gain']:g} | {v['kept_iteration']} | {v['vfn_minus_mean']:+.2f} ({v['cases']} cases) |"
+        for fold, v in selection.items())
     seed_rows = "\n".join(f"| {seed} | {d:+.2f} |" for seed, d in seeds["vfn_minus_mean"].items())
     body = f"""
 Command: `{run['invocation']}` (the same run's budget results: `{budget_path.name}`).
@@ -311,6 +345,12 @@ Command: `{run['invocation']}` (the same run's budget results: `{budget_path.nam
 |---|---|---|---|
 {test_rows}
 
+## How each test fold's VFN chose its checkpoint (validation pseudo-Dice %)
+
+| test fold | training / validation cases | iteration 0 (mean fusion) | best after it | min gain | kept iteration | VFN − mean on the fold's cases |
+|---|---|---|---|---|---|---|
+{selection_rows}
+
 ## VFN − mean over {SEEDS} seeds, fold {seeds['fold']} ({seeds['cases']} cases)
 
 | seed | VFN − mean, overall Dice points |
@@ -333,7 +373,7 @@ trained after train_all, outside its budget ({seeds['extra_training_s']:.0f} s).
     path = write_results(name, f"Fusion on {args.dataset}: 4-fold CCA, budget {args.budget:g} min, CPU", body, {
         "command": run["invocation"], "resumed": run["resumed"] or None, "budget_min": args.budget, "wall_min": run["wall_s"] / 60,
         "methods": methods, "tests": tests, "vfn_parameters": vfn_params, "unet3d_parameters": unet_params,
-        "inference": speed, "vfn_stride": stride, "cca_gap": gap, "seeds": seeds, "best": crossval["best"]})
+        "inference": speed, "vfn_stride": stride, "cca_gap": gap, "seeds": seeds, "vfn_selection": selection, "best": crossval["best"]})
     print(path.read_text())
 
 

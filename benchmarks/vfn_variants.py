@@ -16,7 +16,11 @@ fuses that fold's held-out cases with the fold units' maps, as crossval does. Va
   maps it trains on and the fold units' maps it fuses);
 - ``lowlr``: the planned VFN at a third of its learning rate (a smaller correction of the mean);
 - ``decay``: the planned VFN with AdamW weight decay 3 (its head, which starts at zero, decays towards
-  mean fusion).
+  mean fusion);
+- ``anygain``: the planned VFN keeping any trained checkpoint that validates above mean fusion
+  (``min_gain`` 0; the same validation cases);
+- ``share``: the selection before plans had ``validation_cases`` and ``min_gain``: validation on the
+  plan's share of the fusion set (``validation_fraction``) and any gain kept.
 
 Writes ``results/vfn_variants_<Task>.md/.json`` (``_<allocation>`` added for a run with an allocation other
 than ``equal``, ``_budget<N>`` for a budget other than 60 minutes, as fusion.py names its files): per variant the overall Dice over the CV cases,
@@ -54,6 +58,8 @@ VARIANTS = {
     "viewdrop": ({"suffix": "_viewdrop", "view_dropout": 0.3}, None),
     "lowlr": ({"suffix": "_lowlr", "lr_factor": 1 / 3}, None),
     "decay": ({"suffix": "_decay", "schedule": {"weight_decay": 3.0}}, None),
+    "anygain": ({"suffix": "_anygain", "min_gain": 0.0}, None),
+    "share": ({"suffix": "_share", "min_gain": 0.0, "validation_cases": 0}, None),
 }
 
 

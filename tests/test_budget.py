@@ -378,12 +378,13 @@ def test_a_budget_needs_a_margin_over_the_minimum_schedules(demo_preprocessed, m
     assert plan_budget(plan, splits, float(with_margin), _calibration())["units"]
 
 
-def _plan_like(demo_preprocessed, median_shape, num_classes: int, vfn_patch) -> Plan:
-    """The demo plan with another median case shape, number of classes and VFN patch."""
+def _plan_like(demo_preprocessed, median_shape, num_classes: int, vfn_patch, vfn_validation_cases: int = 5) -> Plan:
+    """The demo plan with another median case shape, number of classes, VFN patch and VFN validation minimum."""
     data = copy.deepcopy(Plan.load(demo_preprocessed).data)
     data.update(median_shape=list(median_shape), num_classes=num_classes,
                 labels={"background": 0, **{f"organ{c}": c for c in range(1, num_classes)}})
-    data["vfn"] = {**data["vfn"], "patch_size": list(vfn_patch), "stride": list(vfn_patch)}
+    data["vfn"] = {**data["vfn"], "patch_size": list(vfn_patch), "stride": list(vfn_patch),
+                   "validation_cases": vfn_validation_cases}
     return Plan(data)
 
 
@@ -392,9 +393,14 @@ def test_vfn_fixed_cost_matches_the_measured_units(demo_preprocessed):
     checkpoints, plots), measured on 2 CPU cores for fold 0: CHAOST2 (15 cases of 36x256x256, 5 classes, 2
     validation cases of 16 tiles) 74.5 s, where the old model planned 10 s and a 60-minute run's VFN units took 2.2x
     their plan; Hippocampus (150 cases of 36x50x35, 3 classes, 22 validation cases of one tile) 19.1 s."""
-    chaos = _plan_like(demo_preprocessed, (36, 256, 256), 5, (40, 64, 64))
+    chaos = _plan_like(demo_preprocessed, (36, 256, 256), 5, (40, 64, 64), vfn_validation_cases=0)
     assert vfn_validation_windows(chaos) == 16
-    assert 0.85 * 74.5 <= vfn_fixed_seconds(chaos, 15, {"vfn": {"step_s": 0.27, "window_s": 0.053}}) <= 1.15 * 74.5
+    calibration = {"vfn": {"step_s": 0.27, "window_s": 0.053}}
+    measured = vfn_fixed_seconds(chaos, 15, calibration)
+    assert 0.85 * 74.5 <= measured <= 1.15 * 74.5
+    # new plans validate on 5 of the 15 cases, not 2: the validation windows cost 2.5 times as much
+    planned = vfn_fixed_seconds(_plan_like(demo_preprocessed, (36, 256, 256), 5, (40, 64, 64)), 15, calibration)
+    assert 1.2 * measured < planned < 2.0 * measured
     hippocampus = _plan_like(demo_preprocessed, (36, 50, 35), 3, (40, 56, 40))
     assert vfn_validation_windows(hippocampus) == 1
     assert 0.8 * 19.1 <= vfn_fixed_seconds(hippocampus, 150, {"vfn": {"step_s": 0.11, "window_s": 0.016}}) \

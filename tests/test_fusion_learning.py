@@ -138,6 +138,35 @@ def test_validation_at_iteration_zero(tmp_path):
     assert (tmp_path / "checkpoint_best.pth").is_file()
 
 
+@pytest.mark.parametrize("min_gain, kept, best_iteration", [(0.01, [True, False, True, False], 4),
+                                                            (0.02, [True, False, False, False], 0)])
+def test_a_trained_checkpoint_must_beat_iteration_zero_by_min_gain(tmp_path, monkeypatch, min_gain, kept,
+                                                                   best_iteration):
+    """The VFN stays its untrained self (mean fusion) unless training beats it on validation by min_gain."""
+    from vfnet.checkpoint import load_checkpoint
+    from vfnet.training.runner import trained_metadata
+
+    net = torch.nn.Conv3d(1, 2, 1)
+    batch = {"data": np.zeros((1, 1, 2, 2, 2), np.float32), "target": np.zeros((1, 1, 2, 2, 2), np.int64)}
+
+    def loss(logits, target):
+        return torch.nn.functional.cross_entropy(logits, target[:, 0])
+
+    trainer = Trainer(net, loss, iter(lambda: batch, None), [batch],
+                      TrainingConfig(iterations=6, val_every=2, validate_at_start=True, min_gain=min_gain),
+                      tmp_path, device="cpu", quiet=True)
+    scores = iter([0.800, 0.803, 0.812, 0.809])  # pseudo-Dice at iterations 0, 2, 4, 6
+    monkeypatch.setattr(trainer, "validate", lambda: (0.5, next(scores)))
+    history = trainer.fit()
+    assert [h["best"] for h in history] == kept
+    assert load_checkpoint(tmp_path / "checkpoint_best.pth")["iteration"] == best_iteration
+    summary = trained_metadata(tmp_path)
+    assert summary["best_iteration"] == best_iteration and summary["best_trained_iteration"] == 4
+    assert summary["best_trained_val_pseudo_dice"] == pytest.approx(0.812)
+    assert summary["best_val_pseudo_dice"] == pytest.approx(0.812 if best_iteration else 0.800)
+    assert "above iteration 0: not kept" in (tmp_path / "training.log").read_text()
+
+
 def test_no_mirroring_in_planned_training_and_tta_axes(demo_preprocessed):
     from batchgenerators.transforms.spatial_transforms import MirrorTransform
 

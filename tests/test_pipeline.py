@@ -153,6 +153,23 @@ def test_a_view_dropout_vfn_trains_beside_the_unit_and_records_its_share(trained
     assert read_json(paths.unit_dir(results, PRESET, "vfn", "holdout") / "unit.json")["view_dropout"] == 0.0
 
 
+def test_a_vfn_needing_a_large_gain_keeps_mean_fusion_and_validates_on_the_planned_cases(trained):
+    """``min_gain`` and ``validation_cases`` reach a VFN trained beside the unit: with a gain no training
+    reaches it keeps iteration 0 (mean fusion), and it validates on at least the planned number of
+    cases (at most half of its fusion set)."""
+    _, raw = trained
+    results = paths.results_root() / raw.name
+    out = train_vfn_unit(None, "holdout", PRESET, device="cpu", quiet=True, suffix="_strict",
+                         schedule_overrides=TINY_VFN, min_gain=100.0, validation_cases=4)
+    summary, record = read_json(out / "summary.json"), read_json(out / "unit.json")
+    assert summary["best_iteration"] == 0 and summary["best_trained_iteration"] > 0
+    assert record["min_gain"] == 100.0
+    cases = len(record["train_cases"]) + len(record["val_cases"])
+    assert len(record["val_cases"]) == max(min(4, cases // 2), round(0.15 * cases), 1)
+    planned = read_json(paths.unit_dir(results, PRESET, "vfn", "holdout") / "unit.json")
+    assert planned["min_gain"] == 0.5 and len(planned["val_cases"]) >= min(5, cases // 2)
+
+
 def test_crossval_table_has_every_method_and_records_the_best(trained):
     root, raw = trained
     result = CliRunner().invoke(crossval_entry, ["--preset", PRESET, "-q"])

@@ -265,3 +265,17 @@ def test_the_plans_seed_fraction_and_optimizer_reach_the_trainer(demo_preprocess
     state = torch.load(out / "checkpoint_final.pth", weights_only=True)
     group = state["optimizer"]["param_groups"][0]
     assert (group["momentum"], group["nesterov"]) == (0.9, False) and state["config"]["seed"] == 7
+
+
+def test_new_plans_guard_the_vfn_prior_and_older_plans_keep_any_gain(demo_preprocessed):
+    """New plans: the VFN validates on at least 5 cases and keeps a trained checkpoint only 0.5 Dice
+    points above mean fusion; a plan written before these keys reads 0 (the share alone, any gain)."""
+    data = read_json(demo_preprocessed / "plans.json")
+    assert (data["vfn"]["validation_cases"], data["vfn"]["min_gain"]) == (5, 0.5)
+    for key in ("validation_cases", "min_gain"):
+        del data["vfn"][key]
+    older = Plan(data)
+    assert (older.vfn.validation_cases, older.vfn.min_gain) == (0, 0.0)
+    data["vfn"]["min_gain"] = -1
+    with pytest.raises(PlanError, match="min_gain"):
+        Plan(data)

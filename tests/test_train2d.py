@@ -25,7 +25,7 @@ from vfnet.training.config import StepLR
 from vfnet.training.data2d import fixed_batches, load_view_volumes, make_train_loader
 from vfnet.training.losses import DiceCELoss, SoftDiceLoss
 from vfnet.training.trainer import Trainer, TrainingConfig
-from vfnet.training.units import split_validation
+from vfnet.training.units import split_validation, validation_count
 from vfnet.views import VIEWS, slice_stacks
 from vfnet_cli.train import train_all_entry, train_entry
 
@@ -223,6 +223,16 @@ def test_validation_split_is_seeded_and_never_empty():
     assert len(val) == 3 and not set(train) & set(val) and set(train) | set(val) == set(cases)
     assert split_validation(cases, "0", training) == (train, val)
     assert len(split_validation(cases[:3], "x", training)[1]) == 1
+
+
+def test_a_validation_minimum_takes_more_cases_but_never_more_than_half():
+    """The VFN's ``validation_cases``: 15 fusion-set cases validate on 5, not the share's 2; 6 cases on 3."""
+    training = TrainingPlan(seed=12345, validation_fraction=0.15)
+    assert [validation_count(n, 0.15, 5) for n in (1, 2, 6, 15, 150)] == [1, 1, 3, 5, 22]
+    assert validation_count(15, 0.15) == 2
+    cases = [f"c{i}" for i in range(15)]
+    train, val = split_validation(cases, "vfn-0", training, minimum=5)
+    assert len(val) == 5 and len(train) == 10 and set(train) | set(val) == set(cases)
 
 
 def test_unknown_view_and_unit_list_the_valid_ones(demo_preprocessed):

@@ -41,6 +41,8 @@ from vfnet.experiment_planning.settings import (
     STACK_MAX_VOXELS,
     STACK_SEED,
     VALIDATION_FRACTION,
+    VFN_MIN_GAIN,
+    VFN_VALIDATION_CASES,
     default_optimizer,
     network_training,
     stride_for_step,
@@ -156,6 +158,9 @@ def plan_vfn(median_shape: tuple, median_bbox: tuple) -> dict:
         # under a budget, the views' finest factor: on CHAOST2 a VFN at the views' 1/4 scored as the full-resolution
         # one on the same units (+0.08 Dice points, p 0.88) in 41 % of its time (vfn_variants_Task20_CHAOST2_budget45)
         "budget_downsample": "views",
+        # a trained VFN replaces mean fusion only when it beats it by min_gain Dice points on validation_cases or more
+        "validation_cases": VFN_VALIDATION_CASES,
+        "min_gain": VFN_MIN_GAIN,
     }
 
 

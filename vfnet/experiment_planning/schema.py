@@ -76,6 +76,10 @@ class VfnPlan(Section):
     ``input_downsample``: in-plane block factor the VFN fuses at.
     ``budget_downsample``: under a budgeted preset, ``views`` has the VFN fuse at the finest in-plane
     factor the budget gave the views; ``plan`` (the default when left out) keeps ``input_downsample``.
+    ``validation_cases``: the fewest fusion-set cases a VFN validates on (at most half of them; 0,
+    the default when left out: ``training.validation_fraction`` alone decides).
+    ``min_gain``: Dice points a trained checkpoint must add to the view prior's validation
+    pseudo-Dice (iteration 0) before it replaces it (0, the default when left out: any gain).
     """
 
     patch_size: list[int] = field(metadata=reads(integers(3)))
@@ -88,6 +92,8 @@ class VfnPlan(Section):
     mirror_axes: list[int] = field(metadata=reads(distinct_axes(3)))
     prior_weights: str = field(default="mean", metadata=reads(choice(*PRIOR_WEIGHTS)))
     budget_downsample: str = field(default="plan", metadata=reads(choice(*BUDGET_DOWNSAMPLE)))
+    validation_cases: int = field(default=0, metadata=reads(integer(0)))
+    min_gain: float = field(default=0.0, metadata=reads(number(0, 100)))
 
 
 @dataclass(frozen=True)

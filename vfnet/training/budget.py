@@ -129,7 +129,8 @@ def vfn_fixed_seconds(plan: Plan, train: int, calibration: dict, factor: Sequenc
 
     channels = plan.num_channels + 3 * (plan.num_classes - 1)  # image + each view's foreground maps
     fusion_set = train * (FUSION_CASE_S + _case_voxels(plan) * channels * MAP_VALUE_S)
-    windows = validation_count(train, plan.training.validation_fraction) * vfn_validation_windows(plan, factor)
+    windows = (validation_count(train, plan.training.validation_fraction, plan.vfn.validation_cases)
+               * vfn_validation_windows(plan, factor))
     validation = (VALIDATIONS_PER_UNIT + 1) * (
         VALIDATION_OVERHEAD_S + windows * VALIDATION_WINDOW_FACTOR * calibration["vfn"]["window_s"])
     return UNIT_OVERHEAD_S + fusion_set + validation

@@ -91,6 +91,8 @@ class TrainingConfig:
         seed: seeds python, numpy and torch when the trainer is made.
         validate_at_start: also validate (and keep a best checkpoint) before the first step, so
             an untrained network that is already good (the VFN's view prior) can win.
+        min_gain: with ``validate_at_start``, the pseudo-Dice (0-1) a trained checkpoint must add to
+            the untrained network's before it becomes the best one (0: any gain).
     """
 
     iterations: int
@@ -101,6 +103,7 @@ class TrainingConfig:
     grad_clip: float | None = 12.0
     seed: int = 12345
     validate_at_start: bool = False
+    min_gain: float = 0.0
 
     @classmethod
     def from_schedule(cls, schedule: Schedule, **overrides) -> TrainingConfig:

@@ -138,11 +138,17 @@ def run_unit(recipe: Recipe, dataset: str | int | None, unit: str, preset: str, 
 
 
 def trained_metadata(unit_dir: Path) -> dict:
-    """What a unit's final checkpoint records: parameters, iterations, the best and the first validation."""
+    """What a unit's final checkpoint records: parameters, iterations, the kept (best) and the first
+    validation, and the best one after training started (kept or not, see ``min_gain``)."""
     state = load_checkpoint(UnitPaths(unit_dir).final_checkpoint)
     history = list(state.get("history") or [])
-    best = max(history, key=lambda h: h["val_dice"]) if history else None
+    kept = [h for h in history if h.get("best")]
+    # histories written before validations recorded "best" kept the highest pseudo-Dice
+    best = kept[-1] if kept else max(history, key=lambda h: h["val_dice"]) if history else None
+    trained = max((h for h in history if h["iteration"] > 0), key=lambda h: h["val_dice"], default=None)
     return {"parameters": (state.get("metadata") or {}).get("parameters"), "iterations": int(state["iteration"]),
             "best_val_pseudo_dice": float(state["best_dice"]), "best_iteration": best["iteration"] if best else None,
             "start_val_pseudo_dice": history[0]["val_dice"] if history else None,
+            "best_trained_val_pseudo_dice": trained["val_dice"] if trained else None,
+            "best_trained_iteration": trained["iteration"] if trained else None,
             "train_seconds": round(sum(h["seconds"] for h in history), 1)}

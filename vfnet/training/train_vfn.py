@@ -7,8 +7,10 @@ channel keeps its view and the anatomy its sides; ``"augmentation": "paper"`` ad
 paper's rotations, ``mirror_axes`` its flips), and the loss, optimizer and learning-rate
 schedule of the plan's VFN schedule (planned: Dice, + cross-entropy for several classes; the
 paper's SGD, AdamW in quick; the learning rate divided by 10 at 2/3 and 5/6 of the iterations).
-Every validation case is scored whole at every validation, iteration 0 included (the untrained
-VFN is mean fusion), and prediction uses the checkpoint that validated best. It shares the
+Every validation case (at least the plan's ``vfn.validation_cases``) is scored whole at every
+validation, iteration 0 included (the untrained VFN is mean fusion), and prediction uses the
+checkpoint that validated best, where a trained one must beat iteration 0 by ``vfn.min_gain`` Dice
+points (else the VFN stays mean fusion). It shares the
 trainer (checkpoints, resume, log, progress.png, mixed precision on CUDA) with the 2D views.
 """
 
@@ -43,7 +45,8 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
                  quiet: bool = False, schedule_overrides: dict | None = None, stop_at: int | None = None,
                  overwrite: bool = False, seed: int | None = None,
                  distributed: DistributedContext | None = None, prior: str | None = None, suffix: str = "",
-                 view_dropout: float = 0.0) -> Path:
+                 view_dropout: float = 0.0, validation_cases: int | None = None,
+                 min_gain: float | None = None) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set, then write its summary.
 
     ``seed`` seeds the weights and the patch sampling (the validation cases stay the same); None
@@ -51,8 +54,9 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     the unit, to measure how much the VFN's result depends on it. ``prior`` (``mean`` or
     ``stack``) replaces the plan's view prior and ``suffix`` is added to the network's folder name
     (``vfn<suffix>``), ``view_dropout`` the share of training patches with one view replaced by the
-    other two's mean (:class:`vfnet.training.data_vfn.VfnPatchSampler`): variants for benchmarks,
-    trained beside the planned VFN.
+    other two's mean (:class:`vfnet.training.data_vfn.VfnPatchSampler`), ``validation_cases`` and
+    ``min_gain`` replace the plan's ``vfn`` keys of the same names (None: the plan's): variants for
+    benchmarks, trained beside the planned VFN.
 
     The fusion set must exist (:func:`vfnet.pipeline.units.train_vfn_unit` builds it when
     missing; a missing one raises ``ModelNotFoundError`` naming the command). The other arguments:
@@ -63,7 +67,8 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     """
     plan_seed = Plan.load(paths.preprocessed_dataset(dataset)).training.seed
     options = RunOptions(num_threads, resume, quiet, overwrite, schedule_overrides, stop_at, distributed)
-    recipe = VfnRecipe(use_image, plan_seed if seed is None else seed, plan_seed, prior, suffix, view_dropout)
+    recipe = VfnRecipe(use_image, plan_seed if seed is None else seed, plan_seed, prior, suffix, view_dropout,
+                       validation_cases, min_gain)
     return run_unit(recipe, dataset, unit, preset, device, options, [write_vfn_summary])
 
 
@@ -76,23 +81,30 @@ class VfnRecipe:
     """The VFN for :func:`vfnet.training.runner.run_unit`: ROI patches of its fusion set's cases.
 
     A ``seed`` other than the plan's trains into ``<network>_seed<seed>``; ``prior`` None takes the
-    plan's view prior, and ``suffix`` is added to the folder name.
+    plan's view prior, and ``suffix`` is added to the folder name. The VFN validates on at least the
+    plan's ``vfn.validation_cases`` fusion-set cases and keeps a trained checkpoint only when it beats
+    the view prior there by ``vfn.min_gain`` Dice points (``validation_cases``, ``min_gain``: others).
     """
 
     stage = "vfn"
     view = None
 
     def __init__(self, use_image: bool, seed: int, plan_seed: int, prior: str | None = None, suffix: str = "",
-                 view_dropout: float = 0.0):
+                 view_dropout: float = 0.0, validation_cases: int | None = None, min_gain: float | None = None):
         self.use_image, self.seed, self.prior, self.view_dropout = use_image, seed, prior, view_dropout
+        self.validation_cases, self.min_gain = validation_cases, min_gain
         self.network = vfn_network_name(use_image) + ("" if seed == plan_seed else f"_seed{seed}") + suffix
 
     def cases(self, setup: UnitSetup) -> UnitCases:
         folder = paths.fusion_set_dir(setup.preprocessed, setup.preset, str(setup.spec["name"]))
         cases = sorted(load_manifest(folder)["cases"])
-        train, val = split_validation(cases, f"vfn-{setup.spec['name']}", setup.plan.training)
+        minimum = setup.plan.vfn.validation_cases if self.validation_cases is None else self.validation_cases
+        train, val = split_validation(cases, f"vfn-{setup.spec['name']}", setup.plan.training, minimum)
         return UnitCases(train, val, [], folder, record={"use_image": self.use_image, "fusion_set": str(folder),
-                                                  "view_dropout": self.view_dropout})
+                                                  "view_dropout": self.view_dropout, "min_gain": self._min_gain(setup)})
+
+    def _min_gain(self, setup: UnitSetup) -> float:
+        return setup.plan.vfn.min_gain if self.min_gain is None else self.min_gain
 
     def build(self, setup: UnitSetup, cases: UnitCases, metadata: dict, options: RunOptions) -> Run:
         plan, schedule, folder, use_image, seed = setup.plan, setup.schedule, cases.data, self.use_image, self.seed
@@ -123,7 +135,7 @@ class VfnRecipe:
         validation = VfnPatchSampler(load_fusion_samples(folder, cases.val, factor, plan.num_classes), augment=False,
                                      mirror_axes=(), seed=plan.training.seed, **common)
         val_batches = tile_batches(validation, schedule.val_batch_size or schedule.batch_size)
-        config = TrainingConfig.from_schedule(schedule, seed=seed)
+        config = TrainingConfig.from_schedule(schedule, seed=seed, min_gain=self._min_gain(setup) / 100)
         trainer = Trainer(model, make_loss(schedule.loss), train_batches, val_batches, config, setup.out,
                           device=setup.device, num_threads=options.num_threads, quiet=options.quiet,
                           distributed=options.distributed,
@@ -136,5 +148,6 @@ class VfnRecipe:
                     f"{list(factor)}, augmentation {vfn.augmentation}, mirroring {vfn.mirror_axes}, loss "
                     f"{schedule.loss}, {len(val_batches)} validation batches, training patches cropped on "
                     f"{device if on_device else 'cpu'}, "
-                    f"{len(cases.train)} training / {len(cases.val)} validation cases")
+                    f"{len(cases.train)} training / {len(cases.val)} validation cases, a trained checkpoint kept only "
+                    f"{self._min_gain(setup):g} Dice points above iteration 0")
         return Run(trainer)

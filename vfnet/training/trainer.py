@@ -7,7 +7,8 @@ patches or datasets. Batches are dicts with ``"data"`` (B, C, *spatial) and ``"t
 (B, [1,] *spatial) class indices, as numpy arrays or tensors.
 
 Files in ``out_dir``: ``checkpoint_latest.pth`` (every validation), ``checkpoint_best.pth``
-(highest validation pseudo-Dice), ``checkpoint_final.pth`` (end of the schedule), all
+(highest validation pseudo-Dice; a trained one must beat iteration 0's by ``min_gain`` when that is
+validated), ``checkpoint_final.pth`` (end of the schedule), all
 written atomically; ``training.log``; ``progress.png`` redrawn at every validation.
 
 Example:
@@ -250,9 +251,11 @@ class Trainer:
         # Steps and validation of this interval; checkpoint and plot time count for the next one.
         next_start = time.perf_counter()
         improved = not np.isnan(val_dice) and val_dice > self.best_dice
+        short = improved and val_dice < self._start_dice() + self.config.min_gain
+        improved = improved and not short
         if improved:
             self.best_dice = val_dice
-        entry = {"iteration": self.iteration,
+        entry = {"iteration": self.iteration, "best": improved,
                  "train_loss": float(np.mean(train_losses)) if train_losses else float("nan"),
                  "val_loss": val_loss, "val_dice": val_dice, "lr": self.optimizer.param_groups[0]["lr"],
                  "seconds": next_start - interval_start, "data_wait": wait_seconds / step_seconds if step_seconds > 0 else 0.0}
@@ -261,11 +264,19 @@ class Trainer:
         if improved:
             self.save_checkpoint(BEST_CHECKPOINT)
         self.log(f"iteration {self.iteration}/{self.config.iterations}: train loss {entry['train_loss']:.4f}, "
-                 f"val loss {val_loss:.4f}, pseudo-Dice {val_dice:.4f}{' (best)' if improved else ''}, "
+                 f"val loss {val_loss:.4f}, pseudo-Dice {val_dice:.4f}{' (best)' if improved else ''}"
+                 f"{f' (less than {self.config.min_gain:.4f} above iteration 0: not kept)' if short else ''}, "
                  f"lr {entry['lr']:.2e}, {entry['seconds']:.1f} s, data wait {100 * entry['data_wait']:.1f}%")
         if self.is_main:
             plot_progress(self.history, self.out_dir / "progress.png")
         return next_start
+
+    def _start_dice(self) -> float:
+        """The untrained network's validation pseudo-Dice (validated at start), else -inf."""
+        first = self.history[0] if self.history else None
+        if not self.config.validate_at_start or first is None or first["iteration"] != 0:
+            return -np.inf
+        return first["val_dice"]
 
     def fit(self, stop_at: int | None = None) -> list[dict]:
         """Train from the current iteration to the end of the schedule (or up to ``stop_at``).

@@ -136,18 +136,20 @@ def prepare_unit(dataset: str | int | None, stage: str, network: str, unit: str,
                      torch_device, out, final, preset)
 
 
-def validation_count(num_cases: int, fraction: float) -> int:
-    """How many of a unit's ``num_cases`` training cases :func:`split_validation` keeps for validation."""
+def validation_count(num_cases: int, fraction: float, minimum: int = 0) -> int:
+    """How many of a unit's ``num_cases`` training cases :func:`split_validation` keeps for validation:
+    a ``fraction`` of them, at least one and at least ``minimum`` (but never more than half for that)."""
     if num_cases < 2:
         return num_cases
-    return min(num_cases - 1, max(1, round(fraction * num_cases)))
+    return min(num_cases - 1, max(1, round(fraction * num_cases), min(minimum, num_cases // 2)))
 
 
-def split_validation(cases: Sequence[str], key: str, training: TrainingPlan) -> tuple[list, list]:
+def split_validation(cases: Sequence[str], key: str, training: TrainingPlan,
+                     minimum: int = 0) -> tuple[list, list]:
     """(train, validation) cases: a seeded share (at least one case) of the unit's own training cases.
 
     The share and the seed are the plan's (``training.validation_fraction``, ``training.seed``);
-    ``key`` (the unit) varies the draw between units.
+    ``key`` (the unit) varies the draw between units; ``minimum``: see :func:`validation_count`.
 
     With a single training case it serves as its own validation case (nothing else is allowed).
     """
@@ -155,7 +157,7 @@ def split_validation(cases: Sequence[str], key: str, training: TrainingPlan) -> 
     if len(cases) < 2:
         return cases, list(cases)
     rng = np.random.default_rng(training.seed + zlib.crc32(key.encode()))
-    count = validation_count(len(cases), training.validation_fraction)
+    count = validation_count(len(cases), training.validation_fraction, minimum)
     val = sorted(cases[i] for i in rng.choice(len(cases), count, replace=False))
     return [c for c in cases if c not in val], val
 
