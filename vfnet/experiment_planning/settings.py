@@ -17,8 +17,8 @@ VFN_VALIDATION_TILES = 4  # VFN tiles per validation forward pass (every validat
 # New plans' VFN validates on at least 5 fusion-set cases and keeps the view prior unless a trained checkpoint
 # beats it there by 0.5 Dice points. On CHAOST2 (2 validation cases of 15 at the 0.15 share) the trained
 # checkpoints chosen at budget 45 fused their test folds worse than mean fusion in 3 of 3 folds (-0.49 to -1.61
-# points), at budget 60 better in 3 of 3 (+0.65 to +1.63): 2 cases cannot tell which
-# (vfn_variants_Task20_CHAOST2*.json, the planned rows, per fold).
+# points), at budget 60 better in 3 of 3 (+0.65 to +1.63): 2 cases cannot tell which (the planned rows, per fold,
+# of vfn_variants_Task20_CHAOST2.json, _epochs_budget45.json and _budget45.json as of commit dd0331f).
 VFN_VALIDATION_CASES = 5
 VFN_MIN_GAIN = 0.5
 

@@ -250,9 +250,9 @@ class Trainer:
         val_loss, val_dice = self.validate()
         # Steps and validation of this interval; checkpoint and plot time count for the next one.
         next_start = time.perf_counter()
-        improved = not np.isnan(val_dice) and val_dice > self.best_dice
-        short = improved and val_dice < self._start_dice() + self.config.min_gain
-        improved = improved and not short
+        beats_best = not np.isnan(val_dice) and val_dice > self.best_dice
+        short = beats_best and val_dice < self._start_dice() + self.config.min_gain
+        improved = beats_best and not short
         if improved:
             self.best_dice = val_dice
         entry = {"iteration": self.iteration, "best": improved,
