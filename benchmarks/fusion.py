@@ -50,8 +50,9 @@ def _setup(work: Path, data: Path) -> None:
 
 
 def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
-    """Median seconds per case of the three views (fold 0's networks) and of the VFN fusion after them,
-    at the planned stride and at the compared one (:func:`_compared_stride`)."""
+    """Median seconds per case of the three views (fold 0's networks) and of the VFN fusion after them:
+    its network run at the planned stride and at the compared one (:func:`_compared_stride`), and as
+    deployed, where a VFN that kept iteration 0 skips its network (``VfnConfig.shortcut``)."""
     import dataclasses
 
     import torch
@@ -70,9 +71,10 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
     fold = plan["fold_names"][0]
     networks = {v: load_unit_network(paths.unit_dir(results, preset, f"2d_{v}", fold), plan, v) for v in VIEWS}
     vfn = load_vfn(paths.unit_dir(results, preset, "vfn", fold), plan)
-    config = VfnConfig.from_plan(plan, device="cpu")
+    deployed = VfnConfig.from_plan(plan, device="cpu")
+    config = dataclasses.replace(deployed, shortcut=False)
     other = dataclasses.replace(config, stride=_compared_stride(config)[0])
-    views_s, vfn_s, other_s = [], [], []
+    views_s, vfn_s, other_s, deployed_s = [], [], [], []
     with torch.inference_mode():
         for case in cases:
             image, _ = data.load(case, mmap=False)
@@ -80,12 +82,13 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
             maps = {v: predict_volume_2d(networks[v], image, v, plan["views"][v]["context_slices"], "cpu")
                     for v in VIEWS}
             views_s.append(time.perf_counter() - start)
-            for times, vfn_config in ((vfn_s, config), (other_s, other)):
+            for times, vfn_config in ((vfn_s, config), (other_s, other), (deployed_s, deployed)):
                 start = time.perf_counter()
                 fuse("vfn", maps, image, model=vfn, vfn_config=vfn_config)
                 times.append(time.perf_counter() - start)
     return {"views_s": float(np.median(views_s)), "vfn_s": float(np.median(vfn_s)),
-            "vfn_other_stride_s": float(np.median(other_s)), "cases": len(cases)}
+            "vfn_other_stride_s": float(np.median(other_s)), "vfn_deployed_s": float(np.median(deployed_s)),
+            "network_skipped": bool(vfn.adds_nothing()), "cases": len(cases)}
 
 
 SEEDS = 3
@@ -110,7 +113,8 @@ def _compared_stride(config) -> tuple[list[int], str]:
 def _stride_comparison(dataset: str, preset: str, crossval: dict) -> dict:
     """The VFN with its windows at the compared stride (:func:`_compared_stride`) against the planned stride,
     on every cross-validation case (each test fold's VFN on its fold units' maps, as crossval fuses them):
-    overall Dice of both, paired tests, and seconds per case of each; the planned stride's from ``crossval``."""
+    overall Dice of both, paired tests, and seconds per case of each, the network run even where the VFN
+    kept iteration 0 (the planned stride's Dice is crossval's)."""
     import dataclasses
 
     from vfnet import paths
@@ -126,7 +130,7 @@ def _stride_comparison(dataset: str, preset: str, crossval: dict) -> dict:
     preprocessed = paths.preprocessed_dataset(dataset)
     plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
     results = paths.results_root() / preprocessed.name
-    planned = VfnConfig.from_plan(plan, device="cpu")
+    planned = VfnConfig.from_plan(plan, device="cpu", shortcut=False)
     other_stride, other_name = _compared_stride(planned)
     other = dataclasses.replace(planned, stride=other_stride)
     dice_of = {"planned": [], "other": []}
@@ -136,12 +140,13 @@ def _stride_comparison(dataset: str, preset: str, crossval: dict) -> dict:
         for case in data.fold_cases([fold]):
             image, label = data.load(case, mmap=False)
             maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, preprocessed.name)
-            start = time.perf_counter()
-            prediction = fuse("vfn", maps, image, model=model, vfn_config=other)
-            seconds["other"].append(time.perf_counter() - start)
-            dice_of["other"].append(_overall_dice(plan.num_classes, label, prediction))
+            for name, config in (("other", other), ("planned", planned)):
+                start = time.perf_counter()
+                prediction = fuse("vfn", maps, image, model=model, vfn_config=config)
+                seconds[name].append(time.perf_counter() - start)
+                if name == "other":
+                    dice_of["other"].append(_overall_dice(plan.num_classes, label, prediction))
             dice_of["planned"].append(100 * crossval["cases"][case]["dice"]["vfn"]["overall"])
-            seconds["planned"].append(crossval["cases"][case]["seconds"]["vfn"])
     test = paired_tests(dice_of["other"], dice_of["planned"])
     return {"planned_stride": list(planned.stride), "other_stride": other_stride, "other_name": other_name,
             "cases": len(dice_of["planned"]),
@@ -310,6 +315,8 @@ def main() -> None:
         f"{100 * v['best_trained_val_pseudo_dice']:.2f} (iteration {v['best_trained_iteration']}) | "
         f"{v['min_gain']:g} | {v['kept_iteration']} | {v['vfn_minus_mean']:+.2f} ({v['cases']} cases) |"
         for fold, v in selection.items())
+    deployed_note = ("fold 0's VFN kept iteration 0, so it fuses as its prior without running its network"
+                     if speed["network_skipped"] else "fold 0's VFN kept a trained checkpoint: the network runs")
     seed_rows = "\n".join(f"| {seed} | {d:+.2f} |" for seed, d in seeds["vfn_minus_mean"].items())
     body = f"""
 Command: `{run['invocation']}` (the same run's budget results: `{budget_path.name}`).
@@ -323,8 +330,9 @@ Command: `{run['invocation']}` (the same run's budget results: `{budget_path.nam
 (Wilcoxon p {tests.get('vfn_vs_mean', {}).get('wilcoxon_p', float('nan')):.3g}) | ≥ +1 with p < 0.01 on one dataset; never < −0.2 |
 | VFN parameters / planned 3D U-Net | {vfn_params:,} / {unet_params:,} = {100 * vfn_params / unet_params:.1f} % | ≤ 10 % |
 | three views, s per case (fold-0 networks, {speed['cases']} cases, median) | {speed['views_s']:.3f} s | |
-| VFN fusion after them, s per case | {speed['vfn_s']:.3f} s | |
+| VFN fusion after them, s per case (its network run) | {speed['vfn_s']:.3f} s | |
 | VFN time / views time | {100 * speed['vfn_s'] / speed['views_s']:.1f} % | ≤ 15 % |
+| as deployed ({deployed_note}) | {speed['vfn_deployed_s']:.3f} s, {100 * speed['vfn_deployed_s'] / speed['views_s']:.1f} % | |
 | the same, windows a {stride['other_name']} apart (stride {stride['other_stride']}, not {stride['planned_stride']}) | \
 {speed['vfn_other_stride_s']:.3f} s, {100 * speed['vfn_other_stride_s'] / speed['views_s']:.1f} % | |
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -25,6 +26,7 @@ from vfnet.fusion import (
     staple_fusion,
     vfn_input,
 )
+from vfnet.fusion.methods import _majority_roi, vfn_fused_probabilities
 from vfnet.inference.sliding_window import sliding_window_probabilities
 from vfnet.networks.vfn import build_vfn, init_as_view_average
 from vfnet.views import VIEWS
@@ -331,3 +333,57 @@ def test_keep_largest_component_removes_small_island():
     assert cleaned.sum() == labels.sum() - 1
     maps = {view: one_hot(labels.astype(int), 3) for view in VIEWS}
     np.testing.assert_array_equal(fuse("majority", maps, None, postprocess=True), cleaned)
+
+
+# --- the VFN's ROI and a VFN that adds nothing to its prior ---------------------------------
+
+@pytest.mark.parametrize("num_classes,seed", [(2, 0), (3, 1), (5, 2)])
+def test_vote_roi_counted_in_a_box_equals_the_whole_volume_votes(num_classes, seed):
+    # the vote is counted only inside the box where some view's argmax is foreground; its ROI must not change
+    rng = np.random.default_rng(seed)
+    shape = (20, 24, 18)
+    labels = np.zeros(shape, dtype=int)
+    labels[ball(shape, (10, 12, 9), 4)] = 1 + rng.integers(0, num_classes - 1)
+    maps = {}
+    for view in VIEWS:
+        noisy = np.where(rng.random(shape) < 0.01, rng.integers(0, num_classes, shape), labels)
+        soft = one_hot(noisy, num_classes) + rng.random((num_classes, *shape)).astype(np.float32) * 0.6
+        maps[view] = (soft / soft.sum(0, keepdims=True)).astype(np.float16)
+    # a far voxel where the three views vote 0, 1, 2 and only the mean's argmax makes it foreground
+    if num_classes >= 3:
+        for view, probs in zip(VIEWS, ([0.5, 0.45, 0.05], [0.05, 0.9, 0.05], [0.3, 0.3, 0.4])):
+            maps[view][:, 19, 0, 17] = probs + [0.0] * (num_classes - 3)
+    margin, min_size = [2, 3, 1], [8, 8, 8]
+    expected = roi_from_mask(majority_vote(maps), margin, min_size, shape)
+    assert _majority_roi(list(maps.values()), margin, min_size) == expected
+    if num_classes >= 3:
+        assert expected[0].stop == 20 and expected[1].start == 0 and expected[2].stop == 18
+    background = {view: one_hot(np.zeros(shape, dtype=int), num_classes) for view in VIEWS}
+    assert _majority_roi(list(background.values()), margin, min_size) is None
+    assert not fuse("vfn-noimage", background, None, model=ViewEcho(1, use_image=False),
+                    vfn_config=VfnConfig([8, 8, 8], [8, 8, 8], margin)).any()
+
+
+@pytest.mark.parametrize("downsample", [None, (1, 2, 2)])
+def test_vfn_that_kept_iteration_0_fuses_as_its_prior_without_running_its_network(downsample, monkeypatch):
+    maps, image, _ = sliding_case((24, 28, 20))
+    plan = {"vfn": plan_vfn((24, 28, 20), (10, 10, 10))}
+    model = build_vfn(plan, num_image_channels=1, num_classes=2).eval()
+    model.input_downsample = downsample
+    assert model.view_prior and model.adds_nothing()
+    config = VfnConfig.from_plan(plan)
+    network_run = dataclasses.replace(config, shortcut=False)
+    expected = vfn_fused_probabilities(maps, image, model, network_run)
+    labels = fuse("vfn", maps, image, model=model, vfn_config=network_run)
+    calls = []
+    correction = model.correction
+    monkeypatch.setattr(model, "correction", lambda x: calls.append(x.shape) or correction(x))
+    np.testing.assert_allclose(vfn_fused_probabilities(maps, image, model, config), expected, atol=1e-6)
+    np.testing.assert_array_equal(fuse("vfn", maps, image, model=model, vfn_config=config), labels)
+    assert not calls
+    with torch.no_grad():
+        model.head.bias.fill_(0.5)  # a trained head: the network runs and moves the maps
+    assert not model.adds_nothing()
+    moved = vfn_fused_probabilities(maps, image, model, config)
+    assert calls and np.abs(moved - expected).max() > 0.05
+    assert not build_vfn(plan, 1, 2, view_prior=False).adds_nothing()  # no prior: nothing to skip to

@@ -53,6 +53,9 @@ class VfnConfig:
         quiet: hide the progress bar.
         mirror: spatial axes (0 z, 1 y, 2 x) along which each window is also run mirrored and the
             outputs averaged (test-time augmentation); empty (the default) runs no mirroring.
+        shortcut: a prior VFN whose head is still zero (it kept iteration 0) adds nothing to its
+            prior, so it fuses as the prior without running the network: the same maps, faster.
+            False runs the network anyway (to time it).
     """
 
     patch_size: Sequence[int]
@@ -63,6 +66,7 @@ class VfnConfig:
     device: str | torch.device | None = None
     quiet: bool = True
     mirror: tuple[int, ...] = ()
+    shortcut: bool = True
 
     @classmethod
     def from_plan(cls, plan, **overrides) -> VfnConfig:
@@ -202,24 +206,57 @@ def vfn_input(image: np.ndarray | None, view_probs: Mapping[str, np.ndarray], us
     if missing:
         raise VfnetError(f"the VFN needs the maps of all three views; missing: {', '.join(missing)}")
     crop = (lambda a: a) if roi is None else (lambda a: crop_to_roi(a, roi))
-    parts = []
     if use_image:
         if image is None:
             raise VfnetError("the VFN with image input needs the image; pass it or use vfn-noimage")
         if tuple(image.shape[1:]) != tuple(view_probs[VIEWS[0]].shape[1:]):
             raise VfnetError(f"image shape {image.shape[1:]} differs from the maps' {view_probs[VIEWS[0]].shape[1:]}")
-        for channel in image:
-            lo, hi = _scale_to_unit(channel)
-            part = crop(channel).astype(np.float32)
-            parts.append(np.clip((part - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(part))
-    for view in VIEWS:
-        parts.extend(np.clip(crop(view_probs[view][1:]).astype(np.float32), 0, 1))
-    return np.stack(parts).astype(np.float32, copy=False)
+    images = len(image) if use_image else 0
+    foreground = view_probs[VIEWS[0]].shape[0] - 1
+    # filled in place: one float32 copy of the (cropped) inputs, not one per step
+    out = np.empty((images + len(VIEWS) * foreground, *crop(view_probs[VIEWS[0]][0]).shape), dtype=np.float32)
+    for i in range(images):
+        lo, hi = _scale_to_unit(image[i])
+        if hi > lo:
+            out[i] = crop(image[i])
+            out[i] -= lo
+            out[i] /= hi - lo
+            np.clip(out[i], 0, 1, out=out[i])
+        else:
+            out[i] = 0
+    for v, view in enumerate(VIEWS):
+        start = images + v * foreground
+        out[start:start + foreground] = crop(view_probs[view][1:])
+        np.clip(out[start:start + foreground], 0, 1, out=out[start:start + foreground])
+    return out
+
+
+def _majority_roi(probs: list[np.ndarray], margin, min_size) -> Roi | None:
+    """The box of the majority vote's foreground plus ``margin``, at least ``min_size``; None for an empty vote.
+
+    The vote is counted only inside the box of the voxels where some view's argmax is not background:
+    it holds every voxel the vote can label (a majority needs such views, and where no label has one,
+    the mean's argmax is foreground only where some view's is), at a fraction of a whole-volume vote.
+    """
+    shape = probs[0].shape[1:]
+    candidates = np.zeros(shape, dtype=bool)
+    for p in probs:
+        for c in range(1, len(p)):
+            candidates |= p[c] > p[0]
+    if not candidates.any():
+        return None
+    box = roi_from_mask(candidates)
+    vote = majority_vote({i: p[(slice(None), *box)] for i, p in enumerate(probs)})
+    if not vote.any():
+        return None
+    mask = np.zeros(shape, dtype=bool)
+    mask[box] = vote != 0
+    return roi_from_mask(mask, margin, min_size, shape)
 
 
 def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, model: torch.nn.Module, vfn_config,
              use_image: bool | None):
-    """(majority vote, ROI, VFN probabilities inside the ROI); ROI and probabilities are None for an empty vote."""
+    """(ROI, VFN probabilities inside it); both None for an empty majority vote (no foreground to fuse)."""
     config = _as_config(vfn_config)
     probs = _checked(view_probs)
     model_uses_image = getattr(model, "use_image", None)
@@ -228,30 +265,43 @@ def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, mod
     if model_uses_image is not None and model_uses_image != use_image:
         raise VfnetError(f"this VFN was built {'with' if model_uses_image else 'without'} the image channels; "
                          f"use fusion '{'vfn' if model_uses_image else 'vfn-noimage'}' with it")
+    # float32 once (exact for float16 maps): numpy's float16 comparisons and clipping are many times slower
+    probs = {view: np.asarray(p, dtype=np.float32) for view, p in probs.items()}
     num_classes = next(iter(probs.values())).shape[0]
-    majority = majority_vote(probs)
-    if not majority.any():
-        return majority, None, None
     # a VFN trained at a coarser in-plane resolution fuses the ROI's inputs block-averaged by its factor
     factor = normalise_factor(getattr(model, "input_downsample", None))
     min_size = [int(p) * f for p, f in zip(config.patch_size, factor)]
-    roi = roi_from_mask(majority, config.roi_margin, min_size, majority.shape)
+    roi = _majority_roi(list(probs.values()), config.roi_margin, min_size)
+    if roi is None:
+        return None, None
     inputs = vfn_input(image, probs, use_image, roi)
-    # a coarse VFN with a prior adds its correction, upsampled, to the prior of the full-resolution maps
-    # (below), so the views' boundaries keep their resolution and only the correction is coarse
-    residual = factor != IDENTITY and isinstance(model, VolumetricFusionNet) and model.view_prior
-    volume, back = pad_to_size(downsample_image(inputs, factor), config.patch_size)
-    fused = sliding_window_probabilities(PriorCorrection(model) if residual else model, volume, config.patch_size,
-                                         config.stride, config.weighting, config.batch_size, config.device,
-                                         config.quiet, mirror_axes=config.mirror, raw=residual)[(slice(None), *back)]
-    fused = upsample_probabilities(fused, inputs.shape[1:])  # unchanged at full resolution; linear, so logits too
-    if residual:
-        with torch.inference_mode():
-            prior = model.prior_logits(torch.from_numpy(inputs)[None].to(next(model.parameters()).device))[0]
-            fused = vfn_probabilities(prior.float() + torch.from_numpy(fused).to(prior.device)).cpu().numpy()
+    prior_vfn = isinstance(model, VolumetricFusionNet) and model.view_prior
+    if prior_vfn and config.shortcut and model.adds_nothing():
+        fused = _prior_probabilities(model, inputs)
+    else:
+        # a coarse VFN with a prior adds its correction, upsampled, to the prior of the full-resolution maps
+        # (below), so the views' boundaries keep their resolution and only the correction is coarse
+        residual = factor != IDENTITY and prior_vfn
+        volume, back = pad_to_size(downsample_image(inputs, factor), config.patch_size)
+        fused = sliding_window_probabilities(PriorCorrection(model) if residual else model, volume, config.patch_size,
+                                             config.stride, config.weighting, config.batch_size, config.device,
+                                             config.quiet, mirror_axes=config.mirror, raw=residual)[(slice(None), *back)]
+        fused = upsample_probabilities(fused, inputs.shape[1:])  # unchanged at full resolution; linear, so logits too
+        if residual:
+            fused = _prior_probabilities(model, inputs, correction=fused)
     if fused.shape[0] != num_classes:
         raise VfnetError(f"the VFN predicts {fused.shape[0]} classes but the maps have {num_classes}")
-    return majority, roi, fused
+    return roi, fused
+
+
+def _prior_probabilities(model: VolumetricFusionNet, inputs: np.ndarray, correction: np.ndarray | None = None
+                         ) -> np.ndarray:
+    """Probabilities of a prior VFN's prior (from its ``inputs``), plus a ``correction`` of its logits if given."""
+    with torch.inference_mode():
+        logits = model.prior_logits(torch.from_numpy(inputs)[None].to(next(model.parameters()).device))[0].float()
+        if correction is not None:
+            logits = logits + torch.from_numpy(correction).to(logits.device)
+        return vfn_probabilities(logits).cpu().numpy()
 
 
 def vfn_fusion(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, model: torch.nn.Module,
@@ -266,13 +316,12 @@ def vfn_fusion(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, m
         use_image: feed the image channels; default the model's own ``use_image``.
 
     Returns:
-        (z, y, x) uint8 labels. An empty majority vote has no ROI and is returned as is.
+        (z, y, x) uint8 labels; an empty majority vote has no ROI and gives all background, as it is.
     """
-    majority, roi, fused = _vfn_roi(view_probs, image, model, vfn_config, use_image)
-    if roi is None:
-        return majority
-    out = majority.copy()
-    out[roi] = np.argmax(fused, axis=0)
+    roi, fused = _vfn_roi(view_probs, image, model, vfn_config, use_image)
+    out = np.zeros(next(iter(view_probs.values())).shape[1:], dtype=np.uint8)  # the vote's background outside the ROI
+    if roi is not None:
+        out[roi] = class_argmax(fused)
     return out
 
 
@@ -284,7 +333,7 @@ def vfn_fused_probabilities(view_probs: Mapping[str, np.ndarray], image: np.ndar
     how ``vfnet_predict`` ensembles the pairs cross-validation scored.
     """
     mean = _mean_probabilities(_checked(view_probs))
-    _, roi, fused = _vfn_roi(view_probs, image, model, vfn_config, use_image)
+    roi, fused = _vfn_roi(view_probs, image, model, vfn_config, use_image)
     if roi is not None:
         mean[(slice(None), *roi)] = fused
     return mean

@@ -159,6 +159,11 @@ class VolumetricFusionNet(nn.Module):
                 block[1] = nn.Identity()
         return self
 
+    def adds_nothing(self) -> bool:
+        """True for a prior VFN whose head is still zero (untrained, or it kept iteration 0): its
+        output is its prior, whatever the layers before the head compute."""
+        return self.view_prior and not self.head.weight.any() and not self.head.bias.any()
+
     def view_slice(self, view_index: int) -> slice:
         """The input channels holding foreground classes 1..C of view ``VIEWS[view_index]``, a contiguous range."""
         return view_channel_slice(self.num_image_channels if self.use_image else 0, self.num_classes - 1, view_index)
