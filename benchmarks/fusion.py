@@ -140,12 +140,12 @@ def _stride_comparison(dataset: str, preset: str, crossval: dict) -> dict:
         for case in data.fold_cases([fold]):
             image, label = data.load(case, mmap=False)
             maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, preprocessed.name)
+            predictions = {}
             for name, config in (("other", other), ("planned", planned)):
                 start = time.perf_counter()
-                prediction = fuse("vfn", maps, image, model=model, vfn_config=config)
+                predictions[name] = fuse("vfn", maps, image, model=model, vfn_config=config)
                 seconds[name].append(time.perf_counter() - start)
-                if name == "other":
-                    dice_of["other"].append(_overall_dice(plan.num_classes, label, prediction))
+            dice_of["other"].append(_overall_dice(plan.num_classes, label, predictions["other"]))
             dice_of["planned"].append(100 * crossval["cases"][case]["dice"]["vfn"]["overall"])
     test = paired_tests(dice_of["other"], dice_of["planned"])
     return {"planned_stride": list(planned.stride), "other_stride": other_stride, "other_name": other_name,

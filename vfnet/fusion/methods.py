@@ -93,6 +93,12 @@ def _checked(view_probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(view_probs)
 
 
+def _float32_maps(view_probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The checked maps as float32, converted once (exact for float16 maps; no copy of float32 ones):
+    numpy's float16 comparisons and clipping are many times slower."""
+    return {view: np.asarray(p, dtype=np.float32) for view, p in _checked(view_probs).items()}
+
+
 def _mean_probabilities(probs: dict[str, np.ndarray]) -> np.ndarray:
     total = None
     for p in probs.values():
@@ -258,15 +264,13 @@ def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, mod
              use_image: bool | None):
     """(ROI, VFN probabilities inside it); both None for an empty majority vote (no foreground to fuse)."""
     config = _as_config(vfn_config)
-    probs = _checked(view_probs)
+    probs = _float32_maps(view_probs)
     model_uses_image = getattr(model, "use_image", None)
     if use_image is None:
         use_image = True if model_uses_image is None else model_uses_image
     if model_uses_image is not None and model_uses_image != use_image:
         raise VfnetError(f"this VFN was built {'with' if model_uses_image else 'without'} the image channels; "
                          f"use fusion '{'vfn' if model_uses_image else 'vfn-noimage'}' with it")
-    # float32 once (exact for float16 maps): numpy's float16 comparisons and clipping are many times slower
-    probs = {view: np.asarray(p, dtype=np.float32) for view, p in probs.items()}
     num_classes = next(iter(probs.values())).shape[0]
     # a VFN trained at a coarser in-plane resolution fuses the ROI's inputs block-averaged by its factor
     factor = normalise_factor(getattr(model, "input_downsample", None))
@@ -332,8 +336,9 @@ def vfn_fused_probabilities(view_probs: Mapping[str, np.ndarray], image: np.ndar
     Several such maps (one per fold VFN on its own fold's view maps) can be averaged, which is
     how ``vfnet_predict`` ensembles the pairs cross-validation scored.
     """
-    mean = _mean_probabilities(_checked(view_probs))
-    roi, fused = _vfn_roi(view_probs, image, model, vfn_config, use_image)
+    probs = _float32_maps(view_probs)  # converted once for the mean and the VFN
+    mean = _mean_probabilities(probs)
+    roi, fused = _vfn_roi(probs, image, model, vfn_config, use_image)
     if roi is not None:
         mean[(slice(None), *roi)] = fused
     return mean
