@@ -17,6 +17,12 @@ fuses that fold's held-out cases with the fold units' maps, as crossval does. Va
 - ``lowlr``: the planned VFN at a third of its learning rate (a smaller correction of the mean);
 - ``decay``: the planned VFN with AdamW weight decay 3 (its head, which starts at zero, decays towards
   mean fusion);
+- ``noimage``: the planned VFN without the image channels (only the views' maps; crossval's
+  ``vfn-noimage``), fewer inputs to fit to 10-15 training cases;
+- ``jitter`` / ``jitter_mild``: the planned VFN with each view's maps recalibrated at random in every
+  training patch (``map_jitter`` 0.5 / 0.2 of :class:`vfnet.training.data_vfn.VfnPatchSampler`: a random
+  temperature and per-class bias), so it sees maps more and less confident and segmenting more and
+  less than its CCA maps, as the fold units' maps it fuses are;
 - ``anygain``: the planned VFN keeping any trained checkpoint that validates above mean fusion
   (``min_gain`` 0; the same validation cases);
 - ``share``: the selection before plans had ``validation_cases`` and ``min_gain``: validation on the
@@ -58,6 +64,9 @@ VARIANTS = {
     "viewdrop": ({"suffix": "_viewdrop", "view_dropout": 0.3}, None),
     "lowlr": ({"suffix": "_lowlr", "lr_factor": 1 / 3}, None),
     "decay": ({"suffix": "_decay", "schedule": {"weight_decay": 3.0}}, None),
+    "noimage": ({"use_image": False}, None),
+    "jitter": ({"suffix": "_jitter", "map_jitter": 0.5}, None),
+    "jitter_mild": ({"suffix": "_jittermild", "map_jitter": 0.2}, None),
     "anygain": ({"suffix": "_anygain", "min_gain": 0.0}, None),
     "share": ({"suffix": "_share", "min_gain": 0.0, "validation_cases": 0}, None),
 }
@@ -123,18 +132,20 @@ def main() -> None:
     for name in args.variants:
         arguments, checkpoint = VARIANTS[name]
         dice, best_iterations, train_s, fuse_s = [], {}, {}, []
+        use_image = (arguments or {}).get("use_image", True)
+        method = "vfn" if use_image else "vfn-noimage"
         for fold, unit, vfn_unit in folds:
             network = "vfn"
             if arguments is not None:
                 network, train_s[fold] = _train(args.dataset, preset, vfn_unit, arguments, results)
             folder = paths.unit_dir(results, preset, network, vfn_unit)
             best_iterations[fold] = read_json(folder / "summary.json").get("best_iteration")
-            model = load_vfn(folder, plan, checkpoint=checkpoint)
+            model = load_vfn(folder, plan, use_image=use_image, checkpoint=checkpoint)
             for case in data.fold_cases([fold]):
                 image, label = data.load(case, mmap=False)
                 maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, preprocessed.name)
                 start = time.perf_counter()
-                fused = fuse("vfn", maps, image, model=model, vfn_config=config)
+                fused = fuse(method, maps, image, model=model, vfn_config=config)
                 fuse_s.append(time.perf_counter() - start)
                 dice.append(_overall_dice(plan.num_classes, label, fused))
         tests = {m: paired_tests(dice, values) for m, values in baseline.items()}

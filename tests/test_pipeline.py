@@ -141,16 +141,18 @@ def test_a_coarse_vfn_trains_beside_the_unit_and_fuses_at_its_factor(trained):
     assert 2 * np.sum(organ[0] & organ[1]) / (np.sum(organ[0]) + np.sum(organ[1])) >= MIN_FUSED_DICE
 
 
-def test_a_view_dropout_vfn_trains_beside_the_unit_and_records_its_share(trained):
-    """benchmarks/vfn_variants.py's viewdrop variant: the option reaches the sampler of a VFN trained
-    beside the unit, and the unit records it (the planned VFN records none)."""
+def test_view_dropout_and_map_jitter_reach_a_vfn_trained_beside_the_unit(trained):
+    """benchmarks/vfn_variants.py's viewdrop and jitter variants: the options reach the sampler of a
+    VFN trained beside the unit, and the unit records them (the planned VFN records none)."""
     _, raw = trained
     results = paths.results_root() / raw.name
     out = train_vfn_unit(None, "holdout", PRESET, device="cpu", quiet=True, suffix="_viewdrop",
-                         schedule_overrides=TINY_VFN, view_dropout=0.5)
+                         schedule_overrides=TINY_VFN, view_dropout=0.5, map_jitter=0.3)
     assert out == paths.unit_dir(results, PRESET, "vfn_viewdrop", "holdout")
-    assert read_json(out / "unit.json")["view_dropout"] == 0.5
-    assert read_json(paths.unit_dir(results, PRESET, "vfn", "holdout") / "unit.json")["view_dropout"] == 0.0
+    record = read_json(out / "unit.json")
+    assert record["view_dropout"] == 0.5 and record["map_jitter"] == 0.3
+    planned = read_json(paths.unit_dir(results, PRESET, "vfn", "holdout") / "unit.json")
+    assert planned["view_dropout"] == 0.0 and planned["map_jitter"] == 0.0
 
 
 def test_a_vfn_needing_a_large_gain_keeps_mean_fusion_and_validates_on_the_planned_cases(trained):

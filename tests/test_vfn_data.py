@@ -112,3 +112,68 @@ def test_view_dropout_replaces_one_view_by_the_others_mean_and_leaves_the_sample
         np.testing.assert_array_equal(np.asarray(sample[0]), inputs)  # the sample itself is unchanged
     plain, zero = VfnPatchSampler([(inputs, label)], **common), VfnPatchSampler([(inputs, label)], view_dropout=0, **common)
     np.testing.assert_array_equal(next(plain)["data"], next(zero)["data"])
+
+
+def _view_maps(rng, num_foreground: int, shape=(8, 8, 8)) -> np.ndarray:
+    """Foreground maps (F, ...) of one view: a softmax over F + 1 classes without its background."""
+    logits = rng.normal(0, 2, (num_foreground + 1, *shape))
+    probs = np.exp(logits) / np.exp(logits).sum(0)
+    return probs[1:].astype(np.float32)
+
+
+def test_recalibrated_maps_keep_the_maps_at_identity_and_move_confidence_and_volume_as_asked():
+    """Temperature 1 and no bias give the maps back; a temperature above 1 sharpens every voxel's
+    winner without changing it; a positive bias on one class makes it win more voxels, a negative
+    one fewer; the result is a probability map (foreground sums ≤ 1); tensors give the same."""
+    import torch
+
+    from vfnet.training.data_vfn import recalibrated_maps
+
+    rng = np.random.default_rng(3)
+    maps = _view_maps(rng, 2)
+
+    def full(fg):  # with the background
+        return np.concatenate([1 - fg.sum(0)[None], fg])
+
+    def winners(fg):
+        return np.argmax(full(fg), axis=0)
+
+    np.testing.assert_allclose(recalibrated_maps(maps, 1.0, [0.0, 0.0]), maps, atol=2e-4)
+    sharp = recalibrated_maps(maps, 2.0, [0.0, 0.0])
+    np.testing.assert_array_equal(winners(sharp), winners(maps))
+    assert np.all(full(sharp).max(0) >= full(maps).max(0) - 1e-5)
+    assert np.mean(full(sharp).max(0)) > np.mean(full(maps).max(0)) + 0.02
+    grown, shrunk = recalibrated_maps(maps, 1.0, [1.0, 0.0]), recalibrated_maps(maps, 1.0, [-1.0, 0.0])
+    counts = [np.sum(winners(m) == 1) for m in (shrunk, maps, grown)]
+    assert counts[0] < counts[1] < counts[2]
+    for m in (sharp, grown, shrunk):
+        assert m.min() >= 0 and m.sum(0).max() <= 1 + 1e-5
+    as_tensor = recalibrated_maps(torch.from_numpy(maps), 0.7, [0.3, -0.4]).numpy()
+    np.testing.assert_allclose(as_tensor, recalibrated_maps(maps, 0.7, [0.3, -0.4]), rtol=1e-5, atol=1e-6)
+
+
+def test_map_jitter_recalibrates_each_view_and_leaves_image_label_and_samples_alone():
+    """With map_jitter every patch's three views are recalibrated, each differently; the image and
+    the label are untouched, the maps stay probabilities, the stored sample is unchanged; with 0
+    the batches are those of a sampler without the option."""
+    import torch
+
+    rng = np.random.default_rng(4)
+    inputs = np.concatenate([rng.random((1, 8, 8, 8)), *[_view_maps(rng, 2) for _ in range(3)]]).astype(np.float32)
+    label = rng.integers(0, 3, (8, 8, 8)).astype(np.uint8)
+    common = {"patch_size": [8, 8, 8], "spacing": [1, 1, 1], "num_image_channels": 1, "num_foreground": 2,
+              "batch_size": 6, "augment": False, "seed": 5}
+    for sample in ((inputs.copy(), label), (torch.from_numpy(inputs.copy()), torch.from_numpy(label))):
+        batch = next(VfnPatchSampler([sample], map_jitter=0.5, **common))
+        data, target = np.asarray(batch["data"]), np.asarray(batch["target"])
+        for x, y in zip(data, target):
+            np.testing.assert_array_equal(x[0], inputs[0])
+            np.testing.assert_array_equal(y[0], label)
+            changes = [float(np.abs(x[1 + 2 * v:3 + 2 * v] - inputs[1 + 2 * v:3 + 2 * v]).mean()) for v in range(3)]
+            assert min(changes) > 1e-3 and len({round(c, 6) for c in changes}) == 3
+            for v in range(3):
+                maps = x[1 + 2 * v:3 + 2 * v]
+                assert maps.min() >= 0 and maps.sum(0).max() <= 1 + 1e-5
+        np.testing.assert_array_equal(np.asarray(sample[0]), inputs)
+    plain, zero = VfnPatchSampler([(inputs, label)], **common), VfnPatchSampler([(inputs, label)], map_jitter=0, **common)
+    np.testing.assert_array_equal(next(plain)["data"], next(zero)["data"])

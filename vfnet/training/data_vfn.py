@@ -119,6 +119,21 @@ def _copy(x):
     return x.clone() if isinstance(x, torch.Tensor) else x.copy()
 
 
+def recalibrated_maps(maps, temperature: float, bias, eps: float = 1e-4):
+    """Foreground maps (F, ...) of one view, as probabilities of ``softmax(temperature · log p + b)``.
+
+    The background is what the foreground leaves (``1 - sum``); ``b`` is 0 for it and ``bias`` (F
+    values) for the foreground classes. Numpy arrays or tensors. Temperature 1 and zero bias give
+    the maps back, up to the ``eps`` floor on each probability.
+    """
+    scale = np.exp(np.asarray(bias, dtype=np.float64)).astype(np.float32).reshape(-1, *[1] * (maps.ndim - 1))
+    if isinstance(maps, torch.Tensor):
+        scale = torch.from_numpy(scale).to(maps.device)
+    foreground = maps.clip(eps, 1.0) ** temperature * scale
+    background = (1.0 - maps.sum(0)[None]).clip(eps, 1.0) ** temperature
+    return foreground / (background + foreground.sum(0)[None])
+
+
 def allowed_axis_orders(patch_size: list[int], spacing: list[float]) -> list[tuple[int, int, int]]:
     """Axis permutations that keep the patch shape and the voxel spacing."""
     out = []
@@ -153,13 +168,20 @@ class VfnPatchSampler:
         view_dropout: probability that a patch has one view (drawn at random) replaced by the mean of
             the other two views' maps, so the VFN cannot lean on one view's exact errors (0: never;
             the random draws of the other patches are then those of a sampler without it).
+        map_jitter: strength ``s`` of a random recalibration of each view's maps in every patch
+            (0: none, and the random draws are those of a sampler without it): per view, the
+            class log-probabilities are multiplied by a temperature ``exp(u)``, ``u`` uniform in
+            [-s, s], and each foreground class's gets a bias drawn from N(0, s²), then renormalised.
+            The maps the VFN trains on (CCA units') and fuses (fold units') differ in how confident
+            they are and how much they segment; this makes it see a range of both.
     """
 
     def __init__(self, samples, patch_size, spacing, num_image_channels: int, num_foreground: int,
                  batch_size: int, use_image: bool = True, augment: bool = True, seed: int = 0,
-                 mirror_axes: Sequence[int] | None = None, view_dropout: float = 0.0):
+                 mirror_axes: Sequence[int] | None = None, view_dropout: float = 0.0, map_jitter: float = 0.0):
         self.samples = samples
         self.view_dropout = float(view_dropout)
+        self.map_jitter = float(map_jitter)
         self.patch = [int(p) for p in patch_size]
         self.orders = allowed_axis_orders(self.patch, spacing) if augment else [(0, 1, 2)]
         self.augment = augment
@@ -205,6 +227,8 @@ class VfnPatchSampler:
                 x, y = self._augment(x, y)
             if self.view_dropout and self.rng.random() < self.view_dropout:
                 x = self._drop_view(x, int(self.rng.integers(3)))
+            if self.map_jitter:
+                x = self._jitter_views(x)
             data.append(x if self.use_image else x[self.num_image:])
             target.append(y[None])
         return {"data": _stack(data), "target": _int64(_stack(target))}
@@ -215,6 +239,16 @@ class VfnPatchSampler:
         dropped, a, b = (view_channel_slice(self.num_image, self.num_foreground, v)
                          for v in (view, *(v for v in range(3) if v != view)))
         x[dropped] = (x[a] + x[b]) / 2
+        return x
+
+    def _jitter_views(self, x):
+        """``x`` with each view's maps recalibrated at random (see ``map_jitter``)."""
+        x = _copy(x)
+        for view in range(3):
+            channels = view_channel_slice(self.num_image, self.num_foreground, view)
+            temperature = float(np.exp(self.rng.uniform(-self.map_jitter, self.map_jitter)))
+            bias = self.rng.normal(0.0, self.map_jitter, self.num_foreground)
+            x[channels] = recalibrated_maps(x[channels], temperature, bias)
         return x
 
     def tiles(self) -> list[tuple[np.ndarray, np.ndarray]]:
