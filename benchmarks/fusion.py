@@ -52,7 +52,8 @@ def _setup(work: Path, data: Path) -> None:
 def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
     """Median seconds per case of the three views (fold 0's networks) and of the VFN fusion after them:
     its network run at the planned stride and at the compared one (:func:`_compared_stride`), and as
-    deployed, where a VFN that kept iteration 0 skips its network (``VfnConfig.shortcut``)."""
+    deployed, where a VFN that kept iteration 0 skips its network (``VfnConfig.shortcut``). The three
+    fusions of a case run in an order that rotates from case to case."""
     import dataclasses
 
     import torch
@@ -75,14 +76,17 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
     config = dataclasses.replace(deployed, shortcut=False)
     other = dataclasses.replace(config, stride=_compared_stride(config)[0])
     views_s, vfn_s, other_s, deployed_s = [], [], [], []
+    timed = [(vfn_s, config), (other_s, other), (deployed_s, deployed)]
     with torch.inference_mode():
-        for case in cases:
+        for index, case in enumerate(cases):
             image, _ = data.load(case, mmap=False)
             start = time.perf_counter()
             maps = {v: predict_volume_2d(networks[v], image, v, plan["views"][v]["context_slices"], "cpu")
                     for v in VIEWS}
             views_s.append(time.perf_counter() - start)
-            for times, vfn_config in ((vfn_s, config), (other_s, other), (deployed_s, deployed)):
+            # each case starts with another of the three, so none is always timed right after the views
+            shift = index % len(timed)
+            for times, vfn_config in timed[shift:] + timed[:shift]:
                 start = time.perf_counter()
                 fuse("vfn", maps, image, model=vfn, vfn_config=vfn_config)
                 times.append(time.perf_counter() - start)

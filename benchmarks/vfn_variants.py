@@ -25,6 +25,10 @@ fuses that fold's held-out cases with the fold units' maps, as crossval does. Va
   less than its CCA maps, as the fold units' maps it fuses are;
 - ``anygain``: the planned VFN keeping any trained checkpoint that validates above mean fusion
   (``min_gain`` 0; the same validation cases);
+- ``se`` / ``se2``: the planned VFN keeping a trained checkpoint when its validation cases' mean gain
+  in pseudo-Dice over iteration 0 is at least 1 (2) standard errors of those per-case gains, instead of
+  a fixed 0.5 points (``min_gain`` 0, ``min_gain_se`` 1 / 2): a margin that shrinks with the number of
+  validation cases and how much they agree;
 - ``share``: the selection before plans had ``validation_cases`` and ``min_gain``: validation on the
   plan's share of the fusion set (``validation_fraction``) and any gain kept.
 
@@ -68,6 +72,8 @@ VARIANTS = {
     "jitter": ({"suffix": "_jitter", "map_jitter": 0.5}, None),
     "jitter_mild": ({"suffix": "_jittermild", "map_jitter": 0.2}, None),
     "anygain": ({"suffix": "_anygain", "min_gain": 0.0}, None),
+    "se": ({"suffix": "_se", "min_gain": 0.0, "min_gain_se": 1.0}, None),
+    "se2": ({"suffix": "_se2", "min_gain": 0.0, "min_gain_se": 2.0}, None),
     "share": ({"suffix": "_share", "min_gain": 0.0, "validation_cases": 0}, None),
 }
 

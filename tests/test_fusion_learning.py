@@ -121,6 +121,85 @@ def test_vfn_validation_tiles_cover_every_case():
     assert all(b["data"].shape[1:] == (4, 8, 8, 8) for b in batches)
     # the foreground of both cases is covered: tiles hold at least every labelled voxel
     assert sum(int(b["target"].sum()) for b in batches) >= 10 * 20 * 13 + 6 * 6 * 6
+    # each tile names its case: 12 tiles of the first, 1 of the second, in order
+    cases = np.concatenate([b["case"] for b in batches])
+    assert cases.tolist() == [0] * 12 + [1]
+
+
+def test_validation_scores_each_named_case_as_well_as_all_of_them(tmp_path):
+    """Batches that name their cases give each case's pseudo-Dice beside the pooled one: a case whose
+    tiles are all right scores 1, one with half its foreground missed 2/3, whichever batches hold them."""
+    net = torch.nn.Conv3d(2, 2, 1)
+    with torch.no_grad():  # the data are the logits
+        net.weight.copy_(torch.eye(2).view(2, 2, 1, 1, 1))
+        net.bias.zero_()
+
+    def tile(foreground: int, predicted: int):
+        data = np.zeros((2, 2, 2, 2), np.float32)
+        target = np.zeros((1, 2, 2, 2), np.int64)
+        target.reshape(-1)[:foreground] = 1
+        data[1].reshape(-1)[:predicted] = 1.0
+        data[0].reshape(-1)[predicted:] = 1.0
+        return data, target
+
+    tiles = [(tile(4, 4), 0), (tile(4, 2), 1), (tile(2, 2), 0), (tile(4, 2), 1)]
+    batches = [{"data": np.stack([t[0][0] for t in tiles[i:i + 3]]), "target": np.stack([t[0][1] for t in tiles[i:i + 3]]),
+                "case": np.array([t[1] for t in tiles[i:i + 3]])} for i in (0, 3)]
+
+    def loss(logits, target):
+        return torch.nn.functional.cross_entropy(logits, target[:, 0])
+
+    trainer = Trainer(net, loss, iter(lambda: batches[0], None), batches, TrainingConfig(iterations=1), tmp_path,
+                      device="cpu", quiet=True)
+    _, pooled = trainer.validate()
+    assert trainer.case_dice == pytest.approx([1.0, 2 * 4 / (2 * 4 + 4)])
+    assert pooled == pytest.approx(2 * 10 / (2 * 10 + 4))  # TP 6 + 4, FN 4 over both cases
+    _, plain = Trainer(net, loss, iter(lambda: batches[0], None), [{k: b[k] for k in ("data", "target")} for b in batches],
+                       TrainingConfig(iterations=1), tmp_path / "plain", device="cpu", quiet=True).validate()
+    assert plain == pytest.approx(pooled)
+
+
+def test_clears_standard_error():
+    from vfnet.training.trainer import clears_standard_error
+
+    assert clears_standard_error([0.02, 0.021, 0.019], 2.0)
+    assert not clears_standard_error([0.05, -0.04, 0.03, -0.02], 1.0)  # mean 0.005, standard error 0.023
+    assert clears_standard_error([0.05, -0.04, 0.03, -0.02], 0.2)
+    assert not clears_standard_error([-0.01, -0.01], 0.0) and not clears_standard_error([0.0, 0.0], 0.0)
+    assert clears_standard_error([0.01], 5.0) and not clears_standard_error([-0.01], 0.0)
+
+
+@pytest.mark.parametrize("min_gain_se, kept", [(0.0, [True, True, True, False]), (1.0, [True, False, True, False])])
+def test_a_trained_checkpoint_needs_gains_clear_of_their_standard_error(tmp_path, monkeypatch, min_gain_se, kept):
+    """With min_gain_se a trained checkpoint that beats iteration 0 pooled, but on cases whose gains
+    scatter around zero, is not kept; one whose cases all gain a little is."""
+    from vfnet.checkpoint import load_checkpoint
+
+    net = torch.nn.Conv3d(1, 2, 1)
+    batch = {"data": np.zeros((1, 1, 2, 2, 2), np.float32), "target": np.zeros((1, 1, 2, 2, 2), np.int64)}
+
+    def loss(logits, target):
+        return torch.nn.functional.cross_entropy(logits, target[:, 0])
+
+    trainer = Trainer(net, loss, iter(lambda: batch, None), [batch],
+                      TrainingConfig(iterations=6, val_every=2, validate_at_start=True, min_gain_se=min_gain_se),
+                      tmp_path, device="cpu", quiet=True)
+    start = np.array([0.80, 0.80, 0.80, 0.80])
+    scores = iter([(0.800, start), (0.805, start + [0.05, -0.04, 0.03, -0.02]),
+                   (0.810, start + [0.010, 0.012, 0.011, 0.009]), (0.809, start + 0.009)])
+
+    def validate():
+        pooled, cases = next(scores)
+        trainer.case_dice = cases.tolist()
+        return 0.5, pooled
+
+    monkeypatch.setattr(trainer, "validate", validate)
+    history = trainer.fit()
+    assert [h["best"] for h in history] == kept
+    assert load_checkpoint(tmp_path / "checkpoint_best.pth")["iteration"] == 4
+    assert history[1]["val_case_dice"] == pytest.approx([0.85, 0.76, 0.83, 0.78])
+    if min_gain_se:
+        assert "standard errors of the cases' gains, above iteration 0: not kept" in (tmp_path / "training.log").read_text()
 
 
 def test_validation_at_iteration_zero(tmp_path):

@@ -269,13 +269,17 @@ def test_the_plans_seed_fraction_and_optimizer_reach_the_trainer(demo_preprocess
 
 def test_new_plans_guard_the_vfn_prior_and_older_plans_keep_any_gain(demo_preprocessed):
     """New plans: the VFN validates on at least 5 cases and keeps a trained checkpoint only 0.5 Dice
-    points above mean fusion; a plan written before these keys reads 0 (the share alone, any gain)."""
+    points above mean fusion, without map jitter or a standard-error test; a plan written before
+    these keys reads 0 (the share alone, any gain, no jitter, no test)."""
     data = read_json(demo_preprocessed / "plans.json")
-    assert (data["vfn"]["validation_cases"], data["vfn"]["min_gain"]) == (5, 0.5)
-    for key in ("validation_cases", "min_gain"):
+    keys = ("validation_cases", "min_gain", "map_jitter", "min_gain_se")
+    assert [data["vfn"].get(key) for key in keys] == [5, 0.5, None, None]  # the last two left at their default
+    assert [getattr(Plan(data).vfn, key) for key in keys] == [5, 0.5, 0.0, 0.0]
+    for key in keys[:2]:
         del data["vfn"][key]
     older = Plan(data)
-    assert (older.vfn.validation_cases, older.vfn.min_gain) == (0, 0.0)
-    data["vfn"]["min_gain"] = -1
-    with pytest.raises(PlanError, match="min_gain"):
-        Plan(data)
+    assert [getattr(older.vfn, key) for key in keys] == [0, 0.0, 0.0, 0.0]
+    for key in keys[1:]:
+        bad = {**data, "vfn": {**data["vfn"], key: -1}}
+        with pytest.raises(PlanError, match=key):
+            Plan(bad)

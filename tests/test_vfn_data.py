@@ -177,3 +177,16 @@ def test_map_jitter_recalibrates_each_view_and_leaves_image_label_and_samples_al
         np.testing.assert_array_equal(np.asarray(sample[0]), inputs)
     plain, zero = VfnPatchSampler([(inputs, label)], **common), VfnPatchSampler([(inputs, label)], map_jitter=0, **common)
     np.testing.assert_array_equal(next(plain)["data"], next(zero)["data"])
+
+
+def test_a_vfn_takes_the_plans_map_jitter_unless_given_one():
+    """The plan's ``vfn.map_jitter`` is a VFN unit's strength when none is given; a given one (a benchmark
+    variant, 0 included) replaces it."""
+    from types import SimpleNamespace
+
+    from vfnet.training.train_vfn import VfnRecipe
+
+    setup = SimpleNamespace(plan=SimpleNamespace(vfn=SimpleNamespace(map_jitter=0.3)))
+    assert VfnRecipe(True, 1, 1)._map_jitter(setup) == 0.3
+    assert VfnRecipe(True, 1, 1, map_jitter=0.0)._map_jitter(setup) == 0.0
+    assert VfnRecipe(True, 1, 1, map_jitter=0.5)._map_jitter(setup) == 0.5

@@ -80,6 +80,12 @@ class VfnPlan(Section):
     the default when left out: ``training.validation_fraction`` alone decides).
     ``min_gain``: Dice points a trained checkpoint must add to the view prior's validation
     pseudo-Dice (iteration 0) before it replaces it (0, the default when left out: any gain).
+    ``map_jitter``: strength of a random recalibration (temperature and per-class bias) of each
+    view's maps in every training patch (0, the default when left out: none; see
+    :class:`vfnet.training.data_vfn.VfnPatchSampler`).
+    ``min_gain_se``: a trained checkpoint must also raise the validation cases' pseudo-Dice over
+    iteration 0 by a mean of at least this many standard errors of the per-case gains (0, the
+    default when left out: no such test).
     """
 
     patch_size: list[int] = field(metadata=reads(integers(3)))
@@ -94,6 +100,8 @@ class VfnPlan(Section):
     budget_downsample: str = field(default="plan", metadata=reads(choice(*BUDGET_DOWNSAMPLE)))
     validation_cases: int = field(default=0, metadata=reads(integer(0)))
     min_gain: float = field(default=0.0, metadata=reads(number(0, 100)))
+    map_jitter: float = field(default=0.0, metadata=reads(number(0, 5)))
+    min_gain_se: float = field(default=0.0, metadata=reads(number(0, 10)))
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,9 @@ class TrainingConfig:
             an untrained network that is already good (the VFN's view prior) can win.
         min_gain: with ``validate_at_start``, the pseudo-Dice (0-1) a trained checkpoint must add to
             the untrained network's before it becomes the best one (0: any gain).
+        min_gain_se: with ``validate_at_start`` and validation batches that name their cases, a trained
+            checkpoint must also raise the cases' pseudo-Dice over the untrained network's by a mean
+            of at least this many standard errors of those per-case gains (0: no such test).
     """
 
     iterations: int
@@ -104,6 +107,7 @@ class TrainingConfig:
     seed: int = 12345
     validate_at_start: bool = False
     min_gain: float = 0.0
+    min_gain_se: float = 0.0
 
     @classmethod
     def from_schedule(cls, schedule: Schedule, **overrides) -> TrainingConfig:

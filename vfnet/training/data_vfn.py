@@ -251,10 +251,11 @@ class VfnPatchSampler:
             x[channels] = recalibrated_maps(x[channels], temperature, bias)
         return x
 
-    def tiles(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Non-overlapping patch tiles (the last one per axis shifted inside) covering every sample."""
+    def tiles(self) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """Non-overlapping patch tiles (the last one per axis shifted inside) covering every sample,
+        each with the index of its sample."""
         out = []
-        for inputs, label in self.samples:
+        for index, (inputs, label) in enumerate(self.samples):
             x_all = inputs if self.use_image else inputs[self.num_image:]
             if any(s < p for s, p in zip(label.shape, self.patch)):
                 pad = [(0, max(0, p - s)) for s, p in zip(label.shape, self.patch)]
@@ -264,15 +265,17 @@ class VfnPatchSampler:
                 for b in starts[1]:
                     for c in starts[2]:
                         window = tuple(slice(o, o + p) for o, p in zip((a, b, c), self.patch))
-                        out.append((x_all[(slice(None), *window)].astype(np.float32), label[window][None]))
+                        out.append((x_all[(slice(None), *window)].astype(np.float32), label[window][None], index))
         return out
 
 
 def tile_batches(sampler: VfnPatchSampler, batch_size: int) -> list[dict]:
-    """Validation batches that score every case of ``sampler`` whole (see :meth:`VfnPatchSampler.tiles`)."""
+    """Validation batches that score every case of ``sampler`` whole (see :meth:`VfnPatchSampler.tiles`);
+    ``"case"`` names each tile's sample, so the trainer can score each case too."""
     tiles = sampler.tiles()
     return [{"data": np.stack([t[0] for t in tiles[i:i + batch_size]]),
-             "target": np.stack([t[1] for t in tiles[i:i + batch_size]]).astype(np.int64)}
+             "target": np.stack([t[1] for t in tiles[i:i + batch_size]]).astype(np.int64),
+             "case": np.array([t[2] for t in tiles[i:i + batch_size]], dtype=np.int64)}
             for i in range(0, len(tiles), batch_size)]
 
 

@@ -46,7 +46,8 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
                  overwrite: bool = False, seed: int | None = None,
                  distributed: DistributedContext | None = None, prior: str | None = None, suffix: str = "",
                  view_dropout: float = 0.0, validation_cases: int | None = None,
-                 min_gain: float | None = None, map_jitter: float = 0.0) -> Path:
+                 min_gain: float | None = None, map_jitter: float | None = None,
+                 min_gain_se: float | None = None) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set, then write its summary.
 
     ``seed`` seeds the weights and the patch sampling (the validation cases stay the same); None
@@ -54,10 +55,9 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     the unit, to measure how much the VFN's result depends on it. ``prior`` (``mean`` or
     ``stack``) replaces the plan's view prior and ``suffix`` is added to the network's folder name
     (``vfn<suffix>``), ``view_dropout`` the share of training patches with one view replaced by the
-    other two's mean and ``map_jitter`` the strength of a random recalibration of each view's maps
-    in every training patch (:class:`vfnet.training.data_vfn.VfnPatchSampler`), ``validation_cases`` and
-    ``min_gain`` replace the plan's ``vfn`` keys of the same names (None: the plan's): variants for
-    benchmarks, trained beside the planned VFN.
+    other two's mean (:class:`vfnet.training.data_vfn.VfnPatchSampler`), and ``validation_cases``,
+    ``min_gain``, ``map_jitter`` and ``min_gain_se`` replace the plan's ``vfn`` keys of the same names
+    (None: the plan's): variants for benchmarks, trained beside the planned VFN.
 
     The fusion set must exist (:func:`vfnet.pipeline.units.train_vfn_unit` builds it when
     missing; a missing one raises ``ModelNotFoundError`` naming the command). The other arguments:
@@ -69,7 +69,7 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     plan_seed = Plan.load(paths.preprocessed_dataset(dataset)).training.seed
     options = RunOptions(num_threads, resume, quiet, overwrite, schedule_overrides, stop_at, distributed)
     recipe = VfnRecipe(use_image, plan_seed if seed is None else seed, plan_seed, prior, suffix, view_dropout,
-                       validation_cases, min_gain, map_jitter)
+                       validation_cases, min_gain, map_jitter, min_gain_se)
     return run_unit(recipe, dataset, unit, preset, device, options, [write_vfn_summary])
 
 
@@ -92,10 +92,10 @@ class VfnRecipe:
 
     def __init__(self, use_image: bool, seed: int, plan_seed: int, prior: str | None = None, suffix: str = "",
                  view_dropout: float = 0.0, validation_cases: int | None = None, min_gain: float | None = None,
-                 map_jitter: float = 0.0):
+                 map_jitter: float | None = None, min_gain_se: float | None = None):
         self.use_image, self.seed, self.prior, self.view_dropout = use_image, seed, prior, view_dropout
-        self.map_jitter = map_jitter
-        self.validation_cases, self.min_gain = validation_cases, min_gain
+        self.validation_cases, self.min_gain, self.map_jitter = validation_cases, min_gain, map_jitter
+        self.min_gain_se = min_gain_se
         self.network = vfn_network_name(use_image) + ("" if seed == plan_seed else f"_seed{seed}") + suffix
 
     def cases(self, setup: UnitSetup) -> UnitCases:
@@ -104,11 +104,18 @@ class VfnRecipe:
         minimum = setup.plan.vfn.validation_cases if self.validation_cases is None else self.validation_cases
         train, val = split_validation(cases, f"vfn-{setup.spec['name']}", setup.plan.training, minimum)
         return UnitCases(train, val, [], folder, record={"use_image": self.use_image, "fusion_set": str(folder),
-                                                  "view_dropout": self.view_dropout, "map_jitter": self.map_jitter,
-                                                  "min_gain": self._min_gain(setup)})
+                                                  "view_dropout": self.view_dropout, "map_jitter": self._map_jitter(setup),
+                                                  "min_gain": self._min_gain(setup),
+                                                  "min_gain_se": self._min_gain_se(setup)})
 
     def _min_gain(self, setup: UnitSetup) -> float:
         return setup.plan.vfn.min_gain if self.min_gain is None else self.min_gain
+
+    def _map_jitter(self, setup: UnitSetup) -> float:
+        return setup.plan.vfn.map_jitter if self.map_jitter is None else self.map_jitter
+
+    def _min_gain_se(self, setup: UnitSetup) -> float:
+        return setup.plan.vfn.min_gain_se if self.min_gain_se is None else self.min_gain_se
 
     def build(self, setup: UnitSetup, cases: UnitCases, metadata: dict, options: RunOptions) -> Run:
         plan, schedule, folder, use_image, seed = setup.plan, setup.schedule, cases.data, self.use_image, self.seed
@@ -134,18 +141,19 @@ class VfnRecipe:
         on_device = bool(train_samples) and isinstance(train_samples[0][0], torch.Tensor)
         train_batches = VfnPatchSampler(train_samples, augment=vfn.augmentation == "paper",
                                         mirror_axes=vfn.mirror_axes, seed=seed + start_iteration,
-                                        view_dropout=self.view_dropout, map_jitter=self.map_jitter, **common)
+                                        view_dropout=self.view_dropout, map_jitter=self._map_jitter(setup), **common)
         # every validation case, whole, at every validation (iteration 0 included)
         validation = VfnPatchSampler(load_fusion_samples(folder, cases.val, factor, plan.num_classes), augment=False,
                                      mirror_axes=(), seed=plan.training.seed, **common)
         val_batches = tile_batches(validation, schedule.val_batch_size or schedule.batch_size)
-        config = TrainingConfig.from_schedule(schedule, seed=seed, min_gain=self._min_gain(setup) / 100)
+        config = TrainingConfig.from_schedule(schedule, seed=seed, min_gain=self._min_gain(setup) / 100,
+                                              min_gain_se=self._min_gain_se(setup))
         trainer = Trainer(model, make_loss(schedule.loss), train_batches, val_batches, config, setup.out,
                           device=setup.device, num_threads=options.num_threads, quiet=options.quiet,
                           distributed=options.distributed,
                           metadata={**metadata, "use_image": use_image, "parameters": parameters, "view_prior": prior,
                                     "input_downsample": list(factor), "samples_on_device": on_device,
-                                    "view_dropout": self.view_dropout, "map_jitter": self.map_jitter,
+                                    "view_dropout": self.view_dropout, "map_jitter": self._map_jitter(setup),
                                     "train_cases": cases.train, "val_cases": cases.val})
         trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, view prior {prior}, "
                     f"{model.in_channels} input channels, patch {vfn.patch_size}, in-plane downsample "

@@ -8,8 +8,9 @@ patches or datasets. Batches are dicts with ``"data"`` (B, C, *spatial) and ``"t
 
 Files in ``out_dir``: ``checkpoint_latest.pth`` (every validation), ``checkpoint_best.pth``
 (highest validation pseudo-Dice; a trained one must beat iteration 0's by ``min_gain`` when that is
-validated), ``checkpoint_final.pth`` (end of the schedule), all
-written atomically; ``training.log``; ``progress.png`` redrawn at every validation.
+validated, and with ``min_gain_se`` its per-case gains must be clear of their standard error),
+``checkpoint_final.pth`` (end of the schedule), all written atomically; ``training.log``;
+``progress.png`` redrawn at every validation.
 
 Example:
     >>> config = TrainingConfig(iterations=1000, lr=0.01, val_every=100)
@@ -44,6 +45,24 @@ if TYPE_CHECKING:
     from vfnet.training.ddp import DistributedContext
 
 CHECKPOINTS = (LATEST_CHECKPOINT, BEST_CHECKPOINT, FINAL_CHECKPOINT)
+
+
+def pseudo_dice(counts: torch.Tensor) -> float:
+    """Mean over foreground classes of 2TP / (2TP + FP + FN) from (3, C_fg) counts; 1 for a class
+    absent from both prediction and target."""
+    tp, fp, fn = counts
+    return float(torch.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), torch.ones_like(tp)).mean())
+
+
+def clears_standard_error(gains: np.ndarray, multiple: float) -> bool:
+    """Whether the mean of per-case ``gains`` is positive and at least ``multiple`` standard errors
+    (sample standard deviation over the square root of their number). One case has no standard error:
+    its gain only has to be positive."""
+    gains = np.asarray(gains, dtype=np.float64)
+    mean = float(gains.mean())
+    if len(gains) < 2:
+        return mean > 0
+    return mean > 0 and mean >= multiple * float(gains.std(ddof=1)) / np.sqrt(len(gains))
 
 
 def plot_progress(history: list[dict], path: Path) -> None:
@@ -150,6 +169,7 @@ class Trainer:
         self.iteration = 0
         self.best_dice = -1.0
         self.history: list[dict] = []
+        self.case_dice: list[float] | None = None  # each validation case's pseudo-Dice at the last validation
 
     # ----------------------------------------------------------------- logging
     def log(self, message: str) -> None:
@@ -224,25 +244,37 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
-        """(mean loss, pseudo-Dice) over the validation batches; pseudo-Dice pools TP/FP/FN per class."""
+        """(mean loss, pseudo-Dice) over the validation batches; pseudo-Dice pools TP/FP/FN per class.
+
+        Batches that name each item's case (``"case"``, as the VFN's validation tiles do) also give
+        each case's pseudo-Dice, kept in ``self.case_dice`` (None otherwise).
+        """
+        self.case_dice = None
         if self.val_loader is None:
             return float("nan"), float("nan")
         self.network.eval()
-        losses, counts = [], None
+        losses, counts, per_case = [], None, {}
         for batch in self.val_loader:
             data = _to_tensor(batch["data"], self.device, self.memory_format)
             target = _to_tensor(batch["target"], self.device)
             with torch.autocast(self.device.type, enabled=self.amp):
                 logits = self.network(data)
                 losses.append(float(self.loss(logits, target)))
-            batch_counts = foreground_counts(logits, target)
+            if "case" in batch:  # counted per item, each added to its case's counts and to the pooled ones
+                items = [(int(case), foreground_counts(logits[i:i + 1], target[i:i + 1]))
+                         for i, case in enumerate(batch["case"])]
+                for case, item in items:
+                    per_case[case] = item if case not in per_case else per_case[case] + item
+                batch_counts = sum(item for _, item in items)
+            else:
+                batch_counts = foreground_counts(logits, target)
             counts = batch_counts if counts is None else counts + batch_counts
         self.network.train()
         if counts is None:
             return float("nan"), float("nan")
-        tp, fp, fn = counts
-        dice = torch.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), torch.ones_like(tp))
-        return float(np.mean(losses)), float(dice.mean())
+        if per_case:
+            self.case_dice = [pseudo_dice(per_case[case]) for case in sorted(per_case)]
+        return float(np.mean(losses)), pseudo_dice(counts)
 
     def _end_interval(self, train_losses: list[float], interval_start: float, step_seconds: float,
                       wait_seconds: float) -> float:
@@ -251,7 +283,7 @@ class Trainer:
         # Steps and validation of this interval; checkpoint and plot time count for the next one.
         next_start = time.perf_counter()
         beats_best = not np.isnan(val_dice) and val_dice > self.best_dice
-        short = beats_best and val_dice < self._start_dice() + self.config.min_gain
+        short = beats_best and (val_dice < self._start_dice() + self.config.min_gain or not self._clear_gain())
         improved = beats_best and not short
         if improved:
             self.best_dice = val_dice
@@ -259,24 +291,48 @@ class Trainer:
                  "train_loss": float(np.mean(train_losses)) if train_losses else float("nan"),
                  "val_loss": val_loss, "val_dice": val_dice, "lr": self.optimizer.param_groups[0]["lr"],
                  "seconds": next_start - interval_start, "data_wait": wait_seconds / step_seconds if step_seconds > 0 else 0.0}
+        if self.case_dice is not None:
+            entry["val_case_dice"] = self.case_dice
         self.history.append(entry)
         self.save_checkpoint(LATEST_CHECKPOINT)
         if improved:
             self.save_checkpoint(BEST_CHECKPOINT)
         self.log(f"iteration {self.iteration}/{self.config.iterations}: train loss {entry['train_loss']:.4f}, "
                  f"val loss {val_loss:.4f}, pseudo-Dice {val_dice:.4f}{' (best)' if improved else ''}"
-                 f"{f' (less than {self.config.min_gain:.4f} above iteration 0: not kept)' if short else ''}, "
+                 f"{f' ({self._shortfall()} above iteration 0: not kept)' if short else ''}, "
                  f"lr {entry['lr']:.2e}, {entry['seconds']:.1f} s, data wait {100 * entry['data_wait']:.1f}%")
         if self.is_main:
             plot_progress(self.history, self.out_dir / "progress.png")
         return next_start
 
-    def _start_dice(self) -> float:
-        """The untrained network's validation pseudo-Dice (validated at start), else -inf."""
+    def _start(self) -> dict | None:
+        """The untrained network's validation (validated at start), else None."""
         first = self.history[0] if self.history else None
         if not self.config.validate_at_start or first is None or first["iteration"] != 0:
-            return -np.inf
-        return first["val_dice"]
+            return None
+        return first
+
+    def _start_dice(self) -> float:
+        """The untrained network's validation pseudo-Dice (validated at start), else -inf."""
+        start = self._start()
+        return -np.inf if start is None else start["val_dice"]
+
+    def _shortfall(self) -> str:
+        text = f"less than {self.config.min_gain:.4f}"
+        if self.config.min_gain_se:
+            text += f", or a mean of less than {self.config.min_gain_se:g} standard errors of the cases' gains,"
+        return text
+
+    def _clear_gain(self) -> bool:
+        """With ``min_gain_se``, whether the cases' mean gain in pseudo-Dice over iteration 0 is at least
+        ``min_gain_se`` standard errors of those gains (always true without it, or without per-case
+        scores of both, or at iteration 0)."""
+        start = self._start()
+        if not self.config.min_gain_se or start is None or self.iteration == 0 or self.case_dice is None \
+                or "val_case_dice" not in start:
+            return True
+        return clears_standard_error(np.asarray(self.case_dice) - np.asarray(start["val_case_dice"]),
+                                     self.config.min_gain_se)
 
     def fit(self, stop_at: int | None = None) -> list[dict]:
         """Train from the current iteration to the end of the schedule (or up to ``stop_at``).
