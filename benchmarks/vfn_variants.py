@@ -137,7 +137,7 @@ def main() -> None:
     out = {}
     for name in args.variants:
         arguments, checkpoint = VARIANTS[name]
-        dice, best_iterations, train_s, fuse_s = [], {}, {}, []
+        dice, best_iterations, trained_gain, train_s, fuse_s = [], {}, {}, {}, []
         use_image = (arguments or {}).get("use_image", True)
         method = "vfn" if use_image else "vfn-noimage"
         for fold, unit, vfn_unit in folds:
@@ -145,7 +145,11 @@ def main() -> None:
             if arguments is not None:
                 network, train_s[fold] = _train(args.dataset, preset, vfn_unit, arguments, results)
             folder = paths.unit_dir(results, preset, network, vfn_unit)
-            best_iterations[fold] = read_json(folder / "summary.json").get("best_iteration")
+            summary = read_json(folder / "summary.json")
+            best_iterations[fold] = summary.get("best_iteration")
+            # how far the best checkpoint after iteration 0 validated above iteration 0 (kept or not), in points
+            if summary.get("best_trained_val_pseudo_dice") is not None and summary.get("start_val_pseudo_dice") is not None:
+                trained_gain[fold] = 100 * (summary["best_trained_val_pseudo_dice"] - summary["start_val_pseudo_dice"])
             model = load_vfn(folder, plan, use_image=use_image, checkpoint=checkpoint)
             for case in data.fold_cases([fold]):
                 image, label = data.load(case, mmap=False)
@@ -156,7 +160,7 @@ def main() -> None:
                 dice.append(_overall_dice(plan.num_classes, label, fused))
         tests = {m: paired_tests(dice, values) for m, values in baseline.items()}
         out[name] = {"overall": float(np.mean(dice)), "cases": dict(zip(cases, dice)),
-                     "best_iteration": best_iterations, "train_s": train_s,
+                     "best_iteration": best_iterations, "best_trained_validation_gain": trained_gain, "train_s": train_s,
                      "fuse_s_median": float(np.median(fuse_s)),
                      **{f"vs_{m}": {"difference": t["mean_difference"], "wilcoxon_p": t["wilcoxon_p"],
                                     "t_test_p": t["t_test_p"]} for m, t in tests.items()}}
@@ -170,6 +174,7 @@ def main() -> None:
         f"| {name} | {r['overall']:.2f} | {r['vs_mean']['difference']:+.2f} | {r['vs_mean']['wilcoxon_p']:.3g} | "
         f"{r['vs_stack']['difference']:+.2f} | {r['vs_stack']['wilcoxon_p']:.3g} | "
         f"{', '.join(str(i) for i in r['best_iteration'].values())} | "
+        f"{', '.join(f'{g:+.2f}' for g in r['best_trained_validation_gain'].values())} | "
         f"{(sum(r['train_s'].values()) / 60) if r['train_s'] else 0:.1f} | {r['fuse_s_median']:.2f} |"
         for name, r in out.items())
     body = f"""Command: `{invocation}`, where WORK is the work folder of
@@ -179,8 +184,8 @@ crossval, trained with commit {trained_with}); this command trained only the var
 {len(cases)} held-out cases, each fused by its test fold's VFN from the fold units' maps (as crossval does).
 Mean fusion {np.mean(baseline['mean']):.2f} %, stack {np.mean(baseline['stack']):.2f} % (crossval's values).
 
-| variant | overall Dice % | − mean | Wilcoxon p | − stack | Wilcoxon p | best iteration per fold | training min | fusion s/case (median) |
-|---|---|---|---|---|---|---|---|---|
+| variant | overall Dice % | − mean | Wilcoxon p | − stack | Wilcoxon p | best iteration per fold | best trained − iteration 0, validation points per fold | training min | fusion s/case (median) |
+|---|---|---|---|---|---|---|---|---|---|
 {rows}
 """
     name = f"vfn_variants_{args.dataset}" + (f"_{allocation}" if run_options else "") + \
