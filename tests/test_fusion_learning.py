@@ -175,15 +175,7 @@ def test_a_trained_checkpoint_needs_gains_clear_of_their_standard_error(tmp_path
     scatter around zero, is not kept; one whose cases all gain a little is."""
     from vfnet.checkpoint import load_checkpoint
 
-    net = torch.nn.Conv3d(1, 2, 1)
-    batch = {"data": np.zeros((1, 1, 2, 2, 2), np.float32), "target": np.zeros((1, 1, 2, 2, 2), np.int64)}
-
-    def loss(logits, target):
-        return torch.nn.functional.cross_entropy(logits, target[:, 0])
-
-    trainer = Trainer(net, loss, iter(lambda: batch, None), [batch],
-                      TrainingConfig(iterations=6, val_every=2, validate_at_start=True, min_gain_se=min_gain_se),
-                      tmp_path, device="cpu", quiet=True)
+    trainer = _constant_batch_trainer(tmp_path, TrainingConfig(iterations=6, val_every=2, validate_at_start=True, min_gain_se=min_gain_se))
     start = np.array([0.80, 0.80, 0.80, 0.80])
     scores = iter([(0.800, start), (0.805, start + [0.05, -0.04, 0.03, -0.02]),
                    (0.810, start + [0.010, 0.012, 0.011, 0.009]), (0.809, start + 0.009)])
@@ -202,16 +194,19 @@ def test_a_trained_checkpoint_needs_gains_clear_of_their_standard_error(tmp_path
         assert "standard errors of the cases' gains, above iteration 0: not kept" in (tmp_path / "training.log").read_text()
 
 
-def test_validation_at_iteration_zero(tmp_path):
+def _constant_batch_trainer(tmp_path, config: TrainingConfig) -> Trainer:
+    """A 1×1×1 conv trained and validated on one all-background batch (the scores are what a test makes them)."""
     net = torch.nn.Conv3d(1, 2, 1)
     batch = {"data": np.zeros((1, 1, 2, 2, 2), np.float32), "target": np.zeros((1, 1, 2, 2, 2), np.int64)}
 
     def loss(logits, target):
         return torch.nn.functional.cross_entropy(logits, target[:, 0])
 
-    trainer = Trainer(net, loss, iter(lambda: batch, None), [batch],
-                      TrainingConfig(iterations=4, val_every=2, validate_at_start=True), tmp_path, device="cpu",
-                      quiet=True)
+    return Trainer(net, loss, iter(lambda: batch, None), [batch], config, tmp_path, device="cpu", quiet=True)
+
+
+def test_validation_at_iteration_zero(tmp_path):
+    trainer = _constant_batch_trainer(tmp_path, TrainingConfig(iterations=4, val_every=2, validate_at_start=True))
     history = trainer.fit()
     assert [h["iteration"] for h in history] == [0, 2, 4]
     assert (tmp_path / "checkpoint_best.pth").is_file()
@@ -225,15 +220,7 @@ def test_a_trained_checkpoint_must_beat_iteration_zero_by_min_gain(tmp_path, mon
     from vfnet.checkpoint import load_checkpoint
     from vfnet.training.runner import trained_metadata
 
-    net = torch.nn.Conv3d(1, 2, 1)
-    batch = {"data": np.zeros((1, 1, 2, 2, 2), np.float32), "target": np.zeros((1, 1, 2, 2, 2), np.int64)}
-
-    def loss(logits, target):
-        return torch.nn.functional.cross_entropy(logits, target[:, 0])
-
-    trainer = Trainer(net, loss, iter(lambda: batch, None), [batch],
-                      TrainingConfig(iterations=6, val_every=2, validate_at_start=True, min_gain=min_gain),
-                      tmp_path, device="cpu", quiet=True)
+    trainer = _constant_batch_trainer(tmp_path, TrainingConfig(iterations=6, val_every=2, validate_at_start=True, min_gain=min_gain))
     scores = iter([0.800, 0.803, 0.812, 0.809])  # pseudo-Dice at iterations 0, 2, 4, 6
     monkeypatch.setattr(trainer, "validate", lambda: (0.5, next(scores)))
     history = trainer.fit()
