@@ -187,6 +187,6 @@ def test_a_vfn_takes_the_plans_map_jitter_unless_given_one():
     from vfnet.training.train_vfn import VfnRecipe
 
     setup = SimpleNamespace(plan=SimpleNamespace(vfn=SimpleNamespace(map_jitter=0.3)))
-    assert VfnRecipe(True, 1, 1)._map_jitter(setup) == 0.3
-    assert VfnRecipe(True, 1, 1, map_jitter=0.0)._map_jitter(setup) == 0.0
-    assert VfnRecipe(True, 1, 1, map_jitter=0.5)._map_jitter(setup) == 0.5
+    assert VfnRecipe(True, 1, 1).planned(setup, "map_jitter") == 0.3
+    assert VfnRecipe(True, 1, 1, map_jitter=0.0).planned(setup, "map_jitter") == 0.0
+    assert VfnRecipe(True, 1, 1, map_jitter=0.5).planned(setup, "map_jitter") == 0.5

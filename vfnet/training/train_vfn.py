@@ -94,28 +94,25 @@ class VfnRecipe:
                  view_dropout: float = 0.0, validation_cases: int | None = None, min_gain: float | None = None,
                  map_jitter: float | None = None, min_gain_se: float | None = None):
         self.use_image, self.seed, self.prior, self.view_dropout = use_image, seed, prior, view_dropout
-        self.validation_cases, self.min_gain, self.map_jitter = validation_cases, min_gain, map_jitter
-        self.min_gain_se = min_gain_se
+        # the plan's ``vfn`` keys this VFN replaces (None: the plan's value)
+        self.overrides = {"validation_cases": validation_cases, "min_gain": min_gain, "map_jitter": map_jitter,
+                          "min_gain_se": min_gain_se}
         self.network = vfn_network_name(use_image) + ("" if seed == plan_seed else f"_seed{seed}") + suffix
 
     def cases(self, setup: UnitSetup) -> UnitCases:
         folder = paths.fusion_set_dir(setup.preprocessed, setup.preset, str(setup.spec["name"]))
         cases = sorted(load_manifest(folder)["cases"])
-        minimum = setup.plan.vfn.validation_cases if self.validation_cases is None else self.validation_cases
-        train, val = split_validation(cases, f"vfn-{setup.spec['name']}", setup.plan.training, minimum)
+        train, val = split_validation(cases, f"vfn-{setup.spec['name']}", setup.plan.training,
+                                      self.planned(setup, "validation_cases"))
         return UnitCases(train, val, [], folder, record={"use_image": self.use_image, "fusion_set": str(folder),
-                                                  "view_dropout": self.view_dropout, "map_jitter": self._map_jitter(setup),
-                                                  "min_gain": self._min_gain(setup),
-                                                  "min_gain_se": self._min_gain_se(setup)})
+                                                  "view_dropout": self.view_dropout,
+                                                  **{key: self.planned(setup, key)
+                                                     for key in ("map_jitter", "min_gain", "min_gain_se")}})
 
-    def _min_gain(self, setup: UnitSetup) -> float:
-        return setup.plan.vfn.min_gain if self.min_gain is None else self.min_gain
-
-    def _map_jitter(self, setup: UnitSetup) -> float:
-        return setup.plan.vfn.map_jitter if self.map_jitter is None else self.map_jitter
-
-    def _min_gain_se(self, setup: UnitSetup) -> float:
-        return setup.plan.vfn.min_gain_se if self.min_gain_se is None else self.min_gain_se
+    def planned(self, setup: UnitSetup, key: str):
+        """This VFN's value of the plan's ``vfn.<key>``: its own override, else the plan's."""
+        own = self.overrides[key]
+        return getattr(setup.plan.vfn, key) if own is None else own
 
     def build(self, setup: UnitSetup, cases: UnitCases, metadata: dict, options: RunOptions) -> Run:
         plan, schedule, folder, use_image, seed = setup.plan, setup.schedule, cases.data, self.use_image, self.seed
@@ -141,19 +138,19 @@ class VfnRecipe:
         on_device = bool(train_samples) and isinstance(train_samples[0][0], torch.Tensor)
         train_batches = VfnPatchSampler(train_samples, augment=vfn.augmentation == "paper",
                                         mirror_axes=vfn.mirror_axes, seed=seed + start_iteration,
-                                        view_dropout=self.view_dropout, map_jitter=self._map_jitter(setup), **common)
+                                        view_dropout=self.view_dropout, map_jitter=self.planned(setup, "map_jitter"), **common)
         # every validation case, whole, at every validation (iteration 0 included)
         validation = VfnPatchSampler(load_fusion_samples(folder, cases.val, factor, plan.num_classes), augment=False,
                                      mirror_axes=(), seed=plan.training.seed, **common)
         val_batches = tile_batches(validation, schedule.val_batch_size or schedule.batch_size)
-        config = TrainingConfig.from_schedule(schedule, seed=seed, min_gain=self._min_gain(setup) / 100,
-                                              min_gain_se=self._min_gain_se(setup))
+        config = TrainingConfig.from_schedule(schedule, seed=seed, min_gain=self.planned(setup, "min_gain") / 100,
+                                              min_gain_se=self.planned(setup, "min_gain_se"))
         trainer = Trainer(model, make_loss(schedule.loss), train_batches, val_batches, config, setup.out,
                           device=setup.device, num_threads=options.num_threads, quiet=options.quiet,
                           distributed=options.distributed,
                           metadata={**metadata, "use_image": use_image, "parameters": parameters, "view_prior": prior,
                                     "input_downsample": list(factor), "samples_on_device": on_device,
-                                    "view_dropout": self.view_dropout, "map_jitter": self._map_jitter(setup),
+                                    "view_dropout": self.view_dropout, "map_jitter": self.planned(setup, "map_jitter"),
                                     "train_cases": cases.train, "val_cases": cases.val})
         trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, view prior {prior}, "
                     f"{model.in_channels} input channels, patch {vfn.patch_size}, in-plane downsample "
@@ -161,5 +158,5 @@ class VfnRecipe:
                     f"{schedule.loss}, {len(val_batches)} validation batches, training patches cropped on "
                     f"{device if on_device else 'cpu'}, "
                     f"{len(cases.train)} training / {len(cases.val)} validation cases, a trained checkpoint kept only "
-                    f"{self._min_gain(setup):g} Dice points above iteration 0")
+                    f"{self.planned(setup, 'min_gain'):g} Dice points above iteration 0")
         return Run(trainer)
