@@ -29,6 +29,11 @@ fuses that fold's held-out cases with the fold units' maps, as crossval does. Va
   in pseudo-Dice over iteration 0 is at least 1 (2) standard errors of those per-case gains, instead of
   a fixed 0.5 points (``min_gain`` 0, ``min_gain_se`` 1 / 2): a margin that shrinks with the number of
   validation cases and how much they agree;
+- ``symmetric`` / ``symmetric_se2``: the planned VFN (``se2``'s selection) with the views' maps sorted
+  per class and voxel before its layers (``view_symmetric``): its correction cannot depend on which
+  view said what, only on how far the views agree, so it cannot learn to trust the view that was good
+  in its CCA maps (the order of the views' quality changes between the CCA and the fold units' maps
+  on CHAOST2, and from run to run);
 - ``share``: the selection before plans had ``validation_cases`` and ``min_gain``: validation on the
   plan's share of the fusion set (``validation_fraction``) and any gain kept.
 
@@ -74,6 +79,8 @@ VARIANTS = {
     "anygain": ({"suffix": "_anygain", "min_gain": 0.0}, None),
     "se": ({"suffix": "_se", "min_gain": 0.0, "min_gain_se": 1.0}, None),
     "se2": ({"suffix": "_se2", "min_gain": 0.0, "min_gain_se": 2.0}, None),
+    "symmetric": ({"suffix": "_symmetric", "view_symmetric": True}, None),
+    "symmetric_se2": ({"suffix": "_symmetricse2", "view_symmetric": True, "min_gain": 0.0, "min_gain_se": 2.0}, None),
     "share": ({"suffix": "_share", "min_gain": 0.0, "validation_cases": 0}, None),
 }
 

@@ -141,18 +141,26 @@ def test_a_coarse_vfn_trains_beside_the_unit_and_fuses_at_its_factor(trained):
     assert 2 * np.sum(organ[0] & organ[1]) / (np.sum(organ[0]) + np.sum(organ[1])) >= MIN_FUSED_DICE
 
 
-def test_view_dropout_and_map_jitter_reach_a_vfn_trained_beside_the_unit(trained):
-    """benchmarks/vfn_variants.py's viewdrop and jitter variants: the options reach the sampler of a
-    VFN trained beside the unit, and the unit records them (the planned VFN records none)."""
+def test_view_dropout_map_jitter_and_sorted_views_reach_a_vfn_trained_beside_the_unit(trained):
+    """benchmarks/vfn_variants.py's viewdrop, jitter and symmetric variants: the options reach the
+    sampler and the network of a VFN trained beside the unit, the unit records them (the planned VFN
+    records none), and its checkpoint loads as the network it trained."""
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.fusion.models import load_vfn
+
     _, raw = trained
     results = paths.results_root() / raw.name
     out = train_vfn_unit(None, "holdout", PRESET, device="cpu", quiet=True, suffix="_viewdrop",
-                         schedule_overrides=TINY_VFN, view_dropout=0.5, map_jitter=0.3)
+                         schedule_overrides=TINY_VFN, view_dropout=0.5, map_jitter=0.3, view_symmetric=True)
     assert out == paths.unit_dir(results, PRESET, "vfn_viewdrop", "holdout")
     record = read_json(out / "unit.json")
-    assert record["view_dropout"] == 0.5 and record["map_jitter"] == 0.3
-    planned = read_json(paths.unit_dir(results, PRESET, "vfn", "holdout") / "unit.json")
-    assert planned["view_dropout"] == 0.0 and planned["map_jitter"] == 0.0
+    assert record["view_dropout"] == 0.5 and record["map_jitter"] == 0.3 and record["view_symmetric"] is True
+    plan = Plan.load(paths.preprocessed_dataset(raw.name))
+    assert load_vfn(out, plan).view_symmetric and not plan.vfn.view_symmetric
+    planned_dir = paths.unit_dir(results, PRESET, "vfn", "holdout")
+    planned = read_json(planned_dir / "unit.json")
+    assert planned["view_dropout"] == 0.0 and planned["map_jitter"] == 0.0 and planned["view_symmetric"] is False
+    assert not load_vfn(planned_dir, plan).view_symmetric
 
 
 def test_a_vfn_needing_a_large_gain_keeps_mean_fusion_and_validates_on_the_planned_cases(trained):

@@ -19,6 +19,7 @@ from vfnet.networks.vfn import (
     count_parameters,
     init_as_view_average,
     state_view_prior,
+    state_view_symmetric,
     vfn_in_channels,
     vfn_probabilities,
 )
@@ -151,6 +152,66 @@ def test_load_vfn_builds_the_network_its_checkpoint_holds(tmp_path, saved_with_p
     x = torch.rand(1, saved.in_channels, *ODD_SHAPE)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), saved.eval()(x))
+
+
+def _swap_views(x: torch.Tensor, net: VolumetricFusionNet, first: int, second: int) -> torch.Tensor:
+    """The input with views ``first`` and ``second``'s maps exchanged."""
+    swapped = x.clone()
+    swapped[:, net.view_slice(first)], swapped[:, net.view_slice(second)] = x[:, net.view_slice(second)], \
+        x[:, net.view_slice(first)]
+    return swapped
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_a_view_symmetric_vfn_corrects_alike_whichever_view_holds_which_map(num_classes):
+    """Sorted per class and voxel, the views' maps reach the layers without their names: exchanging two
+    views' maps leaves the correction (and, with the mean prior, the output) unchanged; the same
+    weights reading the views by name change it."""
+    torch.manual_seed(3)
+    by_view = VolumetricFusionNet(1, num_classes, True, [4, 8, 8, 16], view_prior="mean").eval()
+    torch.nn.init.normal_(by_view.head.weight, std=0.5)
+    symmetric = VolumetricFusionNet(1, num_classes, True, [4, 8, 8, 16], view_prior="mean", view_symmetric=True)
+    symmetric.load_state_dict(by_view.state_dict(), strict=False)
+    symmetric.eval()
+    x = torch.rand(2, symmetric.in_channels, *ODD_SHAPE)
+    with torch.no_grad():
+        for first, second in ((0, 1), (0, 2), (1, 2)):
+            swapped = _swap_views(x, symmetric, first, second)
+            torch.testing.assert_close(symmetric.correction(swapped), symmetric.correction(x))
+            # the mean prior adds the views in another order: equal up to float rounding
+            torch.testing.assert_close(symmetric(swapped), symmetric(x), rtol=1e-4, atol=1e-4)
+            assert (by_view.correction(swapped) - by_view.correction(x)).abs().max() > 1e-3
+
+
+def test_sorted_views_hold_each_class_lowest_middle_and_highest_probability():
+    net = VolumetricFusionNet(2, 3, True, [4, 8, 8, 16], view_symmetric=True)
+    x = torch.rand(1, net.in_channels, 3, 4, 5)
+    ordered = net.sorted_views(x)
+    torch.testing.assert_close(ordered[:, :2], x[:, :2])  # the image channels as they were
+    views = torch.stack([x[:, net.view_slice(v)] for v in range(len(VIEWS))], dim=1)  # (N, 3, C, z, y, x)
+    expected = [views.min(dim=1).values, views.median(dim=1).values, views.max(dim=1).values]
+    for rank, values in enumerate(expected):
+        torch.testing.assert_close(ordered[:, net.view_slice(rank)], values)
+
+
+@pytest.mark.parametrize("view_symmetric", [True, False])
+def test_load_vfn_builds_a_view_symmetric_network_from_its_checkpoint(tmp_path, view_symmetric):
+    """The checkpoint says whether its network sorted the views (a marker buffer), whatever the plan says."""
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.fusion.models import load_vfn
+
+    plan = Plan(synthetic_plan(num_classes=3, modality="MRI"))
+    assert not plan.vfn.view_symmetric
+    torch.manual_seed(1)
+    saved = build_vfn(plan, 1, 3, view_symmetric=view_symmetric)
+    torch.nn.init.normal_(saved.head.weight, std=0.5)
+    assert state_view_symmetric(saved.state_dict()) == view_symmetric
+    torch.save({"network": saved.state_dict()}, tmp_path / "checkpoint_final.pth")
+    loaded = load_vfn(tmp_path, plan)
+    assert loaded.view_symmetric == view_symmetric
+    x = torch.rand(1, saved.in_channels, *ODD_SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), saved.eval()(x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("num_classes", [2, 4])

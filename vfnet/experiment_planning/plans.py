@@ -161,8 +161,8 @@ def plan_vfn(median_shape: tuple, median_bbox: tuple) -> dict:
         # a trained VFN replaces mean fusion only when it beats it by min_gain Dice points on validation_cases or more
         "validation_cases": VFN_VALIDATION_CASES,
         "min_gain": VFN_MIN_GAIN,
-        # left out, at their defaults of 0: min_gain_se (the standard-error test of vfn_variants.py's se
-        # variants) and map_jitter (its jitter variants)
+        # left out, at their defaults of 0 (false): min_gain_se (the standard-error test of vfn_variants.py's
+        # se variants), map_jitter (its jitter variants) and view_symmetric (its symmetric variants)
     }
 
 

@@ -86,6 +86,9 @@ class VfnPlan(Section):
     ``min_gain_se``: a trained checkpoint must also raise the validation cases' pseudo-Dice over
     iteration 0 by a mean of at least this many standard errors of the per-case gains (0, the
     default when left out: no such test).
+    ``view_symmetric``: the network sees the three views' maps sorted per class and voxel (lowest,
+    middle, highest) instead of by view, so its correction cannot lean on one view (false, the
+    default when left out: by view, as in the paper; see :mod:`vfnet.networks.vfn`).
     """
 
     patch_size: list[int] = field(metadata=reads(integers(3)))
@@ -102,6 +105,7 @@ class VfnPlan(Section):
     min_gain: float = field(default=0.0, metadata=reads(number(0, 100)))
     map_jitter: float = field(default=0.0, metadata=reads(number(0, 5)))
     min_gain_se: float = field(default=0.0, metadata=reads(number(0, 10)))
+    view_symmetric: bool = field(default=False, metadata=reads(boolean))
 
 
 @dataclass(frozen=True)

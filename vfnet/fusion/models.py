@@ -9,7 +9,7 @@ import torch
 from vfnet.checkpoint import load_checkpoint
 from vfnet.errors import ModelNotFoundError, VfnetError
 from vfnet.experiment_planning.plans import Plan
-from vfnet.networks.vfn import build_vfn, state_view_prior
+from vfnet.networks.vfn import build_vfn, state_view_prior, state_view_symmetric
 from vfnet.paths import BEST_CHECKPOINT, FINAL_CHECKPOINT
 from vfnet.resolution import normalise_factor
 
@@ -52,7 +52,7 @@ def load_vfn(unit_dir: Path, plan: Plan, use_image: bool = True, device: str | t
     checkpoint = load_checkpoint(path)
     state = checkpoint.get("network", checkpoint)
     model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image,
-                      view_prior=state_view_prior(state))
+                      view_prior=state_view_prior(state), view_symmetric=state_view_symmetric(state))
     model.load_state_dict(state)
     # the in-plane resolution the VFN trained at travels with its weights (see vfnet.resolution)
     model.input_downsample = normalise_factor(checkpoint.get("metadata", {}).get("input_downsample"))

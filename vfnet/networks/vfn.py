@@ -24,6 +24,13 @@ adds instead the logits of a fitted ``stack`` (:mod:`vfnet.fusion.stack`, weight
 a prior carries a ``view_prior_marker`` buffer (and the stack its ``prior_weight`` and
 ``prior_bias``), so its checkpoints say which network they hold.
 
+``view_symmetric=True`` (plan key ``vfn.view_symmetric``; false, the paper's input, when left out)
+has the network see the three views' maps only through their order statistics: per class and
+voxel the lowest, middle and highest of the three probabilities, in place of the axial, coronal
+and sagittal maps. Its correction then cannot depend on which view said what (swapping two views'
+maps changes nothing), only on how much and where they agree, next to the image. Such a model
+carries a ``view_symmetric_marker`` buffer. The prior still reads the views' own maps.
+
 Example:
     >>> net = build_vfn(plan, num_image_channels=1, num_classes=3)
     >>> logits = net(torch.rand(2, net.in_channels, 19, 23, 17))
@@ -50,6 +57,7 @@ DIVISOR = 2**NUM_STAGES
 PRIOR_EPSILON = EPSILON  # probabilities are clamped to [ε, 1 − ε] before taking logits, as the stack does
 PRIOR_KEY = "view_prior"
 PRIOR_KINDS = ("mean", "stack")
+SYMMETRIC_KEY = "view_symmetric_marker"
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
@@ -83,13 +91,16 @@ class VolumetricFusionNet(nn.Module):
         features: widths [w0, w1, w2, w3]; w3 is the bottleneck.
         view_prior: False, True or ``"mean"`` (the logits of the views' mean added to the output), or
             ``"stack"`` (a fitted stack's logits; see the module's notes).
+        view_symmetric: True: the layers see the views' maps sorted per class and voxel (see the
+            module's notes), so the correction is the same whichever view holds which map.
     """
 
     # its BatchNorm convolutions run faster channels last on CPU too (vfnet.device.memory_format)
     cpu_channels_last = True
 
     def __init__(self, num_image_channels: int, num_classes: int, use_image: bool = True,
-                 features: Sequence[int] = DEFAULT_FEATURES, view_prior: bool | str = False):
+                 features: Sequence[int] = DEFAULT_FEATURES, view_prior: bool | str = False,
+                 view_symmetric: bool = False):
         super().__init__()
         features = [int(f) for f in features]
         if len(features) != NUM_STAGES + 1:
@@ -99,6 +110,7 @@ class VolumetricFusionNet(nn.Module):
         self.num_image_channels = int(num_image_channels)
         self.num_classes = int(num_classes)
         self.use_image = bool(use_image)
+        self.view_symmetric = bool(view_symmetric)
         self.features = features
         self.in_channels = vfn_in_channels(num_image_channels, num_classes, use_image)
         self.out_channels = vfn_out_channels(num_classes)
@@ -126,6 +138,8 @@ class VolumetricFusionNet(nn.Module):
             # equal weights until set_stack_prior: the product of the views' probabilities
             self.register_buffer("prior_weight", equal_weights(k))
             self.register_buffer("prior_bias", torch.zeros(k))
+        if self.view_symmetric:
+            self.register_buffer(SYMMETRIC_KEY, torch.ones(()))
 
     @property
     def view_prior(self) -> bool:
@@ -173,6 +187,13 @@ class VolumetricFusionNet(nn.Module):
         channels = self.view_slice(view_index)
         return list(range(channels.start, channels.stop))
 
+    def sorted_views(self, x: torch.Tensor) -> torch.Tensor:
+        """The input with its views' maps replaced by their order statistics: for each class, the
+        lowest of the three views' probabilities, then the middle, then the highest (the same channels)."""
+        first = self.view_slice(0).start
+        views = x[:, first:].unflatten(1, (len(VIEWS), self.num_classes - 1))
+        return torch.cat([x[:, :first], views.sort(dim=1).values.flatten(1, 2)], dim=1)
+
     def prior_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the views' mean probabilities: logit(m) for one organ, log(m_c) (background
         1 − Σ m_c) for several; (N, out_channels, z, y, x) from the VFN input ``x``. With the stack
@@ -199,6 +220,8 @@ class VolumetricFusionNet(nn.Module):
         """The network's own logits, without the prior: with a prior, what training learned to add to it."""
         if x.shape[1] != self.in_channels:
             raise ValueError(f"VFN expects {self.in_channels} input channels, got {x.shape[1]}")
+        if self.view_symmetric:
+            x = self.sorted_views(x)
         shape = x.shape[2:]
         pad = [(-s) % DIVISOR for s in shape]
         if any(pad):
@@ -248,8 +271,9 @@ def plan_prior(plan) -> str | None:
 
 
 def build_vfn(plan, num_image_channels: int, num_classes: int, use_image: bool = True,
-              view_prior: bool | str | None = None) -> VolumetricFusionNet:
-    """The VFN of a plan (``plan["vfn"]["features"]``, ``["view_prior"]`` and ``["prior_weights"]``).
+              view_prior: bool | str | None = None, view_symmetric: bool | None = None) -> VolumetricFusionNet:
+    """The VFN of a plan (``plan["vfn"]["features"]``, ``["view_prior"]``, ``["prior_weights"]`` and
+    ``["view_symmetric"]``).
 
     Args:
         plan: a :class:`vfnet.experiment_planning.plans.Plan` or the plans.json dict.
@@ -259,10 +283,14 @@ def build_vfn(plan, num_image_channels: int, num_classes: int, use_image: bool =
         view_prior: override the plan's choice (a checkpoint's own, when loading one; see
             :func:`state_view_prior`); a schema-1 plan written before the prior existed is migrated to
             false, the paper's network.
+        view_symmetric: override the plan's (a checkpoint's own when loading one: :func:`state_view_symmetric`).
     """
     if view_prior is None:
         view_prior = plan_prior(plan) or False
-    return VolumetricFusionNet(num_image_channels, num_classes, use_image, plan["vfn"]["features"], view_prior)
+    if view_symmetric is None:
+        view_symmetric = bool(plan["vfn"].get("view_symmetric", False))
+    return VolumetricFusionNet(num_image_channels, num_classes, use_image, plan["vfn"]["features"], view_prior,
+                               view_symmetric)
 
 
 def state_view_prior(state: dict) -> bool | str:
@@ -270,6 +298,11 @@ def state_view_prior(state: dict) -> bool | str:
     if PRIOR_KEY + "_marker" not in state:
         return False
     return "stack" if "prior_weight" in state else "mean"
+
+
+def state_view_symmetric(state: dict) -> bool:
+    """Whether a VFN state dict was saved from a view-symmetric network."""
+    return SYMMETRIC_KEY in state
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

@@ -47,7 +47,7 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
                  distributed: DistributedContext | None = None, prior: str | None = None, suffix: str = "",
                  view_dropout: float = 0.0, validation_cases: int | None = None,
                  min_gain: float | None = None, map_jitter: float | None = None,
-                 min_gain_se: float | None = None) -> Path:
+                 min_gain_se: float | None = None, view_symmetric: bool | None = None) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set, then write its summary.
 
     ``seed`` seeds the weights and the patch sampling (the validation cases stay the same); None
@@ -56,7 +56,7 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     ``stack``) replaces the plan's view prior and ``suffix`` is added to the network's folder name
     (``vfn<suffix>``), ``view_dropout`` the share of training patches with one view replaced by the
     other two's mean (:class:`vfnet.training.data_vfn.VfnPatchSampler`), and ``validation_cases``,
-    ``min_gain``, ``map_jitter`` and ``min_gain_se`` replace the plan's ``vfn`` keys of the same names
+    ``min_gain``, ``map_jitter``, ``min_gain_se`` and ``view_symmetric`` replace the plan's ``vfn`` keys of the same names
     (None: the plan's): variants for benchmarks, trained beside the planned VFN.
 
     The fusion set must exist (:func:`vfnet.pipeline.units.train_vfn_unit` builds it when
@@ -69,13 +69,17 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     plan_seed = Plan.load(paths.preprocessed_dataset(dataset)).training.seed
     options = RunOptions(num_threads, resume, quiet, overwrite, schedule_overrides, stop_at, distributed)
     recipe = VfnRecipe(use_image, plan_seed if seed is None else seed, plan_seed, prior, suffix, view_dropout,
-                       validation_cases, min_gain, map_jitter, min_gain_se)
+                       validation_cases, min_gain, map_jitter, min_gain_se, view_symmetric)
     return run_unit(recipe, dataset, unit, preset, device, options, [write_vfn_summary])
 
 
 def write_vfn_summary(trained: TrainedUnit) -> None:
     """A VFN predicts nothing held out: its summary is what its final checkpoint records."""
     write_json(UnitPaths(trained.setup.out).summary, trained.metadata)
+
+
+# the plan's ``vfn`` keys a VFN unit records in its unit.json (with any override a benchmark gave it)
+RECORDED_PLAN_KEYS = ("map_jitter", "min_gain", "min_gain_se", "view_symmetric")
 
 
 class VfnRecipe:
@@ -92,11 +96,12 @@ class VfnRecipe:
 
     def __init__(self, use_image: bool, seed: int, plan_seed: int, prior: str | None = None, suffix: str = "",
                  view_dropout: float = 0.0, validation_cases: int | None = None, min_gain: float | None = None,
-                 map_jitter: float | None = None, min_gain_se: float | None = None):
+                 map_jitter: float | None = None, min_gain_se: float | None = None,
+                 view_symmetric: bool | None = None):
         self.use_image, self.seed, self.prior, self.view_dropout = use_image, seed, prior, view_dropout
         # the plan's ``vfn`` keys this VFN replaces (None: the plan's value)
         self.overrides = {"validation_cases": validation_cases, "min_gain": min_gain, "map_jitter": map_jitter,
-                          "min_gain_se": min_gain_se}
+                          "min_gain_se": min_gain_se, "view_symmetric": view_symmetric}
         self.network = vfn_network_name(use_image) + ("" if seed == plan_seed else f"_seed{seed}") + suffix
 
     def cases(self, setup: UnitSetup) -> UnitCases:
@@ -107,7 +112,7 @@ class VfnRecipe:
         return UnitCases(train, val, [], folder, record={"use_image": self.use_image, "fusion_set": str(folder),
                                                   "view_dropout": self.view_dropout,
                                                   **{key: self.planned(setup, key)
-                                                     for key in ("map_jitter", "min_gain", "min_gain_se")}})
+                                                     for key in RECORDED_PLAN_KEYS}})
 
     def planned(self, setup: UnitSetup, key: str):
         """This VFN's value of the plan's ``vfn.<key>``: its own override, else the plan's."""
@@ -118,7 +123,8 @@ class VfnRecipe:
         plan, schedule, folder, use_image, seed = setup.plan, setup.schedule, cases.data, self.use_image, self.seed
         seed_everything(seed)
         prior = self.prior or plan_prior(plan)
-        model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image, view_prior=prior or False)
+        model = build_vfn(plan, plan.num_channels, plan.num_classes, use_image=use_image, view_prior=prior or False,
+                          view_symmetric=self.planned(setup, "view_symmetric"))
         parameters = count_parameters(model)
         vfn = plan.vfn
         common = {"patch_size": vfn.patch_size, "spacing": plan["target_spacing"],
@@ -150,9 +156,11 @@ class VfnRecipe:
                           distributed=options.distributed,
                           metadata={**metadata, "use_image": use_image, "parameters": parameters, "view_prior": prior,
                                     "input_downsample": list(factor), "samples_on_device": on_device,
-                                    "view_dropout": self.view_dropout, "map_jitter": self.planned(setup, "map_jitter"),
+                                    "view_dropout": self.view_dropout,
+                                    **{key: self.planned(setup, key) for key in ("map_jitter", "view_symmetric")},
                                     "train_cases": cases.train, "val_cases": cases.val})
         trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, view prior {prior}, "
+                    f"views {'sorted per voxel' if model.view_symmetric else 'by view'}, "
                     f"{model.in_channels} input channels, patch {vfn.patch_size}, in-plane downsample "
                     f"{list(factor)}, augmentation {vfn.augmentation}, mirroring {vfn.mirror_axes}, loss "
                     f"{schedule.loss}, {len(val_batches)} validation batches, training patches cropped on "
