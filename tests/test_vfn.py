@@ -135,20 +135,26 @@ def test_checkpoint_says_whether_it_has_the_view_prior():
         assert not torch.allclose(paper(x), prior(x))
 
 
+@pytest.mark.parametrize("view_symmetric", [True, False])
 @pytest.mark.parametrize("saved_with_prior", [True, False, "stack"])
-def test_load_vfn_builds_the_network_its_checkpoint_holds(tmp_path, saved_with_prior):
-    # a VFN trained before the prior existed (or with "view_prior": false) still loads under a prior plan
+def test_load_vfn_builds_the_network_its_checkpoint_holds(tmp_path, saved_with_prior, view_symmetric):
+    # a VFN trained before the prior existed (or with "view_prior": false) still loads under a prior plan;
+    # whether its network sorted the views (a marker buffer) comes from the checkpoint too, whatever the plan says
     from vfnet.experiment_planning.plans import Plan
     from vfnet.fusion.models import load_vfn
 
     plan = Plan(synthetic_plan(num_classes=3, modality="MRI"))  # Hippocampus-like: the VFN of hippocampus_plan()
-    assert plan["vfn"] == hippocampus_plan()["vfn"]
-    saved = build_vfn(plan, 1, 3, view_prior=saved_with_prior)
+    assert plan["vfn"] == hippocampus_plan()["vfn"] and not plan.vfn.view_symmetric
+    torch.manual_seed(1)
+    saved = build_vfn(plan, 1, 3, view_prior=saved_with_prior, view_symmetric=view_symmetric)
+    torch.nn.init.normal_(saved.head.weight, std=0.5)  # a trained head: the layers before it count
     if saved_with_prior == "stack":
         saved.set_stack_prior({"weight": torch.randn(3, 9).tolist(), "bias": [0.5, -0.2, 0.1]})
+    assert state_view_symmetric(saved.state_dict()) == view_symmetric
     torch.save({"network": saved.state_dict()}, tmp_path / "checkpoint_final.pth")
     loaded = load_vfn(tmp_path, plan)
     assert loaded.prior_kind == {True: "mean", False: None, "stack": "stack"}[saved_with_prior]
+    assert loaded.view_symmetric == view_symmetric
     x = torch.rand(1, saved.in_channels, *ODD_SHAPE)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), saved.eval()(x))
@@ -192,26 +198,6 @@ def test_sorted_views_hold_each_class_lowest_middle_and_highest_probability():
     expected = [views.min(dim=1).values, views.median(dim=1).values, views.max(dim=1).values]
     for rank, values in enumerate(expected):
         torch.testing.assert_close(ordered[:, net.view_slice(rank)], values)
-
-
-@pytest.mark.parametrize("view_symmetric", [True, False])
-def test_load_vfn_builds_a_view_symmetric_network_from_its_checkpoint(tmp_path, view_symmetric):
-    """The checkpoint says whether its network sorted the views (a marker buffer), whatever the plan says."""
-    from vfnet.experiment_planning.plans import Plan
-    from vfnet.fusion.models import load_vfn
-
-    plan = Plan(synthetic_plan(num_classes=3, modality="MRI"))
-    assert not plan.vfn.view_symmetric
-    torch.manual_seed(1)
-    saved = build_vfn(plan, 1, 3, view_symmetric=view_symmetric)
-    torch.nn.init.normal_(saved.head.weight, std=0.5)
-    assert state_view_symmetric(saved.state_dict()) == view_symmetric
-    torch.save({"network": saved.state_dict()}, tmp_path / "checkpoint_final.pth")
-    loaded = load_vfn(tmp_path, plan)
-    assert loaded.view_symmetric == view_symmetric
-    x = torch.rand(1, saved.in_channels, *ODD_SHAPE)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), saved.eval()(x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("num_classes", [2, 4])

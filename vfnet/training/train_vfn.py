@@ -78,7 +78,7 @@ def write_vfn_summary(trained: TrainedUnit) -> None:
     write_json(UnitPaths(trained.setup.out).summary, trained.metadata)
 
 
-# the plan's ``vfn`` keys a VFN unit records in its unit.json (with any override a benchmark gave it)
+# the plan's ``vfn`` keys a VFN unit records in its unit.json and checkpoints (with any override a benchmark gave it)
 RECORDED_PLAN_KEYS = ("map_jitter", "min_gain", "min_gain_se", "view_symmetric")
 
 
@@ -157,7 +157,7 @@ class VfnRecipe:
                           metadata={**metadata, "use_image": use_image, "parameters": parameters, "view_prior": prior,
                                     "input_downsample": list(factor), "samples_on_device": on_device,
                                     "view_dropout": self.view_dropout,
-                                    **{key: self.planned(setup, key) for key in ("map_jitter", "view_symmetric")},
+                                    **{key: self.planned(setup, key) for key in RECORDED_PLAN_KEYS},
                                     "train_cases": cases.train, "val_cases": cases.val})
         trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, view prior {prior}, "
                     f"views {'sorted per voxel' if model.view_symmetric else 'by view'}, "
