@@ -206,7 +206,7 @@ def _seed_spread(dataset: str, preset: str) -> dict:
 
 def _vfn_selection(dataset: str, preset: str, crossval: dict) -> dict:
     """Per test fold: how its VFN chose its checkpoint (validation cases, pseudo-Dice at iteration 0 and
-    the best after it, the iteration kept, the plan's min_gain) and VFN − mean on the fold's cases."""
+    the best after it, the iteration kept, the plan's min_gain and min_gain_se) and VFN − mean on the fold's cases."""
     from vfnet import paths
     from vfnet.atomic import read_json
     from vfnet.evaluation.crossval import test_folds
@@ -223,7 +223,7 @@ def _vfn_selection(dataset: str, preset: str, crossval: dict) -> dict:
         differences = [100 * (crossval["cases"][c]["dice"]["vfn"]["overall"] - crossval["cases"][c]["dice"]["mean"]["overall"])
                        for c in data.fold_cases([fold])]
         out[fold] = {"val_cases": len(record["val_cases"]), "train_cases": len(record["train_cases"]),
-                     "min_gain": record.get("min_gain", 0.0),
+                     "min_gain": record.get("min_gain", 0.0), "min_gain_se": record.get("min_gain_se", 0.0),
                      "start_val_pseudo_dice": summary["start_val_pseudo_dice"],
                      "best_trained_val_pseudo_dice": summary.get("best_trained_val_pseudo_dice"),
                      "best_trained_iteration": summary.get("best_trained_iteration"),
@@ -317,7 +317,7 @@ def main() -> None:
     selection_rows = "\n".join(
         f"| {fold} | {v['train_cases']} / {v['val_cases']} | {100 * v['start_val_pseudo_dice']:.2f} | "
         f"{100 * v['best_trained_val_pseudo_dice']:.2f} (iteration {v['best_trained_iteration']}) | "
-        f"{v['min_gain']:g} | {v['kept_iteration']} | {v['vfn_minus_mean']:+.2f} ({v['cases']} cases) |"
+        f"{v['min_gain']:g} / {v['min_gain_se']:g} | {v['kept_iteration']} | {v['vfn_minus_mean']:+.2f} ({v['cases']} cases) |"
         for fold, v in selection.items())
     deployed_note = ("fold 0's VFN kept iteration 0, so it fuses as its prior without running its network"
                      if speed["network_skipped"] else "fold 0's VFN kept a trained checkpoint: the network runs")
@@ -359,7 +359,7 @@ Command: `{run['invocation']}` (the same run's budget results: `{budget_path.nam
 
 ## How each test fold's VFN chose its checkpoint (validation pseudo-Dice %)
 
-| test fold | training / validation cases | iteration 0 (mean fusion) | best after it | min gain | kept iteration | VFN − mean on the fold's cases |
+| test fold | training / validation cases | iteration 0 (mean fusion) | best after it | min gain (points / standard errors) | kept iteration | VFN − mean on the fold's cases |
 |---|---|---|---|---|---|---|
 {selection_rows}
 

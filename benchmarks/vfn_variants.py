@@ -24,18 +24,23 @@ fuses that fold's held-out cases with the fold units' maps, as crossval does. Va
   temperature and per-class bias), so it sees maps more and less confident and segmenting more and
   less than its CCA maps, as the fold units' maps it fuses are;
 - ``anygain``: the planned VFN keeping any trained checkpoint that validates above mean fusion
-  (``min_gain`` 0; the same validation cases);
+  (``min_gain`` 0, ``min_gain_se`` 0; the same validation cases);
 - ``se`` / ``se2``: the planned VFN keeping a trained checkpoint when its validation cases' mean gain
-  in pseudo-Dice over iteration 0 is at least 1 (2) standard errors of those per-case gains, instead of
-  a fixed 0.5 points (``min_gain`` 0, ``min_gain_se`` 1 / 2): a margin that shrinks with the number of
-  validation cases and how much they agree;
-- ``symmetric`` / ``symmetric_se2``: the planned VFN (``se2``'s selection) with the views' maps sorted
+  in pseudo-Dice over iteration 0 is at least 1 (2) standard errors of those per-case gains, with no
+  fixed margin (``min_gain`` 0, ``min_gain_se`` 1 / 2): a margin that shrinks with the number of
+  validation cases and how much they agree (``se2`` is what new plans write; earlier plans asked
+  for a fixed 0.5 points, ``guard05`` below);
+- ``symmetric`` / ``symmetric_se2``: the planned VFN (with ``symmetric_se2``, ``se2``'s selection
+  whatever the plan says) with the views' maps sorted
   per class and voxel before its layers (``view_symmetric``): its correction cannot depend on which
   view said what, only on how far the views agree, so it cannot learn to trust the view that was good
   in its CCA maps (the order of the views' quality changes between the CCA and the fold units' maps
   on CHAOST2, and from run to run);
 - ``share``: the selection before plans had ``validation_cases`` and ``min_gain``: validation on the
-  plan's share of the fusion set (``validation_fraction``) and any gain kept.
+  plan's share of the fusion set (``validation_fraction``) and any gain kept;
+- ``guard05``: the selection of plans written before ``min_gain_se`` was planned: a trained checkpoint
+  kept only 0.5 points above mean fusion (``min_gain`` 0.5, ``min_gain_se`` 0), to pair with the planned
+  standard-error test (``se2``'s values) on the same units.
 
 Writes ``results/vfn_variants_<Task>.md/.json`` (``_<allocation>`` added for a run with an allocation other
 than ``equal``, ``_budget<N>`` for a budget other than 60 minutes, as fusion.py names its files): per variant the overall Dice over the CV cases,
@@ -76,12 +81,13 @@ VARIANTS = {
     "noimage": ({"use_image": False}, None),
     "jitter": ({"suffix": "_jitter", "map_jitter": 0.5}, None),
     "jitter_mild": ({"suffix": "_jittermild", "map_jitter": 0.2}, None),
-    "anygain": ({"suffix": "_anygain", "min_gain": 0.0}, None),
+    "anygain": ({"suffix": "_anygain", "min_gain": 0.0, "min_gain_se": 0.0}, None),
     "se": ({"suffix": "_se", "min_gain": 0.0, "min_gain_se": 1.0}, None),
     "se2": ({"suffix": "_se2", "min_gain": 0.0, "min_gain_se": 2.0}, None),
     "symmetric": ({"suffix": "_symmetric", "view_symmetric": True}, None),
     "symmetric_se2": ({"suffix": "_symmetricse2", "view_symmetric": True, "min_gain": 0.0, "min_gain_se": 2.0}, None),
-    "share": ({"suffix": "_share", "min_gain": 0.0, "validation_cases": 0}, None),
+    "share": ({"suffix": "_share", "min_gain": 0.0, "min_gain_se": 0.0, "validation_cases": 0}, None),
+    "guard05": ({"suffix": "_guard05", "min_gain": 0.5, "min_gain_se": 0.0}, None),
 }
 
 

@@ -26,7 +26,12 @@ from vfnet.fusion import (
     staple_fusion,
     vfn_input,
 )
-from vfnet.fusion.methods import _majority_roi, vfn_fused_probabilities
+from vfnet.fusion.methods import (
+    _majority_roi,
+    _prior_probabilities,
+    mean_prior_probabilities,
+    vfn_fused_probabilities,
+)
 from vfnet.inference.sliding_window import sliding_window_probabilities
 from vfnet.networks.vfn import build_vfn, init_as_view_average
 from vfnet.views import VIEWS
@@ -362,6 +367,34 @@ def test_vote_roi_counted_in_a_box_equals_the_whole_volume_votes(num_classes, se
     assert _majority_roi(list(background.values()), margin, min_size) is None
     assert not fuse("vfn-noimage", background, None, model=ViewEcho(1, use_image=False),
                     vfn_config=VfnConfig([8, 8, 8], [8, 8, 8], margin)).any()
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+@pytest.mark.parametrize("corrected", [False, True])
+def test_mean_prior_from_the_maps_is_the_networks_prior(num_classes, corrected):
+    """The mean prior computed from the views' maps (no VFN input) gives the probabilities of the
+    network's prior logits, with and without a correction of them, for one organ and several, inside a
+    ROI; maps with rounding outside [0, 1] and sums above 1 included."""
+    rng = np.random.default_rng(num_classes)
+    shape = (6, 9, 7)
+    maps = {}
+    for view in VIEWS:
+        p = rng.dirichlet(np.full(num_classes, 0.3), size=shape).transpose(3, 0, 1, 2).astype(np.float32)
+        p[1:, 0, 0, 0] = 1.0 / (num_classes - 1) + 1e-3  # foreground summing above 1: background clamped
+        p[-1, 1, 1, 1] = -1e-4
+        maps[view] = p
+    image = rng.normal(size=(1, *shape)).astype(np.float32)
+    roi = (slice(1, 6), slice(0, 8), slice(2, 7))
+    model = build_vfn({"vfn": plan_vfn(shape, (4, 4, 4))}, num_image_channels=1, num_classes=num_classes).eval()
+    out = 1 if num_classes == 2 else num_classes
+    correction = rng.normal(0, 3, (out, 5, 8, 5)).astype(np.float32) if corrected else None
+    expected = _prior_probabilities(model, vfn_input(image, maps, True, roi), correction=correction)
+    got = mean_prior_probabilities(maps, roi, correction=correction)
+    assert got.shape == expected.shape == (num_classes, 5, 8, 5)
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    np.testing.assert_allclose(got.sum(axis=0), 1.0, atol=1e-6)
+    if corrected:  # the correction moved the maps: the comparison is not of two unchanged priors
+        assert np.abs(got - mean_prior_probabilities(maps, roi)).max() > 0.1
 
 
 @pytest.mark.parametrize("downsample", [None, (1, 2, 2)])

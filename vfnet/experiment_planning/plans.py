@@ -41,7 +41,7 @@ from vfnet.experiment_planning.settings import (
     STACK_MAX_VOXELS,
     STACK_SEED,
     VALIDATION_FRACTION,
-    VFN_MIN_GAIN,
+    VFN_MIN_GAIN_SE,
     VFN_VALIDATION_CASES,
     default_optimizer,
     network_training,
@@ -158,11 +158,13 @@ def plan_vfn(median_shape: tuple, median_bbox: tuple) -> dict:
         # under a budget, the views' finest factor: on CHAOST2 a VFN at the views' 1/4 scored as the full-resolution
         # one on the same units (+0.08 Dice points, p 0.88) in 41 % of its time (vfn_variants_Task20_CHAOST2_budget45)
         "budget_downsample": "views",
-        # a trained VFN replaces mean fusion only when it beats it by min_gain Dice points on validation_cases or more
+        # a trained VFN replaces mean fusion only when it beats it on validation_cases or more, pooled and by
+        # min_gain_se standard errors of the cases' gains (settings.VFN_MIN_GAIN_SE says why)
         "validation_cases": VFN_VALIDATION_CASES,
-        "min_gain": VFN_MIN_GAIN,
-        # left out, at their defaults of 0 (false): min_gain_se (the standard-error test of vfn_variants.py's
-        # se variants), map_jitter (its jitter variants) and view_symmetric (its symmetric variants)
+        "min_gain_se": VFN_MIN_GAIN_SE,
+        # left out, at their defaults of 0 (false): min_gain (no fixed margin; 0.5 in plans before the
+        # standard-error test), map_jitter (vfn_variants.py's jitter variants) and view_symmetric (its
+        # symmetric variants)
     }
 
 

@@ -85,7 +85,7 @@ class VfnPlan(Section):
     :class:`vfnet.training.data_vfn.VfnPatchSampler`).
     ``min_gain_se``: a trained checkpoint must also raise the validation cases' pseudo-Dice over
     iteration 0 by a mean of at least this many standard errors of the per-case gains (0, the
-    default when left out: no such test).
+    default when left out: no such test; new plans write 2 with ``min_gain`` 0).
     ``view_symmetric``: the network sees the three views' maps sorted per class and voxel (lowest,
     middle, highest) instead of by view, so its correction cannot lean on one view (false, the
     default when left out: by view, as in the paper; see :mod:`vfnet.networks.vfn`).

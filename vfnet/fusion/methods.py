@@ -25,7 +25,7 @@ from vfnet.fusion.postprocess import keep_largest_component
 from vfnet.fusion.roi import Roi, crop_to_roi, roi_from_mask
 from vfnet.fusion.stack import stack_probabilities
 from vfnet.inference.sliding_window import sliding_window_probabilities
-from vfnet.networks.vfn import PriorCorrection, VolumetricFusionNet, vfn_probabilities
+from vfnet.networks.vfn import PRIOR_EPSILON, PriorCorrection, VolumetricFusionNet, vfn_probabilities
 from vfnet.resolution import IDENTITY, downsample_image, normalise_factor, upsample_probabilities
 from vfnet.views import VIEWS
 from vfnet.windows import pad_to_size
@@ -278,8 +278,12 @@ def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, mod
     roi = _majority_roi(list(probs.values()), config.roi_margin, min_size)
     if roi is None:
         return None, None
-    inputs = vfn_input(image, probs, use_image, roi)
     prior_vfn = isinstance(model, VolumetricFusionNet) and model.view_prior
+    if prior_vfn and config.shortcut and model.adds_nothing() and model.prior_kind == "mean":
+        if use_image and image is None:
+            raise VfnetError("the VFN with image input needs the image; pass it or use vfn-noimage")
+        return roi, mean_prior_probabilities(probs, roi)  # the mean prior needs neither the image nor the input
+    inputs = vfn_input(image, probs, use_image, roi)
     if prior_vfn and config.shortcut and model.adds_nothing():
         fused = _prior_probabilities(model, inputs)
     else:
@@ -291,11 +295,49 @@ def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, mod
                                              config.stride, config.weighting, config.batch_size, config.device,
                                              config.quiet, mirror_axes=config.mirror, raw=residual)[(slice(None), *back)]
         fused = upsample_probabilities(fused, inputs.shape[1:])  # unchanged at full resolution; linear, so logits too
-        if residual:
+        if residual and model.prior_kind == "mean":
+            fused = mean_prior_probabilities(probs, roi, correction=fused)
+        elif residual:
             fused = _prior_probabilities(model, inputs, correction=fused)
     if fused.shape[0] != num_classes:
         raise VfnetError(f"the VFN predicts {fused.shape[0]} classes but the maps have {num_classes}")
     return roi, fused
+
+
+def mean_prior_probabilities(view_probs: Mapping[str, np.ndarray], roi: Roi | None = None,
+                             correction: np.ndarray | None = None) -> np.ndarray:
+    """The mean view prior's probabilities inside ``roi``, straight from the views' maps, plus a
+    ``correction`` of its logits (a VFN's, (K, z, y, x), or (1, ...) for one organ) if given.
+
+    What :meth:`VolumetricFusionNet.prior_logits` and :func:`vfn_probabilities` give through the VFN input,
+    to float rounding: each view's foreground maps clipped to [0, 1] and averaged, background 1 − their
+    sum, every class clamped to [ε, 1] (one organ: its map to [ε, 1 − ε]); the softmax of their logarithms
+    plus the correction is their product with the correction's exponential, renormalised. No image
+    percentiles, no logarithms: in development 0.04 s against 0.16 s for the input and the network's prior
+    on a synthetic (5, 36, 256, 256) case.
+    """
+    crop = (lambda a: a) if roi is None else (lambda a: crop_to_roi(a, roi))
+    maps = [np.clip(crop(p[1:]), 0, 1, dtype=np.float32) for p in _float32_maps(view_probs).values()]
+    foreground = maps[0]
+    for p in maps[1:]:
+        foreground += p
+    foreground /= len(maps)
+    if len(foreground) == 1:
+        organ = np.clip(foreground[0], PRIOR_EPSILON, 1 - PRIOR_EPSILON)
+        if correction is not None:  # sigmoid(logit(m) + c) = m e^c / (m e^c + 1 - m)
+            weighted = organ * np.exp(np.asarray(correction[0], dtype=np.float32))
+            organ = weighted / (weighted + (1 - organ))
+        return np.stack([1 - organ, organ])
+    out = np.empty((len(foreground) + 1, *foreground.shape[1:]), dtype=np.float32)
+    out[0] = 1
+    out[0] -= foreground.sum(axis=0)
+    out[1:] = foreground
+    np.clip(out, PRIOR_EPSILON, 1.0, out=out)
+    if correction is not None:
+        shift = np.asarray(correction, dtype=np.float32)
+        out *= np.exp(shift - shift.max(axis=0))
+    out /= out.sum(axis=0)
+    return out
 
 
 def _prior_probabilities(model: VolumetricFusionNet, inputs: np.ndarray, correction: np.ndarray | None = None

@@ -166,5 +166,7 @@ class VfnRecipe:
                     f"{schedule.loss}, {len(val_batches)} validation batches, training patches cropped on "
                     f"{device if on_device else 'cpu'}, "
                     f"{len(cases.train)} training / {len(cases.val)} validation cases, a trained checkpoint kept only "
-                    f"{self.planned(setup, 'min_gain'):g} Dice points above iteration 0")
+                    f"{self.planned(setup, 'min_gain'):g} Dice points above iteration 0"
+                    + (f", its cases' mean gain at least {self.planned(setup, 'min_gain_se'):g} standard errors"
+                       if self.planned(setup, "min_gain_se") else ""))
         return Run(trainer)
