@@ -397,6 +397,20 @@ def test_mean_prior_from_the_maps_is_the_networks_prior(num_classes, corrected):
         assert np.abs(got - mean_prior_probabilities(maps, roi)).max() > 0.1
 
 
+@pytest.mark.parametrize("shortcut", [True, False])
+def test_a_vfn_with_image_input_refuses_a_missing_or_misshapen_image(shortcut):
+    """Whether or not it runs its network, a VFN with image input names a missing image or one on
+    another grid than the maps'."""
+    maps, image, _ = sliding_case((24, 28, 20))
+    plan = {"vfn": plan_vfn((24, 28, 20), (10, 10, 10))}
+    model = build_vfn(plan, num_image_channels=1, num_classes=2).eval()
+    config = dataclasses.replace(VfnConfig.from_plan(plan), shortcut=shortcut)
+    with pytest.raises(VfnetError, match="needs the image"):
+        fuse("vfn", maps, None, model=model, vfn_config=config)
+    with pytest.raises(VfnetError, match=r"image shape \(24, 28, 19\) differs"):
+        fuse("vfn", maps, image[..., :19], model=model, vfn_config=config)
+
+
 @pytest.mark.parametrize("downsample", [None, (1, 2, 2)])
 def test_vfn_that_kept_iteration_0_fuses_as_its_prior_without_running_its_network(downsample, monkeypatch):
     maps, image, _ = sliding_case((24, 28, 20))

@@ -186,6 +186,15 @@ def staple_fusion(view_probs: Mapping[str, np.ndarray], threshold: float = STAPL
     return out
 
 
+def _check_image(image: np.ndarray | None, view_probs: Mapping[str, np.ndarray]) -> None:
+    """Refuse a missing image, or one whose grid is not the maps', for a VFN with image input."""
+    if image is None:
+        raise VfnetError("the VFN with image input needs the image; pass it or use vfn-noimage")
+    shape = next(iter(view_probs.values())).shape[1:]
+    if tuple(image.shape[1:]) != tuple(shape):
+        raise VfnetError(f"image shape {image.shape[1:]} differs from the maps' {shape}")
+
+
 def _scale_to_unit(channel: np.ndarray) -> tuple[float, float]:
     lo, hi = np.percentile(channel, IMAGE_PERCENTILES)
     return float(lo), float(hi)
@@ -213,10 +222,7 @@ def vfn_input(image: np.ndarray | None, view_probs: Mapping[str, np.ndarray], us
         raise VfnetError(f"the VFN needs the maps of all three views; missing: {', '.join(missing)}")
     crop = (lambda a: a) if roi is None else (lambda a: crop_to_roi(a, roi))
     if use_image:
-        if image is None:
-            raise VfnetError("the VFN with image input needs the image; pass it or use vfn-noimage")
-        if tuple(image.shape[1:]) != tuple(view_probs[VIEWS[0]].shape[1:]):
-            raise VfnetError(f"image shape {image.shape[1:]} differs from the maps' {view_probs[VIEWS[0]].shape[1:]}")
+        _check_image(image, view_probs)
     images = len(image) if use_image else 0
     foreground = view_probs[VIEWS[0]].shape[0] - 1
     # filled in place: one float32 copy of the (cropped) inputs, not one per step
@@ -280,8 +286,8 @@ def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, mod
         return None, None
     prior_vfn = isinstance(model, VolumetricFusionNet) and model.view_prior
     if prior_vfn and config.shortcut and model.adds_nothing() and model.prior_kind == "mean":
-        if use_image and image is None:
-            raise VfnetError("the VFN with image input needs the image; pass it or use vfn-noimage")
+        if use_image:
+            _check_image(image, probs)  # as the network would, though the prior does not read it
         return roi, mean_prior_probabilities(probs, roi)  # the mean prior needs neither the image nor the input
     inputs = vfn_input(image, probs, use_image, roi)
     if prior_vfn and config.shortcut and model.adds_nothing():

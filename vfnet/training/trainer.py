@@ -318,10 +318,11 @@ class Trainer:
         return -np.inf if start is None else start["val_dice"]
 
     def _shortfall(self) -> str:
-        text = f"less than {self.config.min_gain:.4f}"
-        if self.config.min_gain_se:
-            text += f", or a mean of less than {self.config.min_gain_se:g} standard errors of the cases' gains,"
-        return text
+        """Why a better validation was not kept, for the log: the margins it had to clear."""
+        if not self.config.min_gain_se:
+            return f"less than {self.config.min_gain:.4f}"
+        text = f"a mean of less than {self.config.min_gain_se:g} standard errors of the cases' gains"
+        return (f"less than {self.config.min_gain:.4f}, or {text}," if self.config.min_gain else text)
 
     def _clear_gain(self) -> bool:
         """With ``min_gain_se``, whether the cases' mean gain in pseudo-Dice over iteration 0 is at least
