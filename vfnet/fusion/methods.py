@@ -285,12 +285,13 @@ def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, mod
     if roi is None:
         return None, None
     prior_vfn = isinstance(model, VolumetricFusionNet) and model.view_prior
-    if prior_vfn and config.shortcut and model.adds_nothing() and model.prior_kind == "mean":
+    as_prior = prior_vfn and config.shortcut and model.adds_nothing()  # its network would add nothing
+    if as_prior and model.prior_kind == "mean":
         if use_image:
             _check_image(image, probs)  # as the network would, though the prior does not read it
         return roi, mean_prior_probabilities(probs, roi)  # the mean prior needs neither the image nor the input
     inputs = vfn_input(image, probs, use_image, roi)
-    if prior_vfn and config.shortcut and model.adds_nothing():
+    if as_prior:  # the stack prior, from the input
         fused = _prior_probabilities(model, inputs)
     else:
         # a coarse VFN with a prior adds its correction, upsampled, to the prior of the full-resolution maps

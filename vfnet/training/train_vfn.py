@@ -159,6 +159,7 @@ class VfnRecipe:
                                     "view_dropout": self.view_dropout,
                                     **{key: self.planned(setup, key) for key in RECORDED_PLAN_KEYS},
                                     "train_cases": cases.train, "val_cases": cases.val})
+        min_gain_se = self.planned(setup, "min_gain_se")
         trainer.log(f"VFN {'with' if use_image else 'without'} image: {parameters:,} parameters, view prior {prior}, "
                     f"views {'sorted per voxel' if model.view_symmetric else 'by view'}, "
                     f"{model.in_channels} input channels, patch {vfn.patch_size}, in-plane downsample "
@@ -167,6 +168,5 @@ class VfnRecipe:
                     f"{device if on_device else 'cpu'}, "
                     f"{len(cases.train)} training / {len(cases.val)} validation cases, a trained checkpoint kept only "
                     f"{self.planned(setup, 'min_gain'):g} Dice points above iteration 0"
-                    + (f", its cases' mean gain at least {self.planned(setup, 'min_gain_se'):g} standard errors"
-                       if self.planned(setup, "min_gain_se") else ""))
+                    + (f", its cases' mean gain at least {min_gain_se:g} standard errors" if min_gain_se else ""))
         return Run(trainer)
