@@ -231,6 +231,23 @@ def test_resolution_round_trip():
     assert ((up[1] > 0.5) == (label == 2)).mean() > 0.97
 
 
+def test_upsampling_that_keeps_the_slices_is_trilinear():
+    """With the slices kept, upsampling runs per slice (bilinear), and gives trilinear's values; a factor
+    along z still upsamples all three axes."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(1)
+    for coarse, shape in (((3, 5, 4, 6), (5, 16, 24)), ((2, 3, 5, 7), (3, 11, 7)), ((2, 3, 4, 4), (6, 8, 8))):
+        probabilities = rng.random(coarse).astype(np.float32)
+        trilinear = F.interpolate(torch.from_numpy(probabilities)[None], size=shape, mode="trilinear",
+                                  align_corners=False)[0].numpy()
+        up = upsample_probabilities(probabilities, shape)
+        assert up.shape == (coarse[0], *shape) and up.flags.c_contiguous
+        np.testing.assert_allclose(up, trilinear, atol=1e-6)
+        assert np.abs(up - up[:, :1]).max() > 0.05  # the slices differ: no slice was copied onto the others
+
+
 def test_resolution_of_read_only_arrays_warns_nothing():
     image = np.ones((1, 4, 6, 6), np.float32)
     label = np.ones((4, 6, 6), np.int64)

@@ -79,6 +79,10 @@ def upsample_probabilities(probabilities: np.ndarray, shape: Sequence[int]) -> n
     shape = tuple(int(s) for s in shape)
     if tuple(probabilities.shape[1:]) == shape:
         return probabilities
-    up = F.interpolate(torch.from_numpy(np.ascontiguousarray(probabilities, dtype=np.float32))[None], size=shape,
-                       mode="trilinear", align_corners=False)[0]
-    return up.numpy()
+    volume = torch.from_numpy(np.ascontiguousarray(probabilities, dtype=np.float32))
+    if probabilities.shape[1] == shape[0]:
+        # slices kept (the budget's in-plane factors): trilinear weighs each slice by 1, so it is bilinear
+        # per slice, the slices read as channels: the same values, in development half the time
+        # (0.021 s against 0.044 s for (5, 37, 64, 64) → 256²)
+        return F.interpolate(volume, size=shape[1:], mode="bilinear", align_corners=False).numpy()
+    return F.interpolate(volume[None], size=shape, mode="trilinear", align_corners=False)[0].numpy()

@@ -1,0 +1,34 @@
+"""benchmarks/fusion.py's ceiling of choosing a view with the truth known."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def fusion_benchmark():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("fusion")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _cases(**per_case):
+    return {"cases": {case: {"a": a, "b": b, "overall": (a + b) / 2} for case, (a, b) in per_case.items()}}
+
+
+def test_the_ceiling_takes_the_best_candidate_per_organ_or_per_case(fusion_benchmark):
+    methods = {"axial": _cases(x=(90, 10), y=(50, 50)), "coronal": _cases(x=(10, 80), y=(40, 70)),
+               "sagittal": _cases(x=(0, 0), y=(0, 0)), "mean": _cases(x=(60, 60), y=(45, 45)),
+               "stack": _cases(x=(100, 100), y=(100, 100))}  # not a candidate: it is not one view
+    ceiling = fusion_benchmark.selection_ceiling(methods, ["a", "b"])
+    # per organ: x takes 90 and 80, y 50 and 70; per case: x mean's 60, y coronal's 55
+    assert ceiling["per_label"] == pytest.approx((85 + 60) / 2)
+    assert ceiling["per_case"] == pytest.approx((60 + 55) / 2)
+    assert ceiling["per_label_minus_mean"] == pytest.approx(72.5 - 52.5)
+    assert ceiling["per_case_minus_mean"] == pytest.approx(57.5 - 52.5)
