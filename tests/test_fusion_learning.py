@@ -84,10 +84,16 @@ def test_an_untrained_vfn_with_the_stack_prior_is_the_stack(tmp_path, k):
     assert np.abs(before - after).max() > 0.05  # the fitted weights, not the equal ones, made it the stack
 
 
-def test_vfn_fused_probabilities_are_the_mean_outside_the_roi():
+def test_vfn_fused_probabilities_are_background_outside_the_roi_as_vfn_fusion_labels_it():
+    """Outside its ROI the VFN's probabilities are background, as crossval's VFN labels are, also where the
+    views' mean would say foreground; inside it they are the VFN's. Their argmax is the labels crossval scored."""
     label = np.zeros((12, 12, 12), np.int64)
     label[4:8, 4:8, 4:8] = 1
     maps = {v: 0.05 + 0.9 * _one_hot(label, 2) for v in VIEWS}
+    # a far corner where one view is sure of the organ and two lean to background: the mean says organ
+    # (0.64), the majority vote background, so it stays outside the vote's ROI
+    for view, organ in zip(VIEWS, (0.99, 0.46, 0.46)):
+        maps[view][:, :2, :2, :2] = np.array([1 - organ, organ])[:, None, None, None]
 
     class Constant(torch.nn.Module):
         use_image = False
@@ -100,8 +106,10 @@ def test_vfn_fused_probabilities_are_the_mean_outside_the_roi():
     roi = roi_from_mask(majority_vote(maps), [1, 1, 1], [8, 8, 8])
     inside = np.zeros(label.shape, bool)
     inside[roi] = True
+    assert not inside[:2, :2, :2].any() and fuse("mean", maps)[:2, :2, :2].all()
     assert fused[1][inside].min() > 0.99
-    np.testing.assert_allclose(fused[:, ~inside], maps["axial"][:, ~inside], atol=1e-6)
+    np.testing.assert_array_equal(fused[:, ~inside], np.array([1.0, 0.0])[:, None] * np.ones((1, (~inside).sum())))
+    np.testing.assert_array_equal(np.argmax(fused, axis=0), fuse("vfn-noimage", maps, None, Constant(), config))
     # averaging two folds' fused maps is what deployment does; equal maps average to themselves
     np.testing.assert_allclose((fused + fused) / 2, fused_probabilities("vfn-noimage", maps, None, Constant(),
                                                                         config), atol=1e-6)

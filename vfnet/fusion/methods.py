@@ -380,17 +380,19 @@ def vfn_fusion(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, m
 
 def vfn_fused_probabilities(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None,
                             model: torch.nn.Module, vfn_config, use_image: bool | None = None) -> np.ndarray:
-    """Class probabilities (K, z, y, x) of VFN fusion: the VFN's inside its ROI, the views' mean outside.
+    """Class probabilities (K, z, y, x) of VFN fusion: the VFN's inside its ROI, background (probability 1)
+    outside it, where :func:`vfn_fusion` labels the vote's background; so their argmax is its labels.
 
     Several such maps (one per fold VFN on its own fold's view maps) can be averaged, which is
     how ``vfnet_predict`` ensembles the pairs cross-validation scored.
     """
-    probs = _float32_maps(view_probs)  # converted once for the mean and the VFN
-    mean = _mean_probabilities(probs)
-    roi, fused = _vfn_roi(probs, image, model, vfn_config, use_image)
+    roi, fused = _vfn_roi(view_probs, image, model, vfn_config, use_image)
+    first = next(iter(view_probs.values()))
+    out = np.zeros(first.shape, dtype=np.float32)
+    out[0] = 1
     if roi is not None:
-        mean[(slice(None), *roi)] = fused
-    return mean
+        out[(slice(None), *roi)] = fused
+    return out
 
 
 def fused_probabilities(method: str, view_probs: Mapping[str, np.ndarray], image: np.ndarray | None = None,
