@@ -252,6 +252,43 @@ def selection_ceiling(methods: dict, labels: list[str]) -> dict:
             "per_label_minus_mean": per_label - mean, "per_case_minus_mean": per_case - mean}
 
 
+def any_view_right(label: np.ndarray, view_labels: list[np.ndarray], fallback: np.ndarray) -> np.ndarray:
+    """Labels of a fusion that knows the truth: ``label`` wherever one of ``view_labels`` votes it, ``fallback``
+    (mean fusion's labels) elsewhere, where every view is wrong."""
+    right = np.zeros(label.shape, dtype=bool)
+    for votes in view_labels:
+        right |= votes == label
+    return np.where(right, label, fallback).astype(np.uint8)
+
+
+def _voxel_ceiling(dataset: str, preset: str, crossval: dict) -> dict:
+    """Overall Dice (%) of :func:`any_view_right` on every cross-validation case (the fold units' maps, as
+    crossval fuses them), and its gain over mean fusion: the room of a fusion that chooses per voxel among
+    the views' votes, as the VFN mostly does."""
+    from vfnet import paths
+    from vfnet.evaluation.crossval import test_folds
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.fusion.fusion_set import load_view_maps
+    from vfnet.fusion.methods import class_argmax, mean_fusion
+    from vfnet.preprocessing.data import PreprocessedDataset
+    from vfnet.views import VIEWS
+
+    preprocessed = paths.preprocessed_dataset(dataset)
+    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
+    results = paths.results_root() / preprocessed.name
+    oracle, mean = [], []
+    for fold, unit, _ in test_folds(plan):
+        for case in data.fold_cases([fold]):
+            maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, preprocessed.name)
+            _, label = data.load(case, mmap=False)
+            label = np.asarray(label).reshape(maps[VIEWS[0]].shape[1:])
+            fused = any_view_right(label, [class_argmax(maps[v]) for v in VIEWS], mean_fusion(maps))
+            oracle.append(_overall_dice(plan.num_classes, label, fused))
+            mean.append(100 * crossval["cases"][case]["dice"]["mean"]["overall"])
+    return {"per_voxel": float(np.mean(oracle)), "per_voxel_minus_mean": float(np.mean(oracle) - np.mean(mean)),
+            "cases": len(oracle)}
+
+
 def _cca_gap(dataset: str, preset: str) -> dict:
     """Per view: Dice and predicted/true volume of the fold unit's maps and of the CCA units' maps, same cases."""
     from vfnet import paths
@@ -323,7 +360,7 @@ def main() -> None:
                    "cases": {case: {k: 100 * v for k, v in entry["dice"][m].items()}
                              for case, entry in crossval["cases"].items()}}
                for m, s in crossval["summary"].items()}
-    ceiling = selection_ceiling(methods, labels)
+    ceiling = {**selection_ceiling(methods, labels), **_voxel_ceiling(args.dataset, run["preset"], crossval)}
     tests = {}
     for rival in ("mean", "majority", "stack"):
         test = crossval["tests"].get(f"vfn vs {rival}", {}).get("overall")
@@ -363,10 +400,12 @@ Command: `{run['invocation']}` (the same run's budget results: `{budget_path.nam
 
 ## Choosing a view with the truth known (the ceiling of picking, not of voxel-wise fusion)
 
-| each case and organ takes its best of {', '.join(ceiling['candidates'])} | each case takes its best of them |
-|---|---|
+| each case and organ takes its best of {', '.join(ceiling['candidates'])} | each case takes its best of them \
+| each voxel takes the true label where one of the three views votes it (mean fusion's elsewhere) |
+|---|---|---|
 | {ceiling['per_label']:.2f} % ({ceiling['per_label_minus_mean']:+.2f} over mean) | \
-{ceiling['per_case']:.2f} % ({ceiling['per_case_minus_mean']:+.2f} over mean) |
+{ceiling['per_case']:.2f} % ({ceiling['per_case_minus_mean']:+.2f} over mean) | \
+{ceiling['per_voxel']:.2f} % ({ceiling['per_voxel_minus_mean']:+.2f} over mean) |
 
 ## VFN windows a {stride['other_name']} apart against the planned stride, every cross-validation case
 

@@ -32,3 +32,13 @@ def test_the_ceiling_takes_the_best_candidate_per_organ_or_per_case(fusion_bench
     assert ceiling["per_case"] == pytest.approx((60 + 55) / 2)
     assert ceiling["per_label_minus_mean"] == pytest.approx(72.5 - 52.5)
     assert ceiling["per_case_minus_mean"] == pytest.approx(57.5 - 52.5)
+
+
+def test_the_voxel_ceiling_takes_the_truth_where_a_view_votes_it(fusion_benchmark):
+    import numpy as np
+
+    label = np.array([0, 1, 2, 2, 1, 0])
+    views = [np.array([0, 1, 1, 0, 0, 0]), np.array([1, 0, 1, 0, 0, 2]), np.array([0, 0, 2, 0, 0, 0])]
+    mean = np.array([0, 0, 1, 1, 2, 2])
+    # voxels 0, 1, 2, 5: some view votes the truth; 3 and 4: none does, mean's label stays (wrong)
+    np.testing.assert_array_equal(fusion_benchmark.any_view_right(label, views, mean), [0, 1, 2, 1, 2, 0])
