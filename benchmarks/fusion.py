@@ -38,6 +38,31 @@ def use_work_folders(work: Path) -> None:
         os.environ[var] = str(work / sub)
 
 
+def _dataset(dataset: str):
+    """(plan, preprocessed data, results folder) of a dataset in the current work folders."""
+    from vfnet import paths
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.preprocessing.data import PreprocessedDataset
+
+    preprocessed = paths.preprocessed_dataset(dataset)
+    return Plan.load(preprocessed), PreprocessedDataset(preprocessed), paths.results_root() / preprocessed.name
+
+
+def _fold_unit_cases(dataset: str, preset: str):
+    """Every cross-validation case with its test fold's VFN unit, image, label and fold units' maps (as crossval
+    fuses them): yields (vfn_unit, case, image, label on the maps' grid, maps)."""
+    from vfnet.evaluation.crossval import test_folds
+    from vfnet.fusion.fusion_set import load_view_maps
+    from vfnet.views import VIEWS
+
+    plan, data, results = _dataset(dataset)
+    for fold, unit, vfn_unit in test_folds(plan):
+        for case in data.fold_cases([fold]):
+            image, label = data.load(case, mmap=False)
+            maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, results.name)
+            yield vfn_unit, case, image, np.asarray(label).reshape(maps[VIEWS[0]].shape[1:]), maps
+
+
 def _setup(work: Path, data: Path) -> None:
     use_work_folders(work)
     from dataset_conversion.msd import convert_msd
@@ -59,16 +84,12 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
     import torch
 
     from vfnet import paths
-    from vfnet.experiment_planning.plans import Plan
     from vfnet.fusion.methods import VfnConfig, fuse
     from vfnet.fusion.models import load_vfn
     from vfnet.inference.predict2d import load_unit_network, predict_volume_2d
-    from vfnet.preprocessing.data import PreprocessedDataset
     from vfnet.views import VIEWS
 
-    preprocessed = paths.preprocessed_dataset(dataset)
-    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
-    results = paths.results_root() / preprocessed.name
+    plan, data, results = _dataset(dataset)
     fold = plan["fold_names"][0]
     networks = {v: load_unit_network(paths.unit_dir(results, preset, f"2d_{v}", fold), plan, v) for v in VIEWS}
     vfn = load_vfn(paths.unit_dir(results, preset, "vfn", fold), plan)
@@ -122,35 +143,27 @@ def _stride_comparison(dataset: str, preset: str, crossval: dict) -> dict:
     import dataclasses
 
     from vfnet import paths
-    from vfnet.evaluation.crossval import test_folds
-    from vfnet.experiment_planning.plans import Plan
-    from vfnet.fusion.fusion_set import load_view_maps
     from vfnet.fusion.methods import VfnConfig, fuse
     from vfnet.fusion.models import load_vfn
     from vfnet.measures.stats import paired_tests
-    from vfnet.preprocessing.data import PreprocessedDataset
-    from vfnet.views import VIEWS
 
-    preprocessed = paths.preprocessed_dataset(dataset)
-    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
-    results = paths.results_root() / preprocessed.name
+    plan, _, results = _dataset(dataset)
     planned = VfnConfig.from_plan(plan, device="cpu", shortcut=False)
     other_stride, other_name = _compared_stride(planned)
     other = dataclasses.replace(planned, stride=other_stride)
     dice_of = {"planned": [], "other": []}
     seconds = {"planned": [], "other": []}
-    for fold, unit, vfn_unit in test_folds(plan):
-        model = load_vfn(paths.unit_dir(results, preset, "vfn", vfn_unit), plan)
-        for case in data.fold_cases([fold]):
-            image, label = data.load(case, mmap=False)
-            maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, preprocessed.name)
-            predictions = {}
-            for name, config in (("other", other), ("planned", planned)):
-                start = time.perf_counter()
-                predictions[name] = fuse("vfn", maps, image, model=model, vfn_config=config)
-                seconds[name].append(time.perf_counter() - start)
-            dice_of["other"].append(_overall_dice(plan.num_classes, label, predictions["other"]))
-            dice_of["planned"].append(100 * crossval["cases"][case]["dice"]["vfn"]["overall"])
+    models = {}
+    for vfn_unit, case, image, label, maps in _fold_unit_cases(dataset, preset):
+        if vfn_unit not in models:
+            models[vfn_unit] = load_vfn(paths.unit_dir(results, preset, "vfn", vfn_unit), plan)
+        predictions = {}
+        for name, config in (("other", other), ("planned", planned)):
+            start = time.perf_counter()
+            predictions[name] = fuse("vfn", maps, image, model=models[vfn_unit], vfn_config=config)
+            seconds[name].append(time.perf_counter() - start)
+        dice_of["other"].append(_overall_dice(plan.num_classes, label, predictions["other"]))
+        dice_of["planned"].append(100 * crossval["cases"][case]["dice"]["vfn"]["overall"])
     test = paired_tests(dice_of["other"], dice_of["planned"])
     return {"planned_stride": list(planned.stride), "other_stride": other_stride, "other_name": other_name,
             "cases": len(dice_of["planned"]),
@@ -167,17 +180,13 @@ def _seed_spread(dataset: str, preset: str) -> dict:
     same schedule, into ``vfn_seed<seed>`` beside the unit.
     """
     from vfnet import paths
-    from vfnet.experiment_planning.plans import Plan
     from vfnet.fusion.fusion_set import load_view_maps
     from vfnet.fusion.methods import VfnConfig, fuse
     from vfnet.fusion.models import load_vfn
     from vfnet.pipeline.units import train_vfn_unit
-    from vfnet.preprocessing.data import PreprocessedDataset
     from vfnet.views import VIEWS
 
-    preprocessed = paths.preprocessed_dataset(dataset)
-    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
-    results = paths.results_root() / preprocessed.name
+    plan, data, results = _dataset(dataset)
     fold = plan["fold_names"][0]
     planned = plan.training.seed
     seeds = [planned + i for i in range(SEEDS)]
@@ -192,7 +201,7 @@ def _seed_spread(dataset: str, preset: str) -> dict:
     differences = {seed: [] for seed in seeds}
     for case in data.fold_cases([fold]):
         image, label = data.load(case, mmap=False)
-        maps = load_view_maps(results, preset, {v: fold for v in VIEWS}, case, preprocessed.name)
+        maps = load_view_maps(results, preset, {v: fold for v in VIEWS}, case, results.name)
         mean = _overall_dice(plan.num_classes, label, fuse("mean", maps))
         for seed, model in models.items():
             fused = fuse("vfn", maps, image, model=model, vfn_config=config)
@@ -210,12 +219,8 @@ def _vfn_selection(dataset: str, preset: str, crossval: dict) -> dict:
     from vfnet import paths
     from vfnet.atomic import read_json
     from vfnet.evaluation.crossval import test_folds
-    from vfnet.experiment_planning.plans import Plan
-    from vfnet.preprocessing.data import PreprocessedDataset
 
-    preprocessed = paths.preprocessed_dataset(dataset)
-    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
-    results = paths.results_root() / preprocessed.name
+    plan, data, results = _dataset(dataset)
     out = {}
     for fold, _, vfn_unit in test_folds(plan):
         folder = paths.unit_dir(results, preset, "vfn", vfn_unit)
@@ -265,26 +270,15 @@ def _voxel_ceiling(dataset: str, preset: str, crossval: dict) -> dict:
     """Overall Dice (%) of :func:`any_view_right` on every cross-validation case (the fold units' maps, as
     crossval fuses them), and its gain over mean fusion: the room of a fusion that chooses per voxel among
     the views' votes, as the VFN mostly does."""
-    from vfnet import paths
-    from vfnet.evaluation.crossval import test_folds
-    from vfnet.experiment_planning.plans import Plan
-    from vfnet.fusion.fusion_set import load_view_maps
     from vfnet.fusion.methods import class_argmax, mean_fusion
-    from vfnet.preprocessing.data import PreprocessedDataset
     from vfnet.views import VIEWS
 
-    preprocessed = paths.preprocessed_dataset(dataset)
-    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
-    results = paths.results_root() / preprocessed.name
+    plan = _dataset(dataset)[0]
     oracle, mean = [], []
-    for fold, unit, _ in test_folds(plan):
-        for case in data.fold_cases([fold]):
-            maps = load_view_maps(results, preset, {v: unit for v in VIEWS}, case, preprocessed.name)
-            _, label = data.load(case, mmap=False)
-            label = np.asarray(label).reshape(maps[VIEWS[0]].shape[1:])
-            fused = any_view_right(label, [class_argmax(maps[v]) for v in VIEWS], mean_fusion(maps))
-            oracle.append(_overall_dice(plan.num_classes, label, fused))
-            mean.append(100 * crossval["cases"][case]["dice"]["mean"]["overall"])
+    for _, case, _, label, maps in _fold_unit_cases(dataset, preset):
+        fused = any_view_right(label, [class_argmax(maps[v]) for v in VIEWS], mean_fusion(maps))
+        oracle.append(_overall_dice(plan.num_classes, label, fused))
+        mean.append(100 * crossval["cases"][case]["dice"]["mean"]["overall"])
     return {"per_voxel": float(np.mean(oracle)), "per_voxel_minus_mean": float(np.mean(oracle) - np.mean(mean)),
             "cases": len(oracle)}
 
@@ -292,13 +286,9 @@ def _voxel_ceiling(dataset: str, preset: str, crossval: dict) -> dict:
 def _cca_gap(dataset: str, preset: str) -> dict:
     """Per view: Dice and predicted/true volume of the fold unit's maps and of the CCA units' maps, same cases."""
     from vfnet import paths
-    from vfnet.experiment_planning.plans import Plan
-    from vfnet.preprocessing.data import PreprocessedDataset
     from vfnet.views import VIEWS
 
-    preprocessed = paths.preprocessed_dataset(dataset)
-    plan, data = Plan.load(preprocessed), PreprocessedDataset(preprocessed)
-    results = paths.results_root() / preprocessed.name
+    plan, data, results = _dataset(dataset)
     cca_units = [u for u in plan.units("2d") if u["kind"] == "cca"]
     out = {}
     for view in VIEWS:
