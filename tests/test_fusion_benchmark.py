@@ -43,3 +43,21 @@ def test_the_voxel_ceiling_takes_the_truth_where_a_view_votes_it(fusion_benchmar
     mean = np.array([0, 0, 1, 1, 2, 2])
     # voxels 0, 1, 2, 5: some view votes the truth; 3 and 4: none does, mean's label stays (wrong)
     np.testing.assert_array_equal(fusion_benchmark.any_view_right(label, views, mean), [0, 1, 2, 1, 2, 0])
+
+
+def test_a_timing_counts_the_fastest_of_its_repeats(fusion_benchmark, monkeypatch):
+    # a fake clock: the calls take 0.5, 0.2 and 0.4 s, so the fastest is 0.2 s, not the first or the mean
+    durations = iter([0.5, 0.2, 0.4])
+    clock = {"now": 0.0}
+    calls = []
+
+    def run(value, *, scale):
+        calls.append(value)
+        clock["now"] += next(durations)
+        return value * scale
+
+    monkeypatch.setattr(fusion_benchmark.time, "perf_counter", lambda: clock["now"])
+    result, seconds = fusion_benchmark._fastest(run, 3, scale=2)
+    assert result == 6
+    assert calls == [3] * fusion_benchmark.REPEATS == [3, 3, 3]
+    assert seconds == pytest.approx(0.2)
