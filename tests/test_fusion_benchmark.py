@@ -61,3 +61,32 @@ def test_a_timing_counts_the_fastest_of_its_repeats(fusion_benchmark, monkeypatc
     assert result == 6
     assert calls == [3] * fusion_benchmark.REPEATS == [3, 3, 3]
     assert seconds == pytest.approx(0.2)
+
+
+def test_probability_cells_cut_each_view_into_tenths(fusion_benchmark):
+    import numpy as np
+
+    cells = fusion_benchmark.probability_cells([np.array([0.05, 0.0]), np.array([0.95, 0.55]), np.array([1.0, 0.1])])
+    # steps (0, 9, 9) and (0, 5, 1); a probability of exactly 1 stays in the top step
+    assert cells.tolist() == [99, 51]
+
+
+def test_the_table_ceiling_labels_the_cells_that_give_the_best_dice(fusion_benchmark):
+    import numpy as np
+
+    def case(groups):
+        """(label, three views' maps) of 1×1×N voxels; groups: (voxels, of them foreground, each view's p)."""
+        label = np.concatenate([np.arange(n) < k for n, k, _ in groups]).astype(np.uint8).reshape(1, 1, -1)
+        p = np.concatenate([np.full(n, q) for n, _, q in groups]).reshape(1, 1, 1, -1)
+        maps = np.concatenate([1 - p, p]).astype(np.float16)
+        return label, [maps, maps, maps]
+
+    # cell A (p 0.95): 10 voxels, all organ; cell C (p 0.05): 80 voxels, none; cell B (p 0.45): 100 voxels,
+    # 45 of them organ. A alone scores 2·10/(10 + 55) = 30.8 % over both cases, A and B 2·55/(110 + 55) =
+    # 66.7 %, so B is labelled though most of it is background (mean fusion, below one half there, would not)
+    first = fusion_benchmark.table_counts(*case([(10, 10, 0.95), (80, 0, 0.05)]), num_classes=2)
+    second = fusion_benchmark.table_counts(*case([(100, 45, 0.45)]), num_classes=2)
+    assert first.shape == (1, 2, 1000) and first[0, 0].sum() == 90 and first[0, 1].sum() == 10
+    dice = fusion_benchmark.table_dice([first, second])
+    assert dice[0] == pytest.approx(100.0)
+    assert dice[1] == pytest.approx(100 * 2 * 45 / (45 + 100))
