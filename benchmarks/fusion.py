@@ -326,7 +326,8 @@ def table_dice(case_counts: list[np.ndarray]) -> list[float]:
         hits, taken = np.cumsum(positives[order]), np.cumsum(voxels[order])
         pooled = 2 * hits / np.maximum(taken + positives.sum(), 1)
         chosen = np.zeros(voxels.shape, dtype=bool)
-        chosen[order[: int(np.argmax(pooled)) + 1]] = True
+        if positives.any():  # an organ no case has is labelled nowhere
+            chosen[order[: int(np.argmax(pooled)) + 1]] = True
         for k, counts in enumerate(case_counts):
             truth, labelled = counts[c, 1].sum(), counts[c, 0][chosen].sum()
             hit = counts[c, 1][chosen].sum()

@@ -90,3 +90,14 @@ def test_the_table_ceiling_labels_the_cells_that_give_the_best_dice(fusion_bench
     dice = fusion_benchmark.table_dice([first, second])
     assert dice[0] == pytest.approx(100.0)
     assert dice[1] == pytest.approx(100 * 2 * 45 / (45 + 100))
+
+
+def test_the_table_ceiling_labels_an_organ_no_case_has_nowhere(fusion_benchmark):
+    import numpy as np
+
+    label = np.zeros((1, 1, 4), dtype=np.uint8)
+    p = np.array([0.0, 0.3, 0.6, 0.9]).reshape(1, 1, 1, 4)
+    maps = np.concatenate([1 - p, p]).astype(np.float16)
+    counts = fusion_benchmark.table_counts(label, [maps, maps, maps], num_classes=2)
+    # both empty: Dice 100, as vfnet's dice counts two empty masks (labelling any cell would give 0)
+    assert fusion_benchmark.table_dice([counts, counts]) == [100.0, 100.0]
