@@ -316,8 +316,9 @@ def table_dice(case_counts: list[np.ndarray]) -> list[float]:
     best Dice over all voxels of all cases together: the cells richest in that organ, down to the share
     that maximises Dice (a set of cells that is not the top of that order cannot do better). Each organ
     is decided on its own, so two organs may claim a voxel. It is fitted on the cases it scores: a
-    ceiling of every fusion that decides a voxel from the three views' probabilities of one organ there
-    (mean, majority, stack), not a method.
+    ceiling of a fusion that decides an organ at a voxel from the three views' probabilities of it there,
+    not a method. Mean, majority and stack decide from the probabilities at the voxel too (every organ's,
+    not cut into steps), so for them it is close to a ceiling, not a strict one.
     """
     total = np.sum(case_counts, axis=0)
     dice = np.zeros((len(case_counts), total.shape[0]))
@@ -338,7 +339,7 @@ def table_dice(case_counts: list[np.ndarray]) -> list[float]:
 def _voxel_ceiling(dataset: str, preset: str, crossval: dict) -> dict:
     """Overall Dice (%) on every cross-validation case (the fold units' maps, as crossval fuses them), and the
     gain over mean fusion, of :func:`any_view_right` (the room of a fusion that chooses per voxel among the
-    views' votes, as the VFN mostly does) and of :func:`table_dice` (the best any fusion does that decides a
+    views' votes, as the VFN mostly does) and of :func:`table_dice` (about the best a fusion does that decides a
     voxel from its views' probabilities alone, without its neighbours or the image)."""
     from vfnet.fusion.methods import class_argmax, mean_fusion
     from vfnet.views import VIEWS
