@@ -456,7 +456,7 @@ Command: `{run['invocation']}` (the same run's budget results: `{budget_path.nam
 | VFN − mean, overall Dice | {tests.get('vfn_vs_mean', {}).get('difference', float('nan')):+.2f} points \
 (Wilcoxon p {tests.get('vfn_vs_mean', {}).get('wilcoxon_p', float('nan')):.3g}) | ≥ +1 with p < 0.01 on one dataset; never < −0.2 |
 | VFN parameters / planned 3D U-Net | {vfn_params:,} / {unet_params:,} = {100 * vfn_params / unet_params:.1f} % | ≤ 10 % |
-| three views, s per case (fold-0 networks, {speed['cases']} cases, median of each case's fastest of {speed.get('repeats', 1)} runs) | {speed['views_s']:.3f} s | |
+| three views, s per case (fold-0 networks, {speed['cases']} cases, median of each case's fastest of {speed['repeats']} runs) | {speed['views_s']:.3f} s | |
 | VFN fusion after them, s per case (its network run) | {speed['vfn_s']:.3f} s | |
 | VFN time / views time | {100 * speed['vfn_s'] / speed['views_s']:.1f} % | ≤ 15 % |
 | as deployed ({deployed_note}) | {speed['vfn_deployed_s']:.3f} s, {100 * speed['vfn_deployed_s'] / speed['views_s']:.1f} % | |
