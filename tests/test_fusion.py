@@ -178,6 +178,22 @@ def test_roi_from_mask_margin_min_size_and_clipping():
     assert crop_to_roi(np.zeros((2, 30, 40, 20)), roi).shape == (2, 8, 16, 20)
 
 
+def test_mask_bounds_equal_the_nonzero_voxels_extent():
+    from vfnet.fusion.roi import mask_bounds
+
+    rng = np.random.default_rng(5)
+    for density in (0.0005, 0.01, 0.5):
+        mask = rng.random((9, 11, 13)) < density
+        coords = np.nonzero(mask)
+        expected = [(int(c.min()), int(c.max()) + 1) for c in coords] if coords[0].size else None
+        assert mask_bounds(mask) == expected
+        assert mask_bounds(mask.astype(np.uint8) * 3) == expected  # nonzero, not only bool
+    assert mask_bounds(np.zeros((3, 4, 5), dtype=np.uint8)) is None
+    one = np.zeros((3, 4, 5), dtype=bool)
+    one[2, 0, 4] = True
+    assert mask_bounds(one) == [(2, 3), (0, 1), (4, 5)]
+
+
 def test_roi_enlarged_near_border_is_shifted_inside():
     mask = np.zeros((20, 20, 20), dtype=bool)
     mask[0, 19, 10] = True
@@ -281,6 +297,41 @@ def test_mirroring_is_explicit_and_independent_of_batching():
     mirrored = sliding_window_probabilities(XRamp(), volume, [16, 16, 16], [8, 8, 8], mirror_axes=(2,))
     # sigmoid(a) and sigmoid(-a) average to one half everywhere: asked for, every window is mirrored
     np.testing.assert_allclose(mirrored[1], 0.5, atol=1e-6)
+
+
+class Counting(torch.nn.Module):
+    """XRamp with one parameter, counting how often it is moved."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.moves = 0
+
+    def _apply(self, fn, recurse=True):
+        self.moves += 1
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return XRamp()(x) * self.scale
+
+
+def test_lone_window_is_the_networks_output_and_a_placed_model_is_not_moved():
+    model = Counting().eval()
+    volume = np.zeros((4, 16, 16, 16), dtype=np.float32)
+    lone = sliding_window_probabilities(model, volume, [16, 16, 16], [8, 8, 8])
+    with torch.inference_mode():
+        expected = torch.sigmoid(model(torch.from_numpy(volume)[None]))[0, 0].numpy()
+    np.testing.assert_array_equal(lone[1], expected)  # no weights multiplied in and divided out again
+    np.testing.assert_allclose(lone[0] + lone[1], 1, atol=1e-6)
+    assert model.moves == 0 and not model.training  # already on the CPU, still in eval mode
+    # windows that overlap are weighted as before, with the weights computed once per patch
+    wide = sliding_window_probabilities(model, np.zeros((4, 16, 16, 24), dtype=np.float32), [16, 16, 16], [8, 8, 8])
+    again = sliding_window_probabilities(model, np.zeros((4, 16, 16, 24), dtype=np.float32), [16, 16, 16], [8, 8, 8])
+    np.testing.assert_array_equal(wide, again)
+    assert wide[1, :, :, -1].min() > 0.9 and wide[1, :, :, 0].max() < 0.1
+    model.train()
+    sliding_window_probabilities(model, volume, [16, 16, 16], [8, 8, 8])
+    assert model.training  # its mode is restored
 
 
 def test_vfn_on_volume_smaller_than_patch():

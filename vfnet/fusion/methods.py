@@ -100,15 +100,17 @@ def _float32_maps(view_probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]
 
 
 def _mean_probabilities(probs: dict[str, np.ndarray]) -> np.ndarray:
-    total = None
-    for p in probs.values():
-        total = p.astype(np.float32) if total is None else total + p
-    return total / len(probs)
+    maps = iter(probs.values())
+    total = np.array(next(maps), dtype=np.float32, copy=True)
+    for p in maps:
+        total += p  # in place: no new map per view
+    total /= len(probs)
+    return total
 
 
 def mean_fusion(view_probs: Mapping[str, np.ndarray]) -> np.ndarray:
     """Argmax of the views' averaged probability maps."""
-    return np.argmax(_mean_probabilities(_checked(view_probs)), axis=0).astype(np.uint8)
+    return class_argmax(_mean_probabilities(_checked(view_probs)))
 
 
 def class_argmax(probs: np.ndarray) -> np.ndarray:
@@ -132,19 +134,26 @@ def majority_vote(view_probs: Mapping[str, np.ndarray]) -> np.ndarray:
     """
     probs = list(_checked(view_probs).values())
     votes = [class_argmax(p) for p in probs]
-    out = np.zeros(votes[0].shape, dtype=np.uint8)
-    decided = np.zeros(votes[0].shape, dtype=bool)
-    for vote in votes:
-        agreeing = np.zeros(vote.shape, dtype=np.uint8)
-        for other in votes:
-            agreeing += vote == other
-        take = (agreeing * 2 > len(votes)) & ~decided
-        out[take] = vote[take]
-        decided |= take
-    undecided = np.nonzero(~decided)
-    if undecided[0].size:
-        out[undecided] = np.argmax(_mean_probabilities({i: p[(slice(None), *undecided)]
-                                                        for i, p in enumerate(probs)}), axis=0)
+    if len(votes) == 3:  # a label has a majority where a pair agrees: three comparisons, not a count per view
+        first, second, third = votes
+        out = np.where(first == third, first, second)  # first = third, else second (= first or third, or alone)
+        undecided = (first != second) & (first != third) & (second != third)
+    else:
+        out = np.zeros(votes[0].shape, dtype=np.uint8)
+        decided = np.zeros(votes[0].shape, dtype=bool)
+        for vote in votes:
+            agreeing = np.zeros(vote.shape, dtype=np.uint8)
+            for other in votes:
+                agreeing += vote == other
+            take = (agreeing * 2 > len(votes)) & ~decided
+            out[take] = vote[take]
+            decided |= take
+        undecided = ~decided
+    # the few voxels without a majority, as flat indices (one index array over the mask, not three)
+    flat = np.flatnonzero(undecided)
+    if flat.size:
+        where = np.unravel_index(flat, undecided.shape)
+        out[where] = np.argmax(_mean_probabilities({i: p[(slice(None), *where)] for i, p in enumerate(probs)}), axis=0)
     return out
 
 
@@ -324,21 +333,25 @@ def mean_prior_probabilities(view_probs: Mapping[str, np.ndarray], roi: Roi | No
     on a synthetic (5, 36, 256, 256) case.
     """
     crop = (lambda a: a) if roi is None else (lambda a: crop_to_roi(a, roi))
-    maps = [np.clip(crop(p[1:]), 0, 1, dtype=np.float32) for p in _float32_maps(view_probs).values()]
-    foreground = maps[0]
+    maps = [crop(p[1:]) for p in _float32_maps(view_probs).values()]
+    # written in place into the output and one scratch map (each new map of a CHAOST2 ROI is ~16 MB of fresh pages)
+    out = np.empty((len(maps[0]) + 1, *maps[0].shape[1:]), dtype=np.float32)
+    foreground = out[1:]
+    np.clip(maps[0], 0, 1, out=foreground)
+    scratch = np.empty_like(foreground) if len(maps) > 1 else None
     for p in maps[1:]:
-        foreground += p
+        foreground += np.clip(p, 0, 1, out=scratch)
     foreground /= len(maps)
     if len(foreground) == 1:
-        organ = np.clip(foreground[0], PRIOR_EPSILON, 1 - PRIOR_EPSILON)
+        organ = np.clip(foreground[0], PRIOR_EPSILON, 1 - PRIOR_EPSILON, out=foreground[0])
         if correction is not None:  # sigmoid(logit(m) + c) = m e^c / (m e^c + 1 - m)
             weighted = organ * np.exp(np.asarray(correction[0], dtype=np.float32))
             organ = weighted / (weighted + (1 - organ))
-        return np.stack([1 - organ, organ])
-    out = np.empty((len(foreground) + 1, *foreground.shape[1:]), dtype=np.float32)
-    out[0] = 1
-    out[0] -= foreground.sum(axis=0)
-    out[1:] = foreground
+        out[1] = organ
+        np.subtract(1, organ, out=out[0])
+        return out
+    np.sum(foreground, axis=0, out=out[0])
+    np.subtract(1, out[0], out=out[0])
     np.clip(out, PRIOR_EPSILON, 1.0, out=out)
     if correction is not None:
         shift = np.asarray(correction, dtype=np.float32)

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +24,22 @@ from vfnet.windows import window_grid, window_weights
 def _device_of(model: torch.nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def _place(model: torch.nn.Module, device: torch.device, layout: torch.memory_format | None) -> None:
+    """Move ``model`` to ``device`` and ``layout`` unless it is there already (walking every module to
+    find out costs a lone Hippocampus window a few percent of its time)."""
+    params = list(model.parameters())
+    if any(p.device != device for p in params):
+        model.to(device)
+    if layout is not None and any(p.dim() == 5 and not p.is_contiguous(memory_format=layout) for p in params):
+        model.to(memory_format=layout)
+
+
+@functools.lru_cache(maxsize=16)
+def _weights(patch: tuple[int, ...], weighting: str, device: torch.device) -> torch.Tensor:
+    """:func:`vfnet.windows.window_weights` on ``device``, computed once per patch (never written to)."""
+    return torch.from_numpy(window_weights(patch, weighting)).to(device)
 
 
 def _window_probabilities(model: torch.nn.Module, batch: torch.Tensor, raw: bool = False) -> torch.Tensor:
@@ -51,18 +68,17 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, pat
     if any(s < p for s, p in zip(volume.shape[1:], patch)):
         raise ValueError(f"volume {volume.shape[1:]} is smaller than the patch {patch}; pad it first")
     device = torch.device(device) if device is not None else _device_of(model)
-    model.to(device)
     layout = memory_format(model, device)
-    if layout is not None:
-        model.to(memory_format=layout)
+    _place(model, device, layout)
     windows = window_grid(volume.shape[1:], patch, stride)
-    weights = torch.from_numpy(window_weights(patch, weighting)).to(device)
+    weights = _weights(tuple(patch), weighting, device)
     tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(device)
     total, norm = None, torch.zeros(volume.shape[1:], device=device)
     autocast = (torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda"
                 else contextlib.nullcontext())
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     try:
         with torch.inference_mode(), autocast:
             for first in tqdm(range(0, len(windows), batch_size), desc="windows", leave=False, delay=2,
@@ -75,11 +91,14 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, pat
                 for axis in mirror_axes:
                     probs = probs + _window_probabilities(model, batch.flip(axis - 3), raw).flip(axis - 3)
                 probs = probs / (1 + len(mirror_axes))
+                if len(windows) == 1:  # one window covers the volume: its weights would divide out
+                    return probs[0].cpu().numpy()
                 if total is None:
                     total = torch.zeros((probs.shape[1], *volume.shape[1:]), device=device)
                 for window, p in zip(chunk, probs):
                     total[(slice(None), *window)] += p * weights
                     norm[window] += weights
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
     return (total / norm).cpu().numpy()
