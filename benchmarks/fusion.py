@@ -309,18 +309,19 @@ def table_counts(label: np.ndarray, view_maps: list[np.ndarray], num_classes: in
     return counts
 
 
-def table_dice(case_counts: list[np.ndarray]) -> list[float]:
-    """Per case, the mean Dice (%) over organs of the best table fitted on these very cases.
+def table_dice(case_counts: list[np.ndarray], fit_counts: list[np.ndarray] | None = None) -> list[float]:
+    """Per case, the mean Dice (%) over organs of the best table fitted on ``fit_counts`` (default: these very cases).
 
     For each organ the table labels it in a set of cells (:func:`probability_cells`), the set that gives the
-    best Dice over all voxels of all cases together: the cells richest in that organ, down to the share
-    that maximises Dice (a set of cells that is not the top of that order cannot do better). Each organ
-    is decided on its own, so two organs may claim a voxel. It is fitted on the cases it scores: a
-    ceiling of a fusion that decides an organ at a voxel from the three views' probabilities of it there,
-    not a method. Mean, majority and stack decide from the probabilities at the voxel too (every organ's,
-    not cut into steps), so for them it is close to a ceiling, not a strict one.
+    best Dice over all voxels of all fitted cases together: the cells richest in that organ, down to the share
+    that maximises Dice (a set of cells that is not the top of that order cannot do better); a cell the fitted
+    cases never reach is labelled nowhere. Each organ is decided on its own, so two organs may claim a voxel.
+    Fitted on the cases it scores, it is a ceiling of a fusion that decides an organ at a voxel from the three
+    views' probabilities of it there, not a method. Mean, majority and stack decide from the probabilities at
+    the voxel too (every organ's, not cut into steps), so for them it is close to a ceiling, not a strict one.
+    Fitted on other cases (:func:`cross_fitted_table_dice`) it is such a fusion, learned.
     """
-    total = np.sum(case_counts, axis=0)
+    total = np.sum(case_counts if fit_counts is None else fit_counts, axis=0)
     dice = np.zeros((len(case_counts), total.shape[0]))
     for c, (voxels, positives) in enumerate(total):
         order = np.argsort(-(positives / np.maximum(voxels, 1)), kind="stable")
@@ -336,25 +337,44 @@ def table_dice(case_counts: list[np.ndarray]) -> list[float]:
     return [100 * float(d) for d in dice.mean(axis=1)]
 
 
+def cross_fitted_table_dice(case_counts: list[np.ndarray], groups: list) -> list[float]:
+    """:func:`table_dice` of each case with the table fitted on the cases of the other ``groups`` (test folds):
+    how much of the in-sample table's gain a table learned from other cases keeps; NaN with one group only."""
+    if len(set(groups)) < 2:
+        return [float("nan")] * len(case_counts)
+    out = [0.0] * len(case_counts)
+    for group in dict.fromkeys(groups):
+        inside = [k for k, g in enumerate(groups) if g == group]
+        fit = [counts for counts, g in zip(case_counts, groups) if g != group]
+        for k, dice in zip(inside, table_dice([case_counts[k] for k in inside], fit)):
+            out[k] = dice
+    return out
+
+
 def _voxel_ceiling(dataset: str, preset: str, crossval: dict) -> dict:
     """Overall Dice (%) on every cross-validation case (the fold units' maps, as crossval fuses them), and the
     gain over mean fusion, of :func:`any_view_right` (the room of a fusion that chooses per voxel among the
     views' votes, as the VFN mostly does) and of :func:`table_dice` (about the best a fusion does that decides a
     voxel from its views' probabilities alone, without its neighbours or the image)."""
     from vfnet.fusion.methods import class_argmax, mean_fusion
+    from vfnet.measures.stats import paired_tests
     from vfnet.views import VIEWS
 
     plan = _dataset(dataset)[0]
-    oracle, mean, counts = [], [], []
-    for _, case, _, label, maps in _fold_unit_cases(dataset, preset):
+    oracle, mean, counts, folds = [], [], [], []
+    for vfn_unit, case, _, label, maps in _fold_unit_cases(dataset, preset):
+        folds.append(vfn_unit)
         fused = any_view_right(label, [class_argmax(maps[v]) for v in VIEWS], mean_fusion(maps))
         oracle.append(_overall_dice(plan.num_classes, label, fused))
         mean.append(100 * crossval["cases"][case]["dice"]["mean"]["overall"])
         counts.append(table_counts(label, [maps[v] for v in VIEWS], plan.num_classes))
-    table = table_dice(counts)
+    table, crossed = table_dice(counts), cross_fitted_table_dice(counts, folds)
     return {"per_voxel": float(np.mean(oracle)), "per_voxel_minus_mean": float(np.mean(oracle) - np.mean(mean)),
             "probability_table": float(np.mean(table)),
             "probability_table_minus_mean": float(np.mean(table) - np.mean(mean)), "table_bins": TABLE_BINS,
+            "probability_table_cross_fitted": float(np.mean(crossed)),
+            "probability_table_cross_fitted_minus_mean": float(np.mean(crossed) - np.mean(mean)),
+            "probability_table_cross_fitted_wilcoxon_p": paired_tests(crossed, mean)["wilcoxon_p"],
             "cases": len(oracle)}
 
 
@@ -474,6 +494,8 @@ that give it the best Dice, fitted on these cases |
 {ceiling['per_case']:.2f} % ({ceiling['per_case_minus_mean']:+.2f} over mean) | \
 {ceiling['per_voxel']:.2f} % ({ceiling['per_voxel_minus_mean']:+.2f} over mean) | \
 {ceiling['probability_table']:.2f} % ({ceiling['probability_table_minus_mean']:+.2f} over mean) |
+
+The same table fitted, for each test fold, on the other folds' cases (a fusion learned from other cases, not a ceiling): {ceiling['probability_table_cross_fitted']:.2f} % ({ceiling['probability_table_cross_fitted_minus_mean']:+.2f} over mean, Wilcoxon p {ceiling['probability_table_cross_fitted_wilcoxon_p']:.3g}).
 
 ## VFN windows a {stride['other_name']} apart against the planned stride, every cross-validation case
 

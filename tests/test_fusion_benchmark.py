@@ -92,6 +92,28 @@ def test_the_table_ceiling_labels_the_cells_that_give_the_best_dice(fusion_bench
     assert dice[1] == pytest.approx(100 * 2 * 45 / (45 + 100))
 
 
+def test_a_cross_fitted_table_scores_each_fold_with_the_other_folds_table(fusion_benchmark):
+    import numpy as np
+
+    def case(p, organ):
+        """(label, three views' maps) of 1×1×4 voxels, all with the views' probability ``p``; ``organ`` of them organ."""
+        label = (np.arange(4) < organ).astype(np.uint8).reshape(1, 1, 4)
+        q = np.full((1, 1, 1, 4), p)
+        maps = np.concatenate([1 - q, q]).astype(np.float16)
+        return fusion_benchmark.table_counts(label, [maps, maps, maps], num_classes=2)
+
+    # in fold a the cell p 0.45 is organ, in fold b the cell p 0.75 is: fitted in-sample, both are labelled and
+    # every case scores 100; fitted on the other fold, each fold labels the cell it never has and scores 0
+    counts = [case(0.45, 4), case(0.75, 4), case(0.45, 4)]
+    assert fusion_benchmark.table_dice(counts) == [100.0, 100.0, 100.0]
+    assert fusion_benchmark.cross_fitted_table_dice(counts, ["a", "b", "a"]) == [0.0, 0.0, 0.0]
+    # with the other fold holding the same cell, the cross-fitted table is the in-sample one
+    same = [case(0.45, 4), case(0.45, 2), case(0.45, 4)]
+    assert fusion_benchmark.cross_fitted_table_dice(same, ["a", "b", "a"]) == pytest.approx(
+        [100 * 2 * 4 / 8, 100 * 2 * 2 / 6, 100 * 2 * 4 / 8])
+    assert all(np.isnan(fusion_benchmark.cross_fitted_table_dice(same, ["holdout"] * 3)))  # no other fold
+
+
 def test_the_table_ceiling_labels_an_organ_no_case_has_nowhere(fusion_benchmark):
     import numpy as np
 
