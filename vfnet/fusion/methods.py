@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import torch
 
 from vfnet.errors import ModelNotFoundError, VfnetError
 from vfnet.fusion.postprocess import keep_largest_component
-from vfnet.fusion.roi import Roi, crop_to_roi, roi_from_mask
+from vfnet.fusion.roi import Roi, crop_to_roi, mask_bounds, roi_from_bounds
 from vfnet.fusion.stack import stack_probabilities
 from vfnet.inference.sliding_window import sliding_window_probabilities
 from vfnet.networks.vfn import PRIOR_EPSILON, PriorCorrection, VolumetricFusionNet, vfn_probabilities
@@ -134,21 +135,18 @@ def majority_vote(view_probs: Mapping[str, np.ndarray]) -> np.ndarray:
     """
     probs = list(_checked(view_probs).values())
     votes = [class_argmax(p) for p in probs]
-    if len(votes) == 3:  # a label has a majority where a pair agrees: three comparisons, not a count per view
-        first, second, third = votes
-        out = np.where(first == third, first, second)  # first = third, else second (= first or third, or alone)
-        undecided = (first != second) & (first != third) & (second != third)
-    else:
-        out = np.zeros(votes[0].shape, dtype=np.uint8)
-        decided = np.zeros(votes[0].shape, dtype=bool)
-        for vote in votes:
-            agreeing = np.zeros(vote.shape, dtype=np.uint8)
-            for other in votes:
-                agreeing += vote == other
-            take = (agreeing * 2 > len(votes)) & ~decided
-            out[take] = vote[take]
-            decided |= take
-        undecided = ~decided
+    # each pair of views compared once (three comparisons for three views); two labels cannot both have a majority
+    agreeing = [np.ones(votes[0].shape, dtype=np.uint8) for _ in votes]
+    for i, j in itertools.combinations(range(len(votes)), 2):
+        same = votes[i] == votes[j]
+        agreeing[i] += same
+        agreeing[j] += same
+    out = np.zeros(votes[0].shape, dtype=np.uint8)
+    undecided = np.ones(votes[0].shape, dtype=bool)
+    for vote, count in zip(votes, agreeing):
+        take = count * 2 > len(votes)
+        np.copyto(out, vote, where=take)
+        undecided &= ~take
     # the few voxels without a majority, as flat indices (one index array over the mask, not three)
     flat = np.flatnonzero(undecided)
     if flat.size:
@@ -264,15 +262,14 @@ def _majority_roi(probs: list[np.ndarray], margin, min_size) -> Roi | None:
     for p in probs:
         for c in range(1, len(p)):
             candidates |= p[c] > p[0]
-    if not candidates.any():
+    bounds = mask_bounds(candidates)
+    if bounds is None:
         return None
-    box = roi_from_mask(candidates)
-    vote = majority_vote({i: p[(slice(None), *box)] for i, p in enumerate(probs)})
-    if not vote.any():
+    box = tuple(slice(lo, hi) for lo, hi in bounds)
+    inside = mask_bounds(majority_vote({i: p[(slice(None), *box)] for i, p in enumerate(probs)}))
+    if inside is None:
         return None
-    mask = np.zeros(shape, dtype=bool)
-    mask[box] = vote != 0
-    return roi_from_mask(mask, margin, min_size, shape)
+    return roi_from_bounds([(lo + b.start, hi + b.start) for (lo, hi), b in zip(inside, box)], margin, min_size, shape)
 
 
 def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, model: torch.nn.Module, vfn_config,
@@ -346,9 +343,8 @@ def mean_prior_probabilities(view_probs: Mapping[str, np.ndarray], roi: Roi | No
         organ = np.clip(foreground[0], PRIOR_EPSILON, 1 - PRIOR_EPSILON, out=foreground[0])
         if correction is not None:  # sigmoid(logit(m) + c) = m e^c / (m e^c + 1 - m)
             weighted = organ * np.exp(np.asarray(correction[0], dtype=np.float32))
-            organ = weighted / (weighted + (1 - organ))
-        out[1] = organ
-        np.subtract(1, organ, out=out[0])
+            out[1] = weighted / (weighted + (1 - organ))
+        np.subtract(1, out[1], out=out[0])
         return out
     np.sum(foreground, axis=0, out=out[0])
     np.subtract(1, out[0], out=out[0])

@@ -73,7 +73,7 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, pat
     windows = window_grid(volume.shape[1:], patch, stride)
     weights = _weights(tuple(patch), weighting, device)
     tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(device)
-    total, norm = None, torch.zeros(volume.shape[1:], device=device)
+    total = norm = None  # made with the first batch that needs them (a lone window does not)
     autocast = (torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda"
                 else contextlib.nullcontext())
     was_training = model.training
@@ -95,6 +95,7 @@ def sliding_window_probabilities(model: torch.nn.Module, volume: np.ndarray, pat
                     return probs[0].cpu().numpy()
                 if total is None:
                     total = torch.zeros((probs.shape[1], *volume.shape[1:]), device=device)
+                    norm = torch.zeros(volume.shape[1:], device=device)
                 for window, p in zip(chunk, probs):
                     total[(slice(None), *window)] += p * weights
                     norm[window] += weights
