@@ -78,15 +78,17 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
     """Median over cases of the seconds per case of the three views (fold 0's networks) and of the VFN
     fusion after them: its network run at the planned stride and at the compared one
     (:func:`_compared_stride`), and as deployed, where a VFN that kept iteration 0 skips its network
-    (``VfnConfig.shortcut``). Each is timed :data:`REPEATS` times per case and counts its fastest run, as
-    ``timeit`` advises: on two shared cores one run of a fraction of a second moves by a quarter. The
-    three fusions of a case run in an order that rotates from case to case."""
+    (``VfnConfig.shortcut``), once for its labels (as crossval fuses) and once through its fused
+    probabilities and their argmax (as ``vfnet_predict`` fuses each fold). Each is timed :data:`REPEATS`
+    times per case and counts its fastest run, as ``timeit`` advises: on two shared cores one run of a
+    fraction of a second moves by a quarter. The four fusions of a case run in an order that rotates from
+    case to case."""
     import dataclasses
 
     import torch
 
     from vfnet import paths
-    from vfnet.fusion.methods import VfnConfig, fuse
+    from vfnet.fusion.methods import VfnConfig, class_argmax, fuse, fused_probabilities
     from vfnet.fusion.models import load_vfn
     from vfnet.inference.predict2d import load_unit_network
     from vfnet.views import VIEWS
@@ -98,19 +100,27 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
     deployed = VfnConfig.from_plan(plan, device="cpu")
     config = dataclasses.replace(deployed, shortcut=False)
     other = dataclasses.replace(config, stride=_compared_stride(config)[0])
-    views_s, vfn_s, other_s, deployed_s = [], [], [], []
-    timed = [(vfn_s, config), (other_s, other), (deployed_s, deployed)]
+    def labels(maps, image, vfn_config):
+        return fuse("vfn", maps, image, model=vfn, vfn_config=vfn_config)
+
+    def through_probabilities(maps, image, vfn_config):  # what vfnet_predict does with each fold's VFN
+        return class_argmax(fused_probabilities("vfn", maps, image, model=vfn, vfn_config=vfn_config))
+
+    views_s, vfn_s, other_s, deployed_s, deployed_probs_s = [], [], [], [], []
+    timed = [(vfn_s, labels, config), (other_s, labels, other), (deployed_s, labels, deployed),
+             (deployed_probs_s, through_probabilities, deployed)]
     with torch.inference_mode():
         for index, case in enumerate(cases):
             image, _ = data.load(case, mmap=False)
             maps, seconds = _fastest(_predict_views, networks, image, plan)
             views_s.append(seconds)
-            # each case starts with another of the three, so none is always timed right after the views
+            # each case starts with another of the four, so none is always timed right after the views
             shift = index % len(timed)
-            for times, vfn_config in timed[shift:] + timed[:shift]:
-                times.append(_fastest(fuse, "vfn", maps, image, model=vfn, vfn_config=vfn_config)[1])
+            for times, run, vfn_config in timed[shift:] + timed[:shift]:
+                times.append(_fastest(run, maps, image, vfn_config)[1])
     return {"views_s": float(np.median(views_s)), "vfn_s": float(np.median(vfn_s)),
             "vfn_other_stride_s": float(np.median(other_s)), "vfn_deployed_s": float(np.median(deployed_s)),
+            "vfn_deployed_probabilities_s": float(np.median(deployed_probs_s)),
             "network_skipped": bool(vfn.adds_nothing()), "cases": len(cases), "repeats": REPEATS}
 
 
@@ -480,6 +490,8 @@ Command: `{run['invocation']}` (the same run's budget results: `{budget_path.nam
 | VFN fusion after them, s per case (its network run) | {speed['vfn_s']:.3f} s | |
 | VFN time / views time | {100 * speed['vfn_s'] / speed['views_s']:.1f} % | ≤ 15 % |
 | as deployed ({deployed_note}) | {speed['vfn_deployed_s']:.3f} s, {100 * speed['vfn_deployed_s'] / speed['views_s']:.1f} % | |
+| the same through the fused probabilities, as `vfnet_predict` fuses each fold before averaging them | \
+{speed['vfn_deployed_probabilities_s']:.3f} s, {100 * speed['vfn_deployed_probabilities_s'] / speed['views_s']:.1f} % | |
 | the same, windows a {stride['other_name']} apart (stride {stride['other_stride']}, not {stride['planned_stride']}) | \
 {speed['vfn_other_stride_s']:.3f} s, {100 * speed['vfn_other_stride_s'] / speed['views_s']:.1f} % | |
 

@@ -29,6 +29,8 @@ from vfnet.fusion import (
 from vfnet.fusion.methods import (
     _majority_roi,
     _prior_probabilities,
+    class_argmax,
+    mean_prior_labels,
     mean_prior_probabilities,
     vfn_fused_probabilities,
 )
@@ -92,6 +94,57 @@ def test_majority_vote_equals_counting_votes_on_random_maps(num_views, num_class
     agreed = (votes == votes[0]).all(0)
     assert agreed.any() and (num_views == 1 or not agreed.all())  # the views agree somewhere, and disagree
     np.testing.assert_array_equal(majority_vote(maps), counted_majority(maps))
+
+
+
+def test_vote_roi_spanning_the_volume_needs_only_some_foreground_of_the_vote():
+    """Where the minimum size spans the volume, the ROI is the whole volume as soon as the vote has foreground,
+    found in any slab of the candidates' box (here only in the last slices), and None where views vote
+    foreground but no label has a majority."""
+    shape = (13, 10, 9)
+    labels = np.zeros(shape, dtype=int)
+    labels[11:13, 4:6, 3:5] = 1  # the vote's only foreground, in the last slab of the box below
+    lone = labels.copy()
+    lone[1:3, 1:3, 1:3] = 1  # one view alone votes here: it widens the candidates' box, not the vote
+    maps = {"axial": one_hot(lone, 2), "coronal": one_hot(labels, 2), "sagittal": one_hot(labels, 2)}
+    spanning = [13, 10, 9]
+    assert _majority_roi(list(maps.values()), 0, spanning) == tuple(slice(0, n) for n in shape)
+    assert _majority_roi(list(maps.values()), 0, spanning) == roi_from_mask(majority_vote(maps), 0, spanning, shape)
+    assert _majority_roi(list(maps.values()), 0, [13, 10, 8]) == (slice(0, 13), slice(0, 10), slice(0, 8))
+    only_one = {"axial": one_hot(lone, 2), "coronal": one_hot(np.zeros(shape, dtype=int), 2),
+                "sagittal": one_hot(np.zeros(shape, dtype=int), 2)}
+    assert _majority_roi(list(only_one.values()), 0, spanning) is None
+    assert not fuse("vfn-noimage", only_one, None, model=ViewEcho(1, use_image=False),
+                    vfn_config=VfnConfig(spanning, spanning, 0)).any()
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 5])
+def test_mean_prior_labels_are_the_argmax_of_its_probabilities(num_classes):
+    """The prior's labels without its probabilities: the argmax of :func:`mean_prior_probabilities`, inside a
+    ROI, with float16 maps, maps slightly outside [0, 1] and foreground summing above 1; a view's value above 1
+    is clipped, as in the probabilities (unclipped, the voxel below would change label)."""
+    rng = np.random.default_rng(num_classes)
+    shape = (7, 9, 8)
+    maps = {}
+    for view in VIEWS:
+        p = rng.dirichlet(np.full(num_classes, 0.4), size=shape).transpose(3, 0, 1, 2).astype(np.float32)
+        p[1:, 0, 0, 0] = 1.0 / (num_classes - 1) + 1e-3
+        p[-1, 1, 1, 1] = -1e-4
+        maps[view] = p
+    maps["coronal"] = maps["coronal"].astype(np.float16)
+    # one voxel: the axial view's out-of-range organ would outvote the background of the other two unclipped
+    for view, values in zip(VIEWS, ([0.0, 3.0], [0.9, 0.1], [0.9, 0.1])):
+        maps[view][:, 3, 4, 4] = values + [0.0] * (num_classes - 2)
+    roi = (slice(1, 7), slice(0, 8), slice(2, 8))
+    expected = class_argmax(mean_prior_probabilities(maps, roi))
+    got = mean_prior_labels(maps, roi)
+    assert got.dtype == np.uint8 and got.shape == (6, 8, 6)
+    np.testing.assert_array_equal(got, expected)
+    assert len(np.unique(got)) == num_classes
+    assert got[2, 4, 2] == 0
+    unclipped = class_argmax(sum(np.asarray(crop_to_roi(m, roi), dtype=np.float32) for m in maps.values()))
+    assert unclipped[2, 4, 2] == 1
+    np.testing.assert_array_equal(mean_prior_labels(maps), class_argmax(mean_prior_probabilities(maps)))
 
 
 def test_class_argmax_equals_numpy_argmax_with_ties():

@@ -21,7 +21,7 @@ from vfnet.device import resolve_device
 from vfnet.errors import ModelNotFoundError
 from vfnet.experiment_planning.plans import Plan
 from vfnet.fusion.fusion_set import load_view_maps
-from vfnet.fusion.methods import VfnConfig, fuse
+from vfnet.fusion.methods import VfnConfig, class_argmax, fuse
 from vfnet.fusion.models import load_vfn
 from vfnet.fusion.postprocess import keep_largest_component
 from vfnet.fusion.stack import fit_unit_stack
@@ -124,10 +124,10 @@ def crossval(dataset: str | int | None, preset: str = "default", device: str = "
             for method in methods:
                 start = time.perf_counter()
                 if method in VIEWS:
-                    prediction = np.argmax(maps[method], axis=0).astype(np.uint8)
+                    prediction = class_argmax(maps[method])
                 elif method == "3d":
                     with np.load(unit_3d.prediction(case)) as archive:
-                        prediction = np.argmax(archive["probabilities"], axis=0).astype(np.uint8)
+                        prediction = class_argmax(archive["probabilities"])
                 else:
                     prediction = fuse(method, maps, image, model=vfns.get(method), vfn_config=config)
                 seconds = time.perf_counter() - start

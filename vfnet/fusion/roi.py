@@ -83,6 +83,11 @@ def roi_from_bounds(bounds: Sequence[tuple[int, int]] | None, margin: int | Sequ
     return tuple(box)
 
 
+def spans_volume(min_size: int | Sequence[int], shape: Sequence[int]) -> bool:
+    """Whether every ROI of at least ``min_size`` in a volume of ``shape`` is the whole volume, whatever its box."""
+    return all(size >= extent for size, extent in zip(_per_axis(min_size, len(shape), "min_size"), shape))
+
+
 def crop_to_roi(array: np.ndarray, roi: Roi) -> np.ndarray:
     """The ROI of the last three axes (leading channel axes are kept)."""
     return array[(Ellipsis, *roi)]

@@ -14,7 +14,7 @@ from vfnet.atomic import read_json
 from vfnet.device import resolve_device
 from vfnet.errors import ModelNotFoundError, PlanError, VfnetError
 from vfnet.experiment_planning.plans import Plan
-from vfnet.fusion.methods import METHODS, VfnConfig, fuse, fused_probabilities
+from vfnet.fusion.methods import METHODS, VfnConfig, class_argmax, fuse, fused_probabilities
 from vfnet.fusion.models import FINAL_CHECKPOINT, checkpoint_name, load_vfn, require_checkpoint
 from vfnet.fusion.postprocess import apply_postprocessing
 from vfnet.fusion.stack import load_stack, stack_path
@@ -125,7 +125,7 @@ class DeployedModels:
                 probs = fused_probabilities(base, maps, image, model=model, vfn_config=config)
                 fused = probs if fused is None else fused + probs
             fused = fused / len(models)
-            labels = np.argmax(fused, axis=0).astype(np.uint8)
+            labels = class_argmax(fused)
         else:
             model = models[0] if models else None
             labels = fuse(base, mean_maps, image, model=model, vfn_config=config)
@@ -289,7 +289,7 @@ class UNet3DModels:
 
     def segment(self, probabilities: np.ndarray, postprocess: bool | tuple[int, ...] = False) -> np.ndarray:
         """Class labels (z, y, x) uint8: the argmax, optionally with only the largest component per label."""
-        labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+        labels = class_argmax(probabilities)
         return apply_postprocessing(labels, postprocess, self.plan.num_classes)
 
 

@@ -28,7 +28,7 @@ from vfnet.checkpoint import load_checkpoint
 from vfnet.errors import CheckpointError, VfnetError
 from vfnet.evaluation.crossval import test_folds
 from vfnet.experiment_planning.plans import NETWORKS_2D, Plan
-from vfnet.fusion.methods import VfnConfig, fuse, majority_vote
+from vfnet.fusion.methods import VfnConfig, class_argmax, fuse, majority_vote
 from vfnet.fusion.models import load_vfn
 from vfnet.measures.metrics import dice
 from vfnet.paths import FINAL_CHECKPOINT, LATEST_CHECKPOINT
@@ -145,7 +145,7 @@ class _CaseDrawer:
         unit, vfn_unit = self.units[fold]
         maps = _view_maps(self.results, self.preset, unit, case)
         image, label = self.data.load(case, mmap=False)
-        predictions = {view: np.argmax(p, axis=0).astype(np.uint8) for view, p in maps.items()}
+        predictions = {view: class_argmax(p) for view, p in maps.items()}
         if len(maps) == len(VIEWS):
             predictions["majority"] = majority_vote(maps)
             for method in paths.VFN_METHOD_NETWORKS:
