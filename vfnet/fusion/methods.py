@@ -399,22 +399,26 @@ def mean_prior_probabilities(view_probs: Mapping[str, np.ndarray], roi: Roi | No
     on a synthetic (5, 36, 256, 256) case.
     """
     out = np.empty(_roi_shape(view_probs, roi), dtype=np.float32)
-    foreground = out[1:]
-    foreground /= _foreground_sum(view_probs, roi, foreground)
+    views = _foreground_sum(view_probs, roi, out[1:])
+    # through torch on out's memory: its exponentials and reductions run on the process's threads (in development
+    # with a correction on a CHAOST2-sized case 0.11 s in numpy's one thread against 0.02 s)
+    probs = torch.from_numpy(out)
+    foreground = probs[1:]
+    foreground /= views
     if len(foreground) == 1:
-        organ = np.clip(foreground[0], PRIOR_EPSILON, 1 - PRIOR_EPSILON, out=foreground[0])
+        organ = foreground[0].clamp_(PRIOR_EPSILON, 1 - PRIOR_EPSILON)
         if correction is not None:  # sigmoid(logit(m) + c) = m e^c / (m e^c + 1 - m)
-            weighted = organ * np.exp(np.asarray(correction[0], dtype=np.float32))
-            out[1] = weighted / (weighted + (1 - organ))
-        np.subtract(1, out[1], out=out[0])
+            weighted = organ * torch.exp(_read_tensor(np.asarray(correction[0], dtype=np.float32)))
+            probs[1] = weighted / (weighted + (1 - organ))
+        torch.sub(1, probs[1], out=probs[0])
         return out
-    np.sum(foreground, axis=0, out=out[0])
-    np.subtract(1, out[0], out=out[0])
-    np.clip(out, PRIOR_EPSILON, 1.0, out=out)
+    torch.sum(foreground, dim=0, out=probs[0])
+    torch.sub(1, probs[0], out=probs[0])
+    probs.clamp_(PRIOR_EPSILON, 1.0)
     if correction is not None:
-        shift = np.asarray(correction, dtype=np.float32)
-        out *= np.exp(shift - shift.max(axis=0))
-    out /= out.sum(axis=0)
+        shift = _read_tensor(np.asarray(correction, dtype=np.float32))
+        probs *= torch.exp(shift - shift.amax(dim=0))
+    probs /= probs.sum(dim=0)
     return out
 
 
