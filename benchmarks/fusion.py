@@ -79,10 +79,11 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
     fusion after them: its network run at the planned stride and at the compared one
     (:func:`_compared_stride`), and as deployed, where a VFN that kept iteration 0 skips its network
     (``VfnConfig.shortcut``), once for its labels (as crossval fuses) and once through its fused
-    probabilities and their argmax (as ``vfnet_predict`` fuses each fold). Each is timed :data:`REPEATS`
-    times per case and counts its fastest run, as ``timeit`` advises: on two shared cores one run of a
-    fraction of a second moves by a quarter. The four fusions of a case run in an order that rotates from
-    case to case."""
+    probabilities and their argmax (as ``vfnet_predict`` fuses each fold), and both again for fold 0's VFN
+    with its head zeroed, as a VFN that kept iteration 0 deploys. Each is timed :data:`REPEATS` times per
+    case and counts its fastest run, as ``timeit`` advises: on two shared cores one run of a fraction of a
+    second moves by a quarter. The six fusions of a case run in an order that rotates from case to case."""
+    import copy
     import dataclasses
 
     import torch
@@ -100,27 +101,36 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
     deployed = VfnConfig.from_plan(plan, device="cpu")
     config = dataclasses.replace(deployed, shortcut=False)
     other = dataclasses.replace(config, stride=_compared_stride(config)[0])
-    def labels(maps, image, vfn_config):
-        return fuse("vfn", maps, image, model=vfn, vfn_config=vfn_config)
+    # fold 0's VFN as if it had kept iteration 0 (its head zeroed: its prior), timed in every run, whichever
+    # checkpoint fold 0 kept, since any fold's VFN may deploy that way
+    prior = copy.deepcopy(vfn)
+    with torch.no_grad():
+        prior.head.weight.zero_()
+        prior.head.bias.zero_()
 
-    def through_probabilities(maps, image, vfn_config):  # what vfnet_predict does with each fold's VFN
-        return class_argmax(fused_probabilities("vfn", maps, image, model=vfn, vfn_config=vfn_config))
+    def labels(model, maps, image, vfn_config):
+        return fuse("vfn", maps, image, model=model, vfn_config=vfn_config)
 
-    views_s, vfn_s, other_s, deployed_s, deployed_probs_s = [], [], [], [], []
-    timed = [(vfn_s, labels, config), (other_s, labels, other), (deployed_s, labels, deployed),
-             (deployed_probs_s, through_probabilities, deployed)]
+    def through_probabilities(model, maps, image, vfn_config):  # what vfnet_predict does with each fold's VFN
+        return class_argmax(fused_probabilities("vfn", maps, image, model=model, vfn_config=vfn_config))
+
+    times = {name: [] for name in ("views", "vfn", "other", "deployed", "deployed_probs", "prior", "prior_probs")}
+    timed = [("vfn", labels, vfn, config), ("other", labels, vfn, other), ("deployed", labels, vfn, deployed),
+             ("deployed_probs", through_probabilities, vfn, deployed), ("prior", labels, prior, deployed),
+             ("prior_probs", through_probabilities, prior, deployed)]
     with torch.inference_mode():
         for index, case in enumerate(cases):
             image, _ = data.load(case, mmap=False)
             maps, seconds = _fastest(_predict_views, networks, image, plan)
-            views_s.append(seconds)
-            # each case starts with another of the four, so none is always timed right after the views
+            times["views"].append(seconds)
+            # each case starts with another of the fusions, so none is always timed right after the views
             shift = index % len(timed)
-            for times, run, vfn_config in timed[shift:] + timed[:shift]:
-                times.append(_fastest(run, maps, image, vfn_config)[1])
-    return {"views_s": float(np.median(views_s)), "vfn_s": float(np.median(vfn_s)),
-            "vfn_other_stride_s": float(np.median(other_s)), "vfn_deployed_s": float(np.median(deployed_s)),
-            "vfn_deployed_probabilities_s": float(np.median(deployed_probs_s)),
+            for name, run, model, vfn_config in timed[shift:] + timed[:shift]:
+                times[name].append(_fastest(run, model, maps, image, vfn_config)[1])
+    median = {name: float(np.median(seconds)) for name, seconds in times.items()}
+    return {"views_s": median["views"], "vfn_s": median["vfn"], "vfn_other_stride_s": median["other"],
+            "vfn_deployed_s": median["deployed"], "vfn_deployed_probabilities_s": median["deployed_probs"],
+            "vfn_iteration0_s": median["prior"], "vfn_iteration0_probabilities_s": median["prior_probs"],
             "network_skipped": bool(vfn.adds_nothing()), "cases": len(cases), "repeats": REPEATS}
 
 
@@ -492,6 +502,10 @@ Command: `{run['invocation']}` (the same run's budget results: `{budget_path.nam
 | as deployed ({deployed_note}) | {speed['vfn_deployed_s']:.3f} s, {100 * speed['vfn_deployed_s'] / speed['views_s']:.1f} % | |
 | the same through the fused probabilities, as `vfnet_predict` fuses each fold before averaging them | \
 {speed['vfn_deployed_probabilities_s']:.3f} s, {100 * speed['vfn_deployed_probabilities_s'] / speed['views_s']:.1f} % | |
+| a VFN that kept iteration 0 (fold 0's, its head zeroed: it fuses as its prior), labels as crossval fuses | \
+{speed['vfn_iteration0_s']:.3f} s, {100 * speed['vfn_iteration0_s'] / speed['views_s']:.1f} % | |
+| the same through the fused probabilities, as `vfnet_predict` fuses each fold | \
+{speed['vfn_iteration0_probabilities_s']:.3f} s, {100 * speed['vfn_iteration0_probabilities_s'] / speed['views_s']:.1f} % | |
 | the same, windows a {stride['other_name']} apart (stride {stride['other_stride']}, not {stride['planned_stride']}) | \
 {speed['vfn_other_stride_s']:.3f} s, {100 * speed['vfn_other_stride_s'] / speed['views_s']:.1f} % | |
 
