@@ -96,7 +96,6 @@ def test_majority_vote_equals_counting_votes_on_random_maps(num_views, num_class
     np.testing.assert_array_equal(majority_vote(maps), counted_majority(maps))
 
 
-
 def test_vote_roi_spanning_the_volume_needs_only_some_foreground_of_the_vote():
     """Where the minimum size spans the volume, the ROI is the whole volume as soon as the vote has foreground,
     found in any slab of the candidates' box (here only in the last slices), and None where views vote

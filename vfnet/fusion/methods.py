@@ -125,11 +125,7 @@ def class_argmax(probs: np.ndarray) -> np.ndarray:
 
 
 def _class_max(probs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(:func:`class_argmax` of ``probs``, a (K, ...) array or a sequence of K maps of one shape; their maximum).
-
-    A class is written only where it beats every class before it: cheap when class 0 (background) holds most
-    voxels, so a caller with the background at hand puts it first.
-    """
+    """(:func:`class_argmax` of ``probs``, a (K, ...) array or a sequence of K maps of one shape; their maximum)."""
     best = np.array(probs[0], dtype=np.float32 if probs[0].dtype == np.float16 else probs[0].dtype, copy=True)
     labels = np.zeros(best.shape, dtype=np.uint8)
     beats = np.empty(best.shape, dtype=bool)
@@ -301,8 +297,8 @@ def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, mod
              use_image: bool | None, labels: bool = False):
     """(ROI, VFN probabilities inside it); both None for an empty majority vote (no foreground to fuse).
 
-    With ``labels`` a VFN that kept its mean prior gives the prior's uint8 labels inside the ROI instead
-    (:func:`mean_prior_labels`), for a caller that needs only the labels; every other VFN its probabilities.
+    With ``labels``: (ROI, uint8 labels inside it) instead, for a caller that needs only the labels; a VFN that
+    kept its mean prior then never builds the probabilities (:func:`mean_prior_labels`).
     """
     config = _as_config(vfn_config)
     probs = _float32_maps(view_probs)
@@ -344,7 +340,7 @@ def _vfn_roi(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, mod
             fused = _prior_probabilities(model, inputs, correction=fused)
     if fused.shape[0] != num_classes:
         raise VfnetError(f"the VFN predicts {fused.shape[0]} classes but the maps have {num_classes}")
-    return roi, fused
+    return roi, class_argmax(fused) if labels else fused
 
 
 def _foreground_sum(view_probs: Mapping[str, np.ndarray], roi: Roi | None, out: np.ndarray) -> int:
@@ -367,7 +363,8 @@ def _foreground_sum(view_probs: Mapping[str, np.ndarray], roi: Roi | None, out: 
         if low >= 0 and high <= 1:  # as every map vfnet makes: added as it is, without a clipped copy
             total += p
         else:
-            scratch = torch.empty_like(total) if scratch is None else scratch
+            if scratch is None:
+                scratch = torch.empty_like(total)
             total += torch.clamp(p, 0, 1, out=scratch)
     return len(maps)
 
@@ -467,7 +464,7 @@ def vfn_fusion(view_probs: Mapping[str, np.ndarray], image: np.ndarray | None, m
     roi, fused = _vfn_roi(view_probs, image, model, vfn_config, use_image, labels=True)
     out = np.zeros(next(iter(view_probs.values())).shape[1:], dtype=np.uint8)  # the vote's background outside the ROI
     if roi is not None:
-        out[roi] = fused if fused.dtype == np.uint8 else class_argmax(fused)
+        out[roi] = fused
     return out
 
 
