@@ -8,6 +8,8 @@ fuses that fold's held-out cases with the fold units' maps, as crossval does. Va
 - ``stack_prior``: the view prior is a stack fitted on the VFN's training cases, not the mean;
 - ``stack_prior_final``: the same, final checkpoint;
 - ``double``: the planned VFN with twice its iterations (the budget gave it one share);
+- ``long8``: the planned VFN with eight times its iterations (and validations, at the planned interval):
+  whether the budget's VFN, a few epochs of its fusion set, is simply undertrained;
 - ``coarse144`` / ``coarse122``: the planned VFN's schedule with the VFN fusing at 1/4 (1/2) of the
   in-plane resolution, its upsampled correction added to the full-resolution prior (the paired
   comparison the plan's ``input_downsample`` needs);
@@ -73,6 +75,7 @@ VARIANTS = {
     "stack_prior": ({"prior": "stack", "suffix": "_stackprior"}, None),
     "stack_prior_final": ({"prior": "stack", "suffix": "_stackprior"}, "final"),
     "double": ({"suffix": "_double", "iterations_factor": 2}, None),
+    "long8": ({"suffix": "_long8", "iterations_factor": 8}, None),
     "coarse144": ({"suffix": "_coarse144", "schedule": {"input_downsample": [1, 4, 4]}}, None),
     "coarse122": ({"suffix": "_coarse122", "schedule": {"input_downsample": [1, 2, 2]}}, None),
     "viewdrop": ({"suffix": "_viewdrop", "view_dropout": 0.3}, None),
