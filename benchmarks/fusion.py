@@ -103,10 +103,7 @@ def _inference_times(dataset: str, preset: str, cases: list[str]) -> dict:
     other = dataclasses.replace(config, stride=_compared_stride(config)[0])
     # fold 0's VFN as if it had kept iteration 0 (its head zeroed: its prior), timed in every run, whichever
     # checkpoint fold 0 kept, since any fold's VFN may deploy that way
-    prior = copy.deepcopy(vfn)
-    with torch.no_grad():
-        prior.head.weight.zero_()
-        prior.head.bias.zero_()
+    prior = copy.deepcopy(vfn).zero_head()
 
     def labels(model, maps, image, vfn_config):
         return fuse("vfn", maps, image, model=model, vfn_config=vfn_config)

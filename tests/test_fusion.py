@@ -536,4 +536,7 @@ def test_vfn_that_kept_iteration_0_fuses_as_its_prior_without_running_its_networ
     assert not model.adds_nothing()
     moved = vfn_fused_probabilities(maps, image, model, config)
     assert calls and np.abs(moved - expected).max() > 0.05
+    # zeroing the head (as fusion.py times a VFN at iteration 0) brings back the prior, and the shortcut
+    assert model.zero_head().adds_nothing()
+    np.testing.assert_allclose(vfn_fused_probabilities(maps, image, model, config), expected, atol=1e-6)
     assert not build_vfn(plan, 1, 2, view_prior=False).adds_nothing()  # no prior: nothing to skip to

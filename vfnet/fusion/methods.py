@@ -397,8 +397,8 @@ def mean_prior_probabilities(view_probs: Mapping[str, np.ndarray], roi: Roi | No
     """
     out = np.empty(_roi_shape(view_probs, roi), dtype=np.float32)
     views = _foreground_sum(view_probs, roi, out[1:])
-    # through torch on out's memory: its exponentials and reductions run on the process's threads (in development,
-    # with a correction on a CHAOST2-sized case under the profiler, 0.11 s per call in numpy's one thread, 0.06 s)
+    # through torch on out's memory: its exponentials and reductions run on the process's threads, where numpy's
+    # run on one
     probs = torch.from_numpy(out)
     foreground = probs[1:]
     foreground /= views

@@ -130,8 +130,7 @@ class VolumetricFusionNet(nn.Module):
         self.prior_kind = prior_kind(view_prior)
         if self.view_prior:
             # an untrained prior VFN is its prior (mean fusion or the stack); the buffer marks the checkpoints
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+            self.zero_head()
             self.register_buffer(PRIOR_KEY + "_marker", torch.ones(()))
         if self.prior_kind == "stack":
             k = self.num_classes
@@ -171,6 +170,13 @@ class VolumetricFusionNet(nn.Module):
             if isinstance(block, nn.Sequential) and len(block) == 3 and isinstance(block[1], nn.BatchNorm3d):
                 block[0] = fuse_conv_bn_eval(block[0], block[1], transpose=isinstance(block[0], nn.ConvTranspose3d))
                 block[1] = nn.Identity()
+        return self
+
+    @torch.no_grad()
+    def zero_head(self) -> VolumetricFusionNet:
+        """Zero the head, as at iteration 0: a prior VFN then fuses as its prior (:meth:`adds_nothing`)."""
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
         return self
 
     def adds_nothing(self) -> bool:
