@@ -66,6 +66,33 @@ def test_stack_learns_to_trust_the_reliable_view(tmp_path):
     assert (stacked == label).mean() > (fuse("mean", test) == label).mean()
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_stack_probabilities_and_labels_are_the_logistic_regression_of_the_views_logs(dtype):
+    # the stack's definition written out: softmax over c of sum_v sum_k W[c, v, k] log clip(p_v(k)) + b[c];
+    # its labels (taken from the logits) are the argmax of those probabilities
+    rng = np.random.default_rng(3)
+    k = 4
+    maps = {}
+    for view in VIEWS:
+        raw = rng.random((k, 5, 6, 7)) ** 4  # some probabilities below the clip
+        maps[view] = (raw / raw.sum(0)).astype(dtype)
+    weights = {"weight": rng.normal(size=(k, 3 * k)).tolist(), "bias": rng.normal(size=k).tolist()}
+    w = np.array(weights["weight"]).reshape(k, 3, k)
+    logs = np.stack([np.log(np.clip(maps[v].astype(np.float64), 1e-4, 1.0)) for v in VIEWS])  # (3, k, z, y, x)
+    logits = np.einsum("cvk,vkzyx->czyx", w, logs) + np.array(weights["bias"])[:, None, None, None]
+    expected = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
+    before = {view: m.copy() for view, m in maps.items()}
+    probabilities = stack_probabilities(maps, weights)
+    for view in VIEWS:
+        np.testing.assert_array_equal(maps[view], before[view])  # the views' maps are read, not changed
+    assert probabilities.shape == (k, 5, 6, 7) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    labels = fuse("stack", maps, model=weights)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, expected.argmax(0))
+    assert len(np.unique(labels)) == k  # every class wins somewhere, so the argmax was tested for each
+
+
 @pytest.mark.parametrize("k", [2, 3])
 def test_an_untrained_vfn_with_the_stack_prior_is_the_stack(tmp_path, k):
     # one organ (a sigmoid head) and several (softmax): the prior's logits are the stack's

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import torch
 
 from vfnet.errors import VfnetError
@@ -32,3 +35,12 @@ def memory_format(network: torch.nn.Module, device: torch.device) -> torch.memor
     if torch.device(device).type == "cuda" or getattr(network, "cpu_channels_last", False):
         return torch.channels_last_3d
     return None
+
+
+def read_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor on ``array``'s memory, to be read only (copied only where numpy's strides are negative)."""
+    if any(stride < 0 for stride in array.strides):
+        array = np.ascontiguousarray(array)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a read-only array (a memory map) is fine: never written
+        return torch.from_numpy(array)

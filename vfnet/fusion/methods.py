@@ -15,17 +15,17 @@ Example:
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from vfnet.device import read_tensor
 from vfnet.errors import ModelNotFoundError, VfnetError
 from vfnet.fusion.postprocess import keep_largest_component
 from vfnet.fusion.roi import Roi, crop_to_roi, mask_bounds, roi_from_bounds, spans_volume
-from vfnet.fusion.stack import stack_probabilities
+from vfnet.fusion.stack import stack_logits, stack_probabilities
 from vfnet.inference.sliding_window import sliding_window_probabilities
 from vfnet.networks.vfn import PRIOR_EPSILON, PriorCorrection, VolumetricFusionNet, vfn_probabilities
 from vfnet.resolution import IDENTITY, downsample_image, normalise_factor, upsample_probabilities
@@ -354,7 +354,7 @@ def _foreground_sum(view_probs: Mapping[str, np.ndarray], roi: Roi | None, out: 
     three views 3.2 ms against 9.0 ms for numpy with a copy before each clip, 12 ms clipping the crops).
     """
     crop = (lambda a: a) if roi is None else (lambda a: crop_to_roi(a, roi))
-    maps = [_read_tensor(crop(p[1:])) for p in _float32_maps(view_probs).values()]
+    maps = [read_tensor(crop(p[1:])) for p in _float32_maps(view_probs).values()]
     total = torch.from_numpy(out)
     torch.clamp(maps[0], 0, 1, out=total)
     scratch = None
@@ -367,15 +367,6 @@ def _foreground_sum(view_probs: Mapping[str, np.ndarray], roi: Roi | None, out: 
                 scratch = torch.empty_like(total)
             total += torch.clamp(p, 0, 1, out=scratch)
     return len(maps)
-
-
-def _read_tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor on ``array``'s memory, to be read only (copied only where numpy's strides are negative)."""
-    if any(stride < 0 for stride in array.strides):
-        array = np.ascontiguousarray(array)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a read-only array (a memory map) is fine: never written
-        return torch.from_numpy(array)
 
 
 def _roi_shape(view_probs: Mapping[str, np.ndarray], roi: Roi | None) -> tuple[int, ...]:
@@ -405,7 +396,7 @@ def mean_prior_probabilities(view_probs: Mapping[str, np.ndarray], roi: Roi | No
     if len(foreground) == 1:
         organ = foreground[0].clamp_(PRIOR_EPSILON, 1 - PRIOR_EPSILON)
         if correction is not None:  # sigmoid(logit(m) + c) = m e^c / (m e^c + 1 - m)
-            weighted = organ * torch.exp(_read_tensor(np.asarray(correction[0], dtype=np.float32)))
+            weighted = organ * torch.exp(read_tensor(np.asarray(correction[0], dtype=np.float32)))
             probs[1] = weighted / (weighted + (1 - organ))
         torch.sub(1, probs[1], out=probs[0])
         return out
@@ -413,7 +404,7 @@ def mean_prior_probabilities(view_probs: Mapping[str, np.ndarray], roi: Roi | No
     torch.sub(1, probs[0], out=probs[0])
     probs.clamp_(PRIOR_EPSILON, 1.0)
     if correction is not None:
-        shift = _read_tensor(np.asarray(correction, dtype=np.float32))
+        shift = read_tensor(np.asarray(correction, dtype=np.float32))
         probs *= torch.exp(shift - shift.amax(dim=0))
     probs /= probs.sum(dim=0)
     return out
@@ -485,15 +476,19 @@ def vfn_fused_probabilities(view_probs: Mapping[str, np.ndarray], image: np.ndar
     return out
 
 
+def _stack_weights(model):
+    if model is None:
+        raise ModelNotFoundError("fusion 'stack' needs fitted weights; vfnet_crossval fits them on the fusion sets")
+    return model
+
+
 def fused_probabilities(method: str, view_probs: Mapping[str, np.ndarray], image: np.ndarray | None = None,
                         model=None, vfn_config=None) -> np.ndarray:
     """Class probabilities of the methods that have them (mean, stack, vfn, vfn-noimage), to average over folds."""
     if method == "mean":
         return _mean_probabilities(_checked(view_probs))
     if method == "stack":
-        if model is None:
-            raise ModelNotFoundError("fusion 'stack' needs fitted weights; vfnet_crossval fits them on the fusion sets")
-        return stack_probabilities(_checked(view_probs), model)
+        return stack_probabilities(_checked(view_probs), _stack_weights(model))
     if method in ("vfn", "vfn-noimage"):
         if model is None:
             raise ModelNotFoundError(f"fusion '{method}' needs a trained VFN")
@@ -525,7 +520,9 @@ def fuse(method: str, view_probs: Mapping[str, np.ndarray], image: np.ndarray | 
     elif method == "staple":
         labels = staple_fusion(view_probs)
     elif method == "stack":
-        labels = class_argmax(fused_probabilities("stack", view_probs, model=model))
+        # the argmax of the logits is that of the probabilities, without the softmax
+        maps = _checked(view_probs)
+        labels = class_argmax(stack_logits(maps, _stack_weights(model)).numpy().reshape(maps[VIEWS[0]].shape))
     else:
         if model is None:
             raise ModelNotFoundError(f"fusion '{method}' needs a trained VFN; train it with vfnet_train vfn "
