@@ -43,6 +43,13 @@ fuses that fold's held-out cases with the fold units' maps, as crossval does. Va
 - ``guard05``: the selection of plans written before ``min_gain_se`` was planned: a trained checkpoint
   kept only 0.5 points above mean fusion (``min_gain`` 0.5, ``min_gain_se`` 0), to pair with the planned
   standard-error test (``se2``'s values) on the same units.
+- ``foldmaps`` (a diagnostic, not a method: not free of leakage): the planned VFN trained on the same
+  cases, split and schedule, but with each case's maps from the fold unit that held the case out (the
+  ``all`` fusion set's samples) instead of the CCA unit that held out the case and the test fold, so it
+  trains on maps of the quality it fuses. Those fold units were trained on the test fold's cases, so this
+  is what the VFN would gain without the map shift between its training and test maps, not a result
+  cross-validation may claim; ``foldmaps_final``: the same VFN's final checkpoint (what its training
+  learned, whatever its validation said; pair it with ``final``).
 
 Writes ``results/vfn_variants_<Task>.md/.json`` (``_<allocation>`` added for a run with an allocation other
 than ``equal``, ``_budget<N>`` for a budget other than 60 minutes, as fusion.py names its files): per variant the overall Dice over the CV cases,
@@ -58,8 +65,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +100,36 @@ VARIANTS = {
     "symmetric_se2": ({"suffix": "_symmetricse2", "view_symmetric": True, "min_gain": 0.0, "min_gain_se": 2.0}, None),
     "share": ({"suffix": "_share", "min_gain": 0.0, "min_gain_se": 0.0, "validation_cases": 0}, None),
     "guard05": ({"suffix": "_guard05", "min_gain": 0.5, "min_gain_se": 0.0}, None),
+    "foldmaps": ({"suffix": "_foldmaps", "maps_from": "all"}, None),
+    "foldmaps_final": ({"suffix": "_foldmaps", "maps_from": "all"}, "final"),
 }
+
+
+@contextmanager
+def _fusion_set_maps_from(dataset: str, preset: str, unit: str, source_unit: str):
+    """While inside, the fusion set of VFN unit ``unit`` holds its own cases' samples from ``source_unit``'s
+    fusion set (the same cases, ROIs and labels, other units' maps); the original is put back after."""
+    from vfnet import paths
+    from vfnet.atomic import read_json, write_json
+
+    preprocessed = paths.preprocessed_dataset(dataset)
+    folder = paths.fusion_set_dir(preprocessed, preset, unit)
+    source = paths.fusion_set_dir(preprocessed, preset, source_unit)
+    kept = folder.with_name(f"{folder.name}_kept")
+    manifest, sources = read_json(folder / "manifest.json"), read_json(source / "manifest.json")["cases"]
+    folder.rename(kept)
+    try:
+        folder.mkdir()
+        for case in manifest["cases"]:
+            if sources[case]["roi"] != manifest["cases"][case]["roi"]:
+                raise RuntimeError(f"{case} has another ROI in fusion set {source_unit}")
+            shutil.copyfile(source / f"{case}.npz", folder / f"{case}.npz")
+            manifest["cases"][case] = sources[case]
+        write_json(folder / "manifest.json", manifest)
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        kept.rename(folder)
 
 
 def _train(dataset: str, preset: str, fold: str, arguments: dict, results: Path) -> tuple[str, float]:
@@ -101,6 +139,7 @@ def _train(dataset: str, preset: str, fold: str, arguments: dict, results: Path)
     from vfnet.pipeline.units import train_vfn_unit
 
     arguments = dict(arguments)
+    maps_from = arguments.pop("maps_from", None)
     factor = arguments.pop("iterations_factor", None)
     lr_factor = arguments.pop("lr_factor", None)
     overrides = dict(arguments.pop("schedule", None) or {})
@@ -110,8 +149,9 @@ def _train(dataset: str, preset: str, fold: str, arguments: dict, results: Path)
     if lr_factor:
         overrides["lr"] = lr_factor * planned["lr"]
     start = time.perf_counter()
-    out = train_vfn_unit(dataset, fold, preset, device="cpu", quiet=True, schedule_overrides=overrides or None,
-                         resume=True, **arguments)
+    with _fusion_set_maps_from(dataset, preset, fold, maps_from) if maps_from else nullcontext():
+        out = train_vfn_unit(dataset, fold, preset, device="cpu", quiet=True,
+                             schedule_overrides=overrides or None, resume=True, **arguments)
     return out.parent.name, time.perf_counter() - start
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/fusion.py's ceiling of choosing a view with the truth known."""
+"""The fusion benchmarks: fusion.py's ceiling of choosing a view with the truth known, vfn_variants.py's foldmaps diagnostic."""
 
 import importlib
 import sys
@@ -123,3 +123,48 @@ def test_the_table_ceiling_labels_an_organ_no_case_has_nowhere(fusion_benchmark)
     counts = fusion_benchmark.table_counts(label, [maps, maps, maps], num_classes=2)
     # both empty: Dice 100, as vfnet's dice counts two empty masks (labelling any cell would give 0)
     assert fusion_benchmark.table_dice([counts, counts]) == [100.0, 100.0]
+
+
+@pytest.fixture(scope="module")
+def variants_benchmark():
+    saved = list(sys.path)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("vfn_variants")
+    finally:
+        sys.path[:] = saved
+
+
+def _fusion_set(folder: Path, maps: str, cases: dict) -> None:
+    from vfnet.atomic import write_json
+
+    folder.mkdir(parents=True)
+    for case in cases:
+        (folder / f"{case}.npz").write_text(f"{maps} {case}")
+    write_json(folder / "manifest.json", {"vfn_unit": folder.name, "cases": cases})
+
+
+def test_the_foldmaps_diagnostic_trains_on_the_same_cases_with_the_fold_units_maps_then_puts_them_back(
+        variants_benchmark, tmp_path, monkeypatch):
+    from vfnet import paths
+    from vfnet.atomic import read_json
+
+    monkeypatch.setattr(paths, "preprocessed_dataset", lambda dataset: tmp_path)
+    roi = [[0, 4], [1, 5], [2, 6]]
+    fold0 = paths.fusion_set_dir(tmp_path, "p", "0")
+    _fusion_set(fold0, "cca", {c: {"units": "cca", "roi": roi} for c in ("a", "b")})
+    _fusion_set(paths.fusion_set_dir(tmp_path, "p", "all"), "fold", {c: {"units": "fold", "roi": roi} for c in "abc"})
+    with variants_benchmark._fusion_set_maps_from("Task99_X", "p", "0", "all"):
+        assert sorted(p.name for p in fold0.iterdir()) == ["a.npz", "b.npz", "manifest.json"]  # its cases only
+        assert (fold0 / "a.npz").read_text() == "fold a"
+        assert read_json(fold0 / "manifest.json")["cases"]["b"]["units"] == "fold"
+    assert (fold0 / "a.npz").read_text() == "cca a"
+    assert read_json(fold0 / "manifest.json")["cases"]["a"]["units"] == "cca"
+    assert sorted(p.name for p in fold0.parent.iterdir()) == ["0", "all"]
+    # another ROI (another crop of the case) is refused, and the fold's own fusion set is back
+    _fusion_set(paths.fusion_set_dir(tmp_path, "p", "other"), "x", {c: {"units": "x", "roi": [[0, 3]] * 3} for c in "ab"})
+    with pytest.raises(RuntimeError, match="another ROI"), \
+            variants_benchmark._fusion_set_maps_from("Task99_X", "p", "0", "other"):
+        pass
+    assert (fold0 / "b.npz").read_text() == "cca b"
+    assert sorted(p.name for p in fold0.parent.iterdir()) == ["0", "all", "other"]
