@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vfnet.errors import PlanError
+from vfnet.errors import PlanError, VfnetError
 from vfnet.fusion.methods import fuse, fused_probabilities, majority_vote, vfn_fused_probabilities, vfn_input
 from vfnet.fusion.roi import roi_from_mask
 from vfnet.fusion.stack import fit_stack, stack_probabilities
@@ -91,6 +91,8 @@ def test_stack_probabilities_and_labels_are_the_logistic_regression_of_the_views
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, expected.argmax(0))
     assert len(np.unique(labels)) == k  # every class wins somewhere, so the argmax was tested for each
+    with pytest.raises(VfnetError, match="sagittal missing"):
+        fuse("stack", {view: maps[view] for view in VIEWS[:2]}, model=weights)
 
 
 @pytest.mark.parametrize("k", [2, 3])
