@@ -116,6 +116,9 @@ def _fusion_set_maps_from(dataset: str, preset: str, unit: str, source_unit: str
     folder = paths.fusion_set_dir(preprocessed, preset, unit)
     source = paths.fusion_set_dir(preprocessed, preset, source_unit)
     kept = folder.with_name(f"{folder.name}_kept")
+    if kept.is_dir():  # a run killed inside left the swapped set: the fold's own goes back first
+        shutil.rmtree(folder, ignore_errors=True)
+        kept.rename(folder)
     manifest, sources = read_json(folder / "manifest.json"), read_json(source / "manifest.json")["cases"]
     folder.rename(kept)
     try:

@@ -168,3 +168,10 @@ def test_the_foldmaps_diagnostic_trains_on_the_same_cases_with_the_fold_units_ma
         pass
     assert (fold0 / "b.npz").read_text() == "cca b"
     assert sorted(p.name for p in fold0.parent.iterdir()) == ["0", "all", "other"]
+    # a run killed inside leaves the swapped set and the kept one: the next run puts the fold's own back first
+    fold0.rename(fold0.with_name("0_kept"))
+    _fusion_set(fold0, "fold", {c: {"units": "fold", "roi": roi} for c in ("a", "b")})
+    with variants_benchmark._fusion_set_maps_from("Task99_X", "p", "0", "all"):
+        assert read_json(fold0 / "manifest.json")["cases"]["a"]["units"] == "fold"
+    assert (fold0 / "a.npz").read_text() == "cca a"
+    assert sorted(p.name for p in fold0.parent.iterdir()) == ["0", "all", "other"]
