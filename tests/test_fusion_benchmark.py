@@ -9,14 +9,18 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def fusion_benchmark():
-    saved = list(sys.path)  # fusion.py puts its own folder on the path too: all of it is undone
+def _benchmark(name: str):
+    saved = list(sys.path)  # the benchmarks put their own folder on the path too: all of it is undone
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        yield importlib.import_module("fusion")
+        yield importlib.import_module(name)
     finally:
         sys.path[:] = saved
+
+
+@pytest.fixture(scope="module")
+def fusion_benchmark():
+    yield from _benchmark("fusion")
 
 
 def _cases(**per_case):
@@ -127,12 +131,7 @@ def test_the_table_ceiling_labels_an_organ_no_case_has_nowhere(fusion_benchmark)
 
 @pytest.fixture(scope="module")
 def variants_benchmark():
-    saved = list(sys.path)
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("vfn_variants")
-    finally:
-        sys.path[:] = saved
+    yield from _benchmark("vfn_variants")
 
 
 def _fusion_set(folder: Path, maps: str, cases: dict) -> None:

@@ -521,8 +521,7 @@ def fuse(method: str, view_probs: Mapping[str, np.ndarray], image: np.ndarray | 
         labels = staple_fusion(view_probs)
     elif method == "stack":
         # the argmax of the logits is that of the probabilities, without the softmax
-        maps = _checked(view_probs)
-        labels = class_argmax(stack_logits(maps, _stack_weights(model)).numpy().reshape(maps[VIEWS[0]].shape))
+        labels = class_argmax(stack_logits(_checked(view_probs), _stack_weights(model)).numpy())
     else:
         if model is None:
             raise ModelNotFoundError(f"fusion '{method}' needs a trained VFN; train it with vfnet_train vfn "

@@ -48,7 +48,7 @@ def fit_stack(folder: Path, cases: Sequence[str], num_image_channels: int, num_c
 
 
 def stack_logits(view_probs: Mapping[str, np.ndarray], weights: Mapping) -> torch.Tensor:
-    """The stack's class logits (K, z·y·x) of the views' maps (K, z, y, x) under ``weights``.
+    """The stack's class logits (K, z, y, x) of the views' maps (K, z, y, x) under ``weights``.
 
     One view at a time through one float32 buffer: the view's maps copied in (converted from float16 on
     torch's threads), clipped, logged in place (numpy's vectorised log, faster here than torch's) and added
@@ -70,13 +70,12 @@ def stack_logits(view_probs: Mapping[str, np.ndarray], weights: Mapping) -> torc
         buffer.clamp_(EPSILON, 1.0)
         np.log(logs, out=logs)
         logits.addmm_(weight[:, i * k:(i + 1) * k], buffer)
-    return logits
+    return logits.view(first.shape)
 
 
 def stack_probabilities(view_probs: Mapping[str, np.ndarray], weights: Mapping) -> np.ndarray:
     """Fused probabilities (K, z, y, x) of the views' maps under ``weights``."""
-    shape = view_probs[VIEWS[0]].shape
-    return torch.softmax(stack_logits(view_probs, weights), dim=0).numpy().reshape(shape)
+    return torch.softmax(stack_logits(view_probs, weights), dim=0).numpy()
 
 
 def stack_path(results: Path, preset: str, unit: str) -> Path:
