@@ -50,6 +50,12 @@ fuses that fold's held-out cases with the fold units' maps, as crossval does. Va
   is what the VFN would gain without the map shift between its training and test maps, not a result
   cross-validation may claim; ``foldmaps_final``: the same VFN's final checkpoint (what its training
   learned, whatever its validation said; pair it with ``final``).
+- ``cases10`` / ``cases32`` / ``cases64`` (a learning curve): the planned VFN trained on only 10 / 32 / 64 of its
+  training cases (a seeded draw, ``training_cases`` of :func:`vfnet.training.train_vfn.fit_vfn_unit`), with the
+  same validation cases, schedule and iterations; ``cases10_final`` etc.: their final checkpoints (what
+  training on that many cases learned, whatever validation said; pair them with ``final``). On Hippocampus
+  (about 128 training cases per test fold) it asks whether a VFN trained on as few cases as CHAOST2's
+  (10) loses what the full set gains.
 
 Writes ``results/vfn_variants_<Task>.md/.json`` (``_<allocation>`` added for a run with an allocation other
 than ``equal``, ``_budget<N>`` for a budget other than 60 minutes, as fusion.py names its files): per variant the overall Dice over the CV cases,
@@ -102,6 +108,8 @@ VARIANTS = {
     "guard05": ({"suffix": "_guard05", "min_gain": 0.5, "min_gain_se": 0.0}, None),
     "foldmaps": ({"suffix": "_foldmaps", "maps_from": "all"}, None),
     "foldmaps_final": ({"suffix": "_foldmaps", "maps_from": "all"}, "final"),
+    **{f"cases{n}{end}": ({"suffix": f"_cases{n}", "training_cases": n}, checkpoint)
+       for n in (10, 32, 64) for end, checkpoint in (("", None), ("_final", "final"))},
 }
 
 

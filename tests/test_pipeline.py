@@ -181,6 +181,31 @@ def test_a_vfn_needing_a_large_gain_keeps_mean_fusion_and_validates_on_the_plann
     assert len(planned["val_cases"]) >= min(5, cases // 2)
 
 
+def test_a_vfn_on_fewer_training_cases_draws_them_the_same_way_and_keeps_the_validation_cases(trained):
+    """``training_cases`` (vfn_variants.py's learning curve): a VFN trained beside the unit keeps that many
+    of the planned VFN's training cases, the same ones on every draw, and validates on the same cases."""
+    from types import SimpleNamespace
+
+    from vfnet.experiment_planning.plans import Plan
+    from vfnet.training.train_vfn import VfnRecipe
+
+    _, raw = trained
+    results = paths.results_root() / raw.name
+    planned = read_json(paths.unit_dir(results, PRESET, "vfn", "holdout") / "unit.json")
+    assert planned["training_cases"] is None and len(planned["train_cases"]) > 1
+    out = train_vfn_unit(None, "holdout", PRESET, device="cpu", quiet=True, suffix="_cases1",
+                         schedule_overrides=TINY_VFN, training_cases=1)
+    record = read_json(out / "unit.json")
+    assert record["training_cases"] == 1 and len(record["train_cases"]) == 1
+    assert set(record["train_cases"]) < set(planned["train_cases"])
+    assert record["val_cases"] == planned["val_cases"]
+    preprocessed = paths.preprocessed_dataset(raw.name)
+    setup = SimpleNamespace(preprocessed=preprocessed, preset=PRESET, spec={"name": "holdout"},
+                            plan=Plan.load(preprocessed))
+    assert VfnRecipe(True, 1, 1, training_cases=1).cases(setup).train == record["train_cases"]
+    assert VfnRecipe(True, 1, 1, training_cases=10**6).cases(setup).train == planned["train_cases"]
+
+
 def test_crossval_table_has_every_method_and_records_the_best(trained):
     root, raw = trained
     result = CliRunner().invoke(crossval_entry, ["--preset", PRESET, "-q"])

@@ -65,7 +65,8 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
                    distributed: DistributedContext | None = None, prior: str | None = None,
                    suffix: str = "", view_dropout: float = 0.0, validation_cases: int | None = None,
                    min_gain: float | None = None, map_jitter: float | None = None,
-                   min_gain_se: float | None = None, view_symmetric: bool | None = None) -> Path:
+                   min_gain_se: float | None = None, view_symmetric: bool | None = None,
+                   training_cases: int | None = None) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``), building its fusion set first when missing.
 
     Arguments as :func:`vfnet.training.train_vfn.fit_vfn_unit`.
@@ -85,4 +86,4 @@ def train_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default"
         build_fusion_set(preprocessed.name, str(unit), preset, quiet=quiet)
     return fit_vfn_unit(preprocessed.name, unit, preset, use_image, device, num_threads, resume, quiet,
                         schedule_overrides, stop_at, overwrite, seed, distributed, prior, suffix, view_dropout,
-                        validation_cases, min_gain, map_jitter, min_gain_se, view_symmetric)
+                        validation_cases, min_gain, map_jitter, min_gain_se, view_symmetric, training_cases)

@@ -16,8 +16,10 @@ trainer (checkpoints, resume, log, progress.png, mixed precision on CUDA) with t
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vfnet import paths
@@ -47,7 +49,8 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
                  distributed: DistributedContext | None = None, prior: str | None = None, suffix: str = "",
                  view_dropout: float = 0.0, validation_cases: int | None = None,
                  min_gain: float | None = None, map_jitter: float | None = None,
-                 min_gain_se: float | None = None, view_symmetric: bool | None = None) -> Path:
+                 min_gain_se: float | None = None, view_symmetric: bool | None = None,
+                 training_cases: int | None = None) -> Path:
     """Train VFN unit ``unit`` (a fold, ``all`` or ``holdout``) on its fusion set, then write its summary.
 
     ``seed`` seeds the weights and the patch sampling (the validation cases stay the same); None
@@ -57,7 +60,8 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     (``vfn<suffix>``), ``view_dropout`` the share of training patches with one view replaced by the
     other two's mean (:class:`vfnet.training.data_vfn.VfnPatchSampler`), and ``validation_cases``,
     ``min_gain``, ``map_jitter``, ``min_gain_se`` and ``view_symmetric`` replace the plan's ``vfn`` keys of the same names
-    (None: the plan's): variants for benchmarks, trained beside the planned VFN.
+    (None: the plan's), and ``training_cases`` keeps only that many of the training cases (a seeded draw;
+    the validation cases stay the same; None: all): variants for benchmarks, trained beside the planned VFN.
 
     The fusion set must exist (:func:`vfnet.pipeline.units.train_vfn_unit` builds it when
     missing; a missing one raises ``ModelNotFoundError`` naming the command). The other arguments:
@@ -69,7 +73,7 @@ def fit_vfn_unit(dataset: str | int | None, unit: str, preset: str = "default", 
     plan_seed = Plan.load(paths.preprocessed_dataset(dataset)).training.seed
     options = RunOptions(num_threads, resume, quiet, overwrite, schedule_overrides, stop_at, distributed)
     recipe = VfnRecipe(use_image, plan_seed if seed is None else seed, plan_seed, prior, suffix, view_dropout,
-                       validation_cases, min_gain, map_jitter, min_gain_se, view_symmetric)
+                       validation_cases, min_gain, map_jitter, min_gain_se, view_symmetric, training_cases)
     return run_unit(recipe, dataset, unit, preset, device, options, [write_vfn_summary])
 
 
@@ -97,8 +101,9 @@ class VfnRecipe:
     def __init__(self, use_image: bool, seed: int, plan_seed: int, prior: str | None = None, suffix: str = "",
                  view_dropout: float = 0.0, validation_cases: int | None = None, min_gain: float | None = None,
                  map_jitter: float | None = None, min_gain_se: float | None = None,
-                 view_symmetric: bool | None = None):
+                 view_symmetric: bool | None = None, training_cases: int | None = None):
         self.use_image, self.seed, self.prior, self.view_dropout = use_image, seed, prior, view_dropout
+        self.training_cases = training_cases
         # the plan's ``vfn`` keys this VFN replaces (None: the plan's value)
         self.overrides = {"validation_cases": validation_cases, "min_gain": min_gain, "map_jitter": map_jitter,
                           "min_gain_se": min_gain_se, "view_symmetric": view_symmetric}
@@ -109,8 +114,12 @@ class VfnRecipe:
         cases = sorted(load_manifest(folder)["cases"])
         train, val = split_validation(cases, f"vfn-{setup.spec['name']}", setup.plan.training,
                                       self.planned(setup, "validation_cases"))
+        if self.training_cases is not None and self.training_cases < len(train):
+            rng = np.random.default_rng(setup.plan.training.seed + zlib.crc32(f"vfn-{setup.spec['name']}-training".encode()))
+            train = sorted(train[i] for i in rng.choice(len(train), self.training_cases, replace=False))
         return UnitCases(train, val, [], folder, record={"use_image": self.use_image, "fusion_set": str(folder),
                                                   "view_dropout": self.view_dropout,
+                                                  "training_cases": self.training_cases,
                                                   **{key: self.planned(setup, key)
                                                      for key in RECORDED_PLAN_KEYS}})
 
