@@ -186,6 +186,7 @@ def test_a_vfn_on_fewer_training_cases_draws_them_the_same_way_and_keeps_the_val
     of the planned VFN's training cases, the same ones on every draw, and validates on the same cases."""
     from types import SimpleNamespace
 
+    from vfnet.errors import VfnetError
     from vfnet.experiment_planning.plans import Plan
     from vfnet.training.train_vfn import VfnRecipe
 
@@ -204,6 +205,8 @@ def test_a_vfn_on_fewer_training_cases_draws_them_the_same_way_and_keeps_the_val
                             plan=Plan.load(preprocessed))
     assert VfnRecipe(True, 1, 1, training_cases=1).cases(setup).train == record["train_cases"]
     assert VfnRecipe(True, 1, 1, training_cases=10**6).cases(setup).train == planned["train_cases"]
+    with pytest.raises(VfnetError, match="at least 1"):
+        VfnRecipe(True, 1, 1, training_cases=0)
 
 
 def test_crossval_table_has_every_method_and_records_the_best(trained):

@@ -24,6 +24,7 @@ import torch
 
 from vfnet import paths
 from vfnet.atomic import write_json
+from vfnet.errors import VfnetError
 from vfnet.experiment_planning.plans import Plan
 from vfnet.networks.stack import fit_stack_samples
 from vfnet.networks.vfn import build_vfn, count_parameters, plan_prior
@@ -103,6 +104,8 @@ class VfnRecipe:
                  map_jitter: float | None = None, min_gain_se: float | None = None,
                  view_symmetric: bool | None = None, training_cases: int | None = None):
         self.use_image, self.seed, self.prior, self.view_dropout = use_image, seed, prior, view_dropout
+        if training_cases is not None and training_cases < 1:
+            raise VfnetError(f"training_cases must be at least 1, not {training_cases}")
         self.training_cases = training_cases
         # the plan's ``vfn`` keys this VFN replaces (None: the plan's value)
         self.overrides = {"validation_cases": validation_cases, "min_gain": min_gain, "map_jitter": map_jitter,
