@@ -16,10 +16,8 @@ trainer (checkpoints, resume, log, progress.png, mixed precision on CUDA) with t
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from vfnet import paths
@@ -36,7 +34,7 @@ from vfnet.training.ddp import DistributedContext
 from vfnet.training.losses import make_loss
 from vfnet.training.runner import Run, RunOptions, UnitCases, run_unit
 from vfnet.training.trainer import Trainer, saved_iteration, seed_everything
-from vfnet.training.units import TrainedUnit, UnitSetup, split_validation
+from vfnet.training.units import TrainedUnit, UnitSetup, seeded_draw, split_validation
 
 
 def vfn_network_name(use_image: bool) -> str:
@@ -118,8 +116,7 @@ class VfnRecipe:
         train, val = split_validation(cases, f"vfn-{setup.spec['name']}", setup.plan.training,
                                       self.planned(setup, "validation_cases"))
         if self.training_cases is not None and self.training_cases < len(train):
-            rng = np.random.default_rng(setup.plan.training.seed + zlib.crc32(f"vfn-{setup.spec['name']}-training".encode()))
-            train = sorted(train[i] for i in rng.choice(len(train), self.training_cases, replace=False))
+            train = seeded_draw(train, self.training_cases, setup.plan.training, f"vfn-{setup.spec['name']}-training")
         return UnitCases(train, val, [], folder, record={"use_image": self.use_image, "fusion_set": str(folder),
                                                   "view_dropout": self.view_dropout,
                                                   "training_cases": self.training_cases,

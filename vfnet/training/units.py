@@ -156,10 +156,14 @@ def split_validation(cases: Sequence[str], key: str, training: TrainingPlan,
     cases = sorted(cases)
     if len(cases) < 2:
         return cases, list(cases)
-    rng = np.random.default_rng(training.seed + zlib.crc32(key.encode()))
-    count = validation_count(len(cases), training.validation_fraction, minimum)
-    val = sorted(cases[i] for i in rng.choice(len(cases), count, replace=False))
+    val = seeded_draw(cases, validation_count(len(cases), training.validation_fraction, minimum), training, key)
     return [c for c in cases if c not in val], val
+
+
+def seeded_draw(cases: Sequence[str], count: int, training: TrainingPlan, key: str) -> list:
+    """``count`` of ``cases``, sorted, drawn with the plan's seed (``training.seed``) varied by ``key``."""
+    rng = np.random.default_rng(training.seed + zlib.crc32(key.encode()))
+    return sorted(cases[i] for i in rng.choice(len(cases), count, replace=False))
 
 
 def held_out_split(data: PreprocessedDataset, spec: dict, training: TrainingPlan, key: str,
